@@ -1,0 +1,52 @@
+# Funnelhouse: every target sets up what it needs (venv, jars) by itself.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+JARS    := .jars
+LAKE    ?= data/lake
+INPUT   ?= data/landing
+SAMPLE  := data/sample
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench lint clean clean-lake
+
+## setup: build the venv and fetch the jars; a no-op when both are there
+setup: $(STAMP) $(JARS)/.fetched
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(JARS)/.fetched: build/spark-jars.pom.xml scripts/fetch-jars.sh | $(STAMP)
+	scripts/fetch-jars.sh $(BIN)/python $(JARS)
+	touch $@
+
+## demo: sample events -> bronze -> silver -> gold, then the summary and report
+demo: setup
+	rm -rf $(LAKE) $(INPUT)
+	$(BIN)/funnelhouse generate --sample --out $(INPUT)
+	$(BIN)/funnelhouse run --config conf/demo.yaml --input $(INPUT) --lake $(LAKE) --available-now
+	$(BIN)/funnelhouse summary --config conf/demo.yaml --lake $(LAKE)
+
+## test: the whole suite, slow integration tests included
+test: setup
+	$(BIN)/python -m pytest
+
+## test-fast: skip the slow integration tests (real Kafka, standalone cluster)
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+## bench: throughput of each stage in events/s, beside a baseline from the same run
+bench: setup
+	$(BIN)/python -m pipelines.bench
+
+lint: setup
+	$(BIN)/ruff check pipelines tests
+
+clean-lake:
+	rm -rf $(LAKE) $(INPUT) spark-warehouse metastore_db derby.log
+
+clean: clean-lake
+	rm -rf $(VENV) $(JARS)

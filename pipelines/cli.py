@@ -1,0 +1,100 @@
+"""``funnelhouse``: the console script. Each command parses flags, loads config and calls a job."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pipelines.config import REPO_ROOT, ConfigError, Settings, load_settings
+
+app = typer.Typer(help="Funnelhouse: a streaming lakehouse for ad and shop clickstreams.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+SAMPLE_DIR = REPO_ROOT / "data" / "sample"
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file over conf/base.yaml")]
+LakeOpt = Annotated[Path | None, typer.Option("--lake", help="lake root (default data/lake)")]
+InputOpt = Annotated[Path | None, typer.Option("--input", help="landing folder of JSON-lines")]
+
+
+def settings(config: Path | None, **overrides: object) -> Settings:
+    try:
+        return load_settings(config, overrides)
+    except ConfigError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="landing folder to write into")] = Path("data/landing"),
+    events: Annotated[int, typer.Option(help="valid journey events to generate")] = 14_000,
+    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    truth: Annotated[Path | None, typer.Option(help="ground truth file (default <out>.truth.json)")] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="copy the committed sample")] = False,
+) -> None:
+    """Write a synthetic clickstream (rotated JSON-lines files) and its ground truth."""
+    from pipelines.generate import Profile, land
+    from pipelines.generate import generate as run_generator
+
+    truth = truth or out.with_name(out.name + ".truth.json")
+    if sample and (SAMPLE_DIR / "events").is_dir():
+        land(sorted((SAMPLE_DIR / "events").glob("*.jsonl")), out)
+        shutil.copy(SAMPLE_DIR / "ground_truth.json", truth)
+        console.print(f"copied the sample from {SAMPLE_DIR} into {out}")
+        return
+    profile = Profile.sample() if sample else Profile.large(events)
+    result = run_generator(Profile(**{**profile.__dict__, "seed": seed}), out, truth)
+    console.print(f"{result.lines:,} lines in {result.files} files -> {out}; truth -> {truth}")
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    lake: LakeOpt = None,
+    input: InputOpt = None,
+    source: Annotated[str | None, typer.Option(help="files or kafka")] = None,
+    available_now: Annotated[bool, typer.Option("--available-now",
+                             help="process everything pending, then exit 0")] = False,
+    master: Annotated[str | None, typer.Option(help="Spark master, e.g. spark://host:7077")] = None,
+) -> None:
+    """Run the streaming pipeline: landing -> bronze -> silver -> gold."""
+    from pipelines.jobs.run import run_available_now, run_continuously
+    from pipelines.session import build_spark
+
+    s = settings(config, lake=lake, input=input, source=source)
+    if master:
+        s = s.model_copy(update={"spark": s.spark.model_copy(update={"master": master})})
+    spark = build_spark(s.spark)
+    if available_now:
+        run_available_now(spark, s)
+    else:
+        console.print("streaming; Ctrl-C (SIGINT) or SIGTERM stops cleanly")
+        run_continuously(spark, s)
+
+
+@app.command()
+def summary(config: ConfigOpt = None, lake: LakeOpt = None) -> None:
+    """Print rows per layer, quarantine by reason and, once gold exists, the funnel."""
+    from pipelines.report import print_summary
+    from pipelines.session import build_spark
+
+    s = settings(config, lake=lake)
+    print_summary(build_spark(s.spark), s, console)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    app()
+
+
+if __name__ == "__main__":
+    main()

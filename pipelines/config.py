@@ -1,0 +1,222 @@
+"""Typed settings, validated once at start-up.
+
+Layers, later wins:
+1. the defaults in these models (``conf/base.yaml`` mirrors them, and a test keeps the two equal);
+2. ``conf/base.yaml``, then ``conf/local.yaml`` (git-ignored), from the config folder;
+3. ``--config FILE``;
+4. environment variables ``FUNNELHOUSE__SECTION__KEY=value`` (value parsed as YAML);
+5. CLI flags (``--lake``, ``--input``, ``--source``, ...).
+
+Unknown keys are rejected with a message that names them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pipelines.contract import STEPS
+
+ENV_PREFIX = "FUNNELHOUSE__"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+_UNITS = {
+    "ms": 0.001, "millisecond": 0.001, "milliseconds": 0.001,
+    "s": 1, "sec": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400,
+}
+
+
+def _parse_duration(value: Any) -> timedelta:
+    """Accept ``"10 minutes"``, ``"30s"``, ``"1 hour"``, a number of seconds or a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*", str(value))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a duration: {value!r} (try '10 minutes', '30s', '1 hour')")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+Step = Literal[STEPS]  # type: ignore[valid-type]
+
+
+def spark_interval(d: timedelta) -> str:
+    """A timedelta as a Spark interval string, e.g. ``'600 seconds'``."""
+    seconds = d.total_seconds()
+    return f"{int(seconds)} seconds" if seconds == int(seconds) else f"{int(seconds * 1000)} milliseconds"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SparkSettings(Strict):
+    master: str = "local[2]"
+    app_name: str = "funnelhouse"
+    shuffle_partitions: int = Field(4, ge=1)
+    ui: StrictBool = False
+    driver_memory: str = "4g"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class StreamSettings(Strict):
+    trigger_interval: Duration = timedelta(seconds=10)
+    max_files_per_trigger: int | None = Field(None, ge=1)
+    watermark_delay: Duration = timedelta(minutes=10)
+
+
+class KafkaSettings(Strict):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "events"
+    starting_offsets: Literal["earliest", "latest"] = "earliest"
+    max_offsets_per_trigger: int | None = Field(None, ge=1)
+    fail_on_data_loss: StrictBool = True
+
+
+class SessionSettings(Strict):
+    gap: Duration = timedelta(minutes=30)
+    attribution: Literal["first_touch", "last_touch"] = "first_touch"
+
+
+class DropoffRule(Strict):
+    """Alert when ``to_step / from_step`` conversion is below ``min_conversion``
+    for a campaign window that has at least ``min_volume`` sessions at ``from_step``."""
+
+    name: str
+    from_step: Step
+    to_step: Step
+    min_conversion: float = Field(ge=0, le=1)
+    min_volume: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DropoffRule:
+        if STEPS.index(self.to_step) <= STEPS.index(self.from_step):
+            raise ValueError(f"rule {self.name}: to_step must come after from_step")
+        return self
+
+
+def _default_dropoff_rules() -> list[DropoffRule]:
+    return [
+        DropoffRule(name="click_to_cart", from_step="ad_click", to_step="add_to_cart",
+                    min_conversion=0.20, min_volume=100),
+        DropoffRule(name="click_through", from_step="ad_impression", to_step="ad_click",
+                    min_conversion=0.02, min_volume=1000),
+    ]
+
+
+class FunnelSettings(Strict):
+    window: Duration = timedelta(hours=1)
+    dropoff_rules: list[DropoffRule] = Field(default_factory=_default_dropoff_rules)
+
+
+class Settings(Strict):
+    lake: str = "data/lake"  # a local folder or a URI (s3a://, abfss://)
+    input: str = "data/landing"
+    source: Literal["files", "kafka"] = "files"
+    spark: SparkSettings = SparkSettings()
+    stream: StreamSettings = StreamSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    sessions: SessionSettings = SessionSettings()
+    funnel: FunnelSettings = FunnelSettings()
+
+    @field_validator("lake", "input", mode="before")
+    @classmethod
+    def _absolute(cls, value: object) -> str:
+        """Local paths become absolute (Delta needs that); URIs stay as they are."""
+        text = str(value)
+        return text.rstrip("/") if "://" in text else str(Path(text).resolve())
+
+    def table(self, name: str) -> str:
+        """The path of a lake table, e.g. ``table('silver/events')``."""
+        return f"{self.lake}/{name}"
+
+    def checkpoint(self, name: str) -> str:
+        return f"{self.lake}/_checkpoints/{name}"
+
+
+class ConfigError(ValueError):
+    """Raised for a config that does not validate; the message names every bad key."""
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = name[len(ENV_PREFIX):].lower().split("__")
+        node = out
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        what = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {where}: {what}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    conf_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from the layers described in the module docstring."""
+    conf_dir = conf_dir or Path(os.environ.get("FUNNELHOUSE_CONF_DIR", REPO_ROOT / "conf"))
+    data: dict[str, Any] = {}
+    for path in (conf_dir / "base.yaml", conf_dir / "local.yaml"):
+        if path.exists():
+            data = _deep_merge(data, _read_yaml(path))
+    if config_file is not None:
+        if not config_file.exists():
+            raise ConfigError(f"config file not found: {config_file}")
+        data = _deep_merge(data, _read_yaml(config_file))
+    data = _deep_merge(data, _env_overrides(os.environ if environ is None else environ))
+    data = _deep_merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None

@@ -1,0 +1,98 @@
+"""The event contract: the six funnel steps, the input schema and the validation rules.
+
+Everything that knows what a valid event is lives here, so the generator, the silver
+transform and the tests agree by construction.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
+
+STEPS: tuple[str, ...] = (
+    "ad_impression",
+    "ad_click",
+    "landing_page_view",
+    "add_to_cart",
+    "checkout_start",
+    "purchase",
+)
+STEP_INDEX: dict[str, int] = {step: i + 1 for i, step in enumerate(STEPS)}
+AD_STEPS = ("ad_impression", "ad_click")
+COMMERCE_STEPS = ("add_to_cart", "checkout_start", "purchase")
+
+REQUIRED_FIELDS = ("event_id", "event_type", "event_time", "user_id", "tracking_id")
+FIELDS = (
+    *REQUIRED_FIELDS,
+    "campaign_id",
+    "ad_id",
+    "product_id",
+    "price",
+    "quantity",
+    "ip",
+    "user_agent",
+)
+CORRUPT = "_corrupt_record"
+
+# Parse every field as a string first: a wrongly typed value then becomes a precise
+# quarantine reason (invalid_price, ...) instead of a whole-record parse failure.
+RAW_EVENT_SCHEMA = StructType(
+    [StructField(name, StringType()) for name in FIELDS] + [StructField(CORRUPT, StringType())]
+)
+
+# Quarantine reasons, in the order they are checked; a row gets the first that applies.
+MALFORMED_JSON = "malformed_json"
+UNKNOWN_EVENT_TYPE = "unknown_event_type"
+INVALID_EVENT_TIME = "invalid_event_time"
+INVALID_PRICE = "invalid_price"
+NEGATIVE_PRICE = "negative_price"
+INVALID_QUANTITY = "invalid_quantity"
+
+
+def missing(field: str) -> str:
+    """The quarantine reason for an absent or empty required field."""
+    return f"missing_{field}"
+
+
+_ZONED_ISO = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})$"
+
+
+def parse_event_time(raw: Column) -> Column:
+    """ISO-8601 with a zone (``Z`` or ``+hh:mm``) -> UTC timestamp; anything else -> null."""
+    return F.when(raw.rlike(_ZONED_ISO), F.try_to_timestamp(raw))
+
+
+def step_index(event_type: Column) -> Column:
+    """``event_type`` -> its 1-based funnel index; null for an unknown type."""
+    mapping = F.create_map(*[x for s, i in STEP_INDEX.items() for x in (F.lit(s), F.lit(i))])
+    return mapping[event_type]
+
+
+def _blank(c: Column) -> Column:
+    return c.isNull() | (F.trim(c) == "")
+
+
+def rejection_reason(p: Column) -> Column:
+    """The first contract rule a parsed struct ``p`` (of ``RAW_EVENT_SCHEMA``) breaks, or null.
+
+    Checked in order: JSON syntax, required fields, event type, time, price, quantity and
+    the product on commerce steps.
+    """
+    is_commerce = p["event_type"].isin(*COMMERCE_STEPS)
+    price = p["price"].try_cast("double")
+    quantity = p["quantity"].try_cast("int")
+    checks: list[tuple[Column, str]] = [(p[CORRUPT].isNotNull() | p.isNull(), MALFORMED_JSON)]
+    checks += [(_blank(p[f]), missing(f)) for f in REQUIRED_FIELDS]
+    checks += [
+        (step_index(p["event_type"]).isNull(), UNKNOWN_EVENT_TYPE),
+        (parse_event_time(p["event_time"]).isNull(), INVALID_EVENT_TIME),
+        (p["price"].isNotNull() & price.isNull(), INVALID_PRICE),
+        (price < 0, NEGATIVE_PRICE),
+        (p["quantity"].isNotNull() & (quantity.isNull() | (quantity < 1)), INVALID_QUANTITY),
+        (is_commerce & _blank(p["product_id"]), missing("product_id")),
+    ]
+    reason = F.lit(None).cast("string")
+    for failed, name in reversed(checks):
+        reason = F.when(failed, F.lit(name)).otherwise(reason)
+    return reason

@@ -1,0 +1,56 @@
+"""Readers. Each takes ``streaming`` so one transform chain serves stream and batch."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipelines.config import KafkaSettings
+
+
+def read_landing(spark: SparkSession, path: str, streaming: bool,
+                 max_files_per_trigger: int | None = None) -> DataFrame:
+    """JSON-lines files in the landing folder as ``raw`` text plus ``source_file``.
+
+    Lines are read as text, not JSON, so a malformed line is still a row (bronze keeps it).
+    Files whose names start with ``.`` or ``_`` are skipped (they are being written).
+    """
+    if streaming:
+        reader = spark.readStream.format("text")
+        if max_files_per_trigger:
+            reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
+        df = reader.load(path)
+    else:
+        df = spark.read.format("text").load(path)
+    return df.select(F.col("value").alias("raw"), F.col("_metadata.file_path").alias("source_file"))
+
+
+def read_kafka(spark: SparkSession, kafka: KafkaSettings, streaming: bool) -> DataFrame:
+    """Kafka messages as ``raw`` (the value as UTF-8) plus topic, partition, offset and time."""
+    reader = spark.readStream if streaming else spark.read
+    reader = (reader.format("kafka")
+              .option("kafka.bootstrap.servers", kafka.bootstrap_servers)
+              .option("subscribe", kafka.topic)
+              .option("startingOffsets", kafka.starting_offsets)
+              .option("failOnDataLoss", str(kafka.fail_on_data_loss).lower()))
+    if streaming and kafka.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", kafka.max_offsets_per_trigger)
+    return reader.load().select(
+        F.col("value").cast("string").alias("raw"),
+        F.col("topic").alias("kafka_topic"),
+        F.col("partition").alias("kafka_partition"),
+        F.col("offset").alias("kafka_offset"),
+        F.col("timestamp").alias("kafka_timestamp"),
+        F.col("key").cast("string").alias("kafka_key"),
+    )
+
+
+def read_table(spark: SparkSession, path: str, streaming: bool,
+               max_files_per_trigger: int | None = None) -> DataFrame:
+    """A Delta table, as a batch or a stream of its appends."""
+    if not streaming:
+        return spark.read.format("delta").load(path)
+    reader = spark.readStream.format("delta")
+    if max_files_per_trigger:
+        reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
+    return reader.load(path)

@@ -1,0 +1,69 @@
+"""The streaming job: bronze -> silver (-> gold) until interrupted, or until caught up.
+
+spark-submit entry: ``spark-submit --jars ... pipelines/jobs/run.py --input DIR --lake DIR``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterable
+
+from pyspark.sql import SparkSession
+from pyspark.sql.streaming import StreamingQuery
+
+from pipelines.config import Settings
+from pipelines.streams import LAYERS
+
+log = logging.getLogger(__name__)
+
+
+class StreamFailed(RuntimeError):
+    pass
+
+
+def _check(query: StreamingQuery) -> None:
+    if query.exception() is not None:
+        raise StreamFailed(f"query {query.name} failed: {query.exception()}")
+
+
+def run_available_now(spark: SparkSession, s: Settings, layers: Iterable[str] = LAYERS) -> None:
+    """Process everything pending, one layer after the other (each layer reads what the one
+    before it wrote), then return."""
+    for name in layers:
+        query = LAYERS[name](spark, s, True)
+        query.awaitTermination()
+        _check(query)
+        log.info("%s caught up", name)
+
+
+def run_continuously(spark: SparkSession, s: Settings, layers: Iterable[str] = LAYERS,
+                     stop: threading.Event | None = None) -> None:
+    """Run every layer at once on its trigger until SIGINT/SIGTERM (or ``stop`` is set), then
+    stop the queries between micro-batches."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    queries = [LAYERS[name](spark, s, False) for name in layers]
+    try:
+        while not stop.is_set():
+            if spark.streams.awaitAnyTermination(timeout=1):
+                for q in queries:
+                    _check(q)
+                break
+    finally:
+        for q in queries:
+            q.stop()
+    log.info("stopped cleanly")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pipelines.cli import app
+    app(["run", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The one SparkSession factory. Jobs, notebooks and the test fixture all call ``build_spark``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from pipelines.config import REPO_ROOT, SparkSettings
+
+JARS_DIR = Path(os.environ.get("FUNNELHOUSE_JARS", REPO_ROOT / ".jars"))
+
+BASE_CONF: dict[str, str] = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.driver.extraJavaOptions":
+        f"-Duser.timezone=UTC -Dlog4j2.configurationFile={REPO_ROOT / 'conf' / 'log4j2.properties'}",
+    "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+    "spark.sql.streaming.stateStore.providerClass":
+        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+    "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
+    "spark.sql.streaming.stopGracefullyOnShutdown": "true",
+    "spark.databricks.delta.schema.autoMerge.enabled": "false",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.databricks.delta.optimizeMetadataQuery.enabled": "true",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.ui.showConsoleProgress": "false",
+}
+
+
+def jar_paths(jars_dir: Path = JARS_DIR) -> list[str]:
+    """The Delta and Kafka jars fetched by ``make setup``; a clear error when they are missing."""
+    jars = sorted(str(p) for p in jars_dir.glob("*.jar"))
+    if not any("delta-spark" in j for j in jars):
+        raise RuntimeError(
+            f"Delta jars not found in {jars_dir}. Run `make setup` (it fetches them with mvn),"
+            " or point FUNNELHOUSE_JARS at a folder that holds them."
+        )
+    return jars
+
+
+def build_spark(settings: SparkSettings | None = None, **overrides: str) -> SparkSession:
+    """Build (or return the running) SparkSession with Delta, the jars, RocksDB state and UTC.
+
+    ``overrides`` are extra Spark conf entries; they win over ``settings.conf``.
+    """
+    settings = settings or SparkSettings()
+    # Python workers must run the same interpreter as the driver (pyarrow, pandas live there).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    conf = {
+        **BASE_CONF,
+        "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
+        "spark.ui.enabled": str(settings.ui).lower(),
+        "spark.driver.memory": settings.driver_memory,
+        **settings.conf,
+        **overrides,
+    }
+    builder = SparkSession.builder.appName(settings.app_name)
+    if not _submitted():
+        builder = builder.master(settings.master)
+        conf["spark.jars"] = ",".join(jar_paths())
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def _submitted() -> bool:
+    """True under spark-submit: the JVM is up already, with the master and jars it was given."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ

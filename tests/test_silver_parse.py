@@ -1,0 +1,101 @@
+"""Parsing and validation, one hand-written line per kind of bad input."""
+
+import json
+from datetime import datetime
+
+import pytest
+from pyspark.sql import functions as F
+
+from pipelines.common import MissingColumns
+from pipelines.silver import dedupe, parse, quarantined, valid_events
+from pipelines.tables import BRONZE_EVENTS
+
+GOOD = {
+    "event_id": "e1", "event_type": "add_to_cart", "event_time": "2026-11-02T10:00:00.250+02:00",
+    "user_id": "u1", "tracking_id": "t1", "product_id": "sku_1", "price": 12.5, "quantity": 2,
+    "ip": "10.0.0.1", "user_agent": "ua", "campaign_id": "", "utm_source": "kept in bronze only",
+}
+
+
+def line(**changes) -> str:
+    ev = {**GOOD, **changes}
+    return json.dumps({k: v for k, v in ev.items() if v is not ...})
+
+
+def bronze(spark, *lines: str):
+    """Bronze rows for ``lines``, ingested one second apart from 09:00:00."""
+    rows = [{"raw": raw, "ingest_time": datetime(2026, 11, 2, 9, 0, i)} for i, raw in enumerate(lines)]
+    return spark.createDataFrame(rows, BRONZE_EVENTS.schema)
+
+
+CASES = [
+    ("not json at all", "malformed_json"),
+    ('{"event_id": "e1", "event_ty', "malformed_json"),
+    ("", "malformed_json"),
+    ("[1, 2, 3]", "malformed_json"),
+    (line(event_id=...), "missing_event_id"),
+    (line(event_id="  "), "missing_event_id"),
+    (line(event_type=...), "missing_event_type"),
+    (line(event_time=...), "missing_event_time"),
+    (line(user_id=...), "missing_user_id"),
+    (line(tracking_id=None), "missing_tracking_id"),
+    (line(event_type="ad_hover"), "unknown_event_type"),
+    (line(event_type="PURCHASE"), "unknown_event_type"),
+    (line(event_time="2026-11-02T10:00:00.250"), "invalid_event_time"),
+    (line(event_time="25/11/2026 10:00:00"), "invalid_event_time"),
+    (line(event_time="2026-13-45T10:00:00.000Z"), "invalid_event_time"),
+    (line(price="cheap"), "invalid_price"),
+    (line(price=-0.01), "negative_price"),
+    (line(quantity=0), "invalid_quantity"),
+    (line(quantity="two"), "invalid_quantity"),
+    (line(product_id=...), "missing_product_id"),
+    (line(event_type="purchase", product_id=""), "missing_product_id"),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), CASES)
+def test_each_bad_input_gets_its_reason(spark, raw, reason):
+    out = bronze(spark, raw).transform(parse).transform(quarantined).collect()
+    assert [(r.raw, r.reason) for r in out] == [(raw, reason)]
+
+
+def test_all_bad_cases_at_once_keep_one_row_each(spark):
+    df = bronze(spark, *[raw for raw, _ in CASES]).transform(parse)
+    assert df.transform(valid_events).count() == 0
+    got = sorted(r.reason for r in df.transform(quarantined).collect())
+    assert got == sorted(reason for _, reason in CASES)
+
+
+def test_a_valid_line_is_typed_in_utc(spark):
+    [row] = bronze(spark, line()).transform(parse).transform(valid_events).collect()
+    assert row.event_time == datetime(2026, 11, 2, 8, 0, 0, 250000)  # +02:00 -> UTC
+    assert (row.event_type, row.step, row.price, row.quantity) == ("add_to_cart", 4, 12.5, 2)
+    assert row.campaign_id is None  # blank optional field -> null
+    assert str(row.event_date) == "2026-11-02"
+    assert row.late is False
+
+
+def test_ad_events_need_no_product(spark):
+    raw = line(event_type="ad_impression", product_id=..., price=..., quantity=...,
+               campaign_id="cmp_01", event_time="2026-11-02T23:59:59.999Z")
+    [row] = bronze(spark, raw).transform(parse).transform(valid_events).collect()
+    assert (row.step, row.campaign_id, row.price, str(row.event_date)) == (1, "cmp_01", None,
+                                                                           "2026-11-02")
+
+
+def test_dedupe_keeps_the_first_delivery(spark):
+    df = bronze(spark, line(), line(event_id="e2"), line()).transform(parse).transform(valid_events)
+    out = df.transform(dedupe).orderBy("event_id").collect()
+    assert [r.event_id for r in out] == ["e1", "e2"]
+    assert out[0].ingest_time == datetime(2026, 11, 2, 9, 0, 0)
+
+
+def test_extra_fields_are_ignored_by_silver(spark):
+    df = bronze(spark, line()).transform(parse).transform(valid_events)
+    assert "utm_source" not in df.columns
+    assert df.where(F.col("event_id") == "e1").count() == 1
+
+
+def test_silver_refuses_input_without_bronze_columns(spark):
+    with pytest.raises(MissingColumns, match="ingest_time"):
+        spark.createDataFrame([("x",)], "raw string").transform(parse)
