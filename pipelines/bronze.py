@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.tables import BRONZE_EVENTS
+from pipelines.tables import BRONZE_EVENTS, conform
 
 SOURCE_COLUMNS = ("raw", "source_file", "kafka_topic", "kafka_partition", "kafka_offset",
                   "kafka_timestamp", "kafka_key")
@@ -22,4 +22,4 @@ def to_bronze(df: DataFrame) -> DataFrame:
     cols = {c: F.col(c) if c in df.columns else F.lit(None) for c in SOURCE_COLUMNS}
     out = df.select(*[v.alias(k) for k, v in cols.items()])
     out = out.withColumn("ingest_time", now).withColumn("ingest_date", F.to_date(now))
-    return out.select(*[F.col(f.name).cast(f.dataType) for f in BRONZE_EVENTS.schema.fields])
+    return out.transform(conform(BRONZE_EVENTS))

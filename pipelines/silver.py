@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 
 from pipelines import contract as C
 from pipelines.common import Transform, require_columns
-from pipelines.tables import BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE
+from pipelines.tables import BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, conform
 
 _JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": C.CORRUPT}
 
@@ -53,7 +53,7 @@ def valid_events(df: DataFrame) -> DataFrame:
         "late": F.lit(False),
     }
     out = df.where(F.col("reason").isNull()).select(*[v.alias(k) for k, v in typed.items()])
-    return out.select(*[F.col(f.name).cast(f.dataType) for f in SILVER_EVENTS.schema.fields])
+    return out.transform(conform(SILVER_EVENTS))
 
 
 def quarantined(df: DataFrame) -> DataFrame:
@@ -62,7 +62,7 @@ def quarantined(df: DataFrame) -> DataFrame:
     out = (df.where(F.col("reason").isNotNull())
              .withColumn("quarantine_time", now)
              .withColumn("ingest_date", F.to_date("ingest_time")))
-    return out.select(*[F.col(f.name).cast(f.dataType) for f in SILVER_QUARANTINE.schema.fields])
+    return out.transform(conform(SILVER_QUARANTINE))
 
 
 def dedupe(df: DataFrame) -> DataFrame:

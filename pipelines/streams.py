@@ -12,11 +12,13 @@ from datetime import datetime
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines import tables
 from pipelines.bronze import to_bronze
 from pipelines.config import Settings, spark_interval
+from pipelines.gold import build
 from pipelines.io import sinks, sources
 from pipelines.silver import dedupe, mark_late, parse, quarantined, valid_events
 
@@ -86,4 +88,84 @@ def start_silver(spark: SparkSession, s: Settings, available_now: bool) -> Strea
     return writer.foreachBatch(SilverBatch(spark, s)).start()
 
 
-LAYERS = {"bronze": start_bronze, "silver": start_silver}
+
+
+class GoldBatch:
+    """``foreachBatch`` body for silver -> gold. Each micro-batch recomputes only what its
+    events touch, with the same functions a batch build uses:
+
+    1. the sessions of every ``tracking_id`` in the batch, from all of silver (on-time rows),
+       replace that journey's rows in ``gold/session_funnel`` (a late-arriving event can
+       split, merge or extend a session, so a journey is rebuilt whole);
+    2. the (campaign, window) cells those sessions fall in, in ``gold/campaign_funnel``;
+    3. ``gold/campaign_performance`` and ``gold/product_abandonment`` (small: rebuilt whole);
+    4. drop-off rules on windows the watermark has closed -> insert-only ``gold/alerts``.
+
+    Every step is a MERGE or an overwrite of a deterministic result, so a replayed batch
+    changes nothing. Rows flagged ``late`` by silver are skipped and counted.
+    """
+
+    def __init__(self, spark: SparkSession, s: Settings):
+        self.s = s
+        self.silver = tables.ensure(spark, s.lake, tables.SILVER_EVENTS)
+        self.paths = {t.name: tables.ensure(spark, s.lake, t) for t in tables.GOLD}
+        self.late_rows_skipped = 0
+
+    def _read(self, spark: SparkSession, table: tables.Table) -> DataFrame:
+        return spark.read.format("delta").load(self.paths[table.name])
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        spark, s = batch.sparkSession, self.s
+        counts = batch.groupBy("late").count().collect()
+        self.late_rows_skipped += sum(r["count"] for r in counts if r["late"])
+        journeys = batch.where(~F.col("late")).select("tracking_id").distinct().persist()
+        if journeys.count():
+            self._sessions_and_funnel(spark, journeys)
+        journeys.unpersist()
+        sessions = self._read(spark, tables.SESSION_FUNNEL)
+        sinks.overwrite(sessions.transform(build.performance_rows(s)),
+                        self.paths[tables.CAMPAIGN_PERFORMANCE.name])
+        sinks.overwrite(sessions.transform(build.product_rows(s)),
+                        self.paths[tables.PRODUCT_ABANDONMENT.name])
+        silver = spark.read.format("delta").load(self.silver)
+        alerts = self._read(spark, tables.CAMPAIGN_FUNNEL).transform(
+            build.alert_rows(s, build.event_watermark(silver, s)))
+        sinks.insert_new(alerts, self.paths[tables.ALERTS.name], "alert_id")
+
+    def _sessions_and_funnel(self, spark: SparkSession, journeys: DataFrame) -> None:
+        s = self.s
+        silver = spark.read.format("delta").load(self.silver).where(~F.col("late"))
+        events = silver.join(F.broadcast(journeys), "tracking_id", "left_semi")
+        new = events.transform(build.session_rows(s)).persist()
+        old = self._read(spark, tables.SESSION_FUNNEL).join(
+            F.broadcast(journeys), "tracking_id", "left_semi").persist()
+        old.count()  # pin the rows as they are before the MERGE
+        sinks.replace_rows(new, old, self.paths[tables.SESSION_FUNNEL.name], ["session_id"])
+
+        cells = (new.select("campaign_id", "session_start").unionByName(
+                    old.select("campaign_id", "session_start"))
+                 .where(F.col("campaign_id").isNotNull())
+                 .select("campaign_id", build.window_of("session_start", s).alias("window_start"))
+                 .distinct().persist())
+        sessions = self._read(spark, tables.SESSION_FUNNEL).withColumn(
+            "window_start", build.window_of("session_start", s))
+        in_cells = sessions.join(F.broadcast(cells), ["campaign_id", "window_start"], "left_semi")
+        funnel_old = self._read(spark, tables.CAMPAIGN_FUNNEL).join(
+            F.broadcast(cells), ["campaign_id", "window_start"], "left_semi").persist()
+        funnel_old.count()
+        sinks.replace_rows(in_cells.drop("window_start").transform(build.funnel_rows(s)), funnel_old,
+                           self.paths[tables.CAMPAIGN_FUNNEL.name], ["campaign_id", "window_start"])
+        for df in (new, old, cells, funnel_old):
+            df.unpersist()
+
+
+def start_gold(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
+    silver = tables.ensure(spark, s.lake, tables.SILVER_EVENTS)
+    stream = sources.read_table(spark, silver, streaming=True,
+                                max_files_per_trigger=s.stream.max_files_per_trigger)
+    writer = sinks.stream_writer(stream, "gold", s.checkpoint("gold/funnel"), available_now,
+                                 spark_interval(s.stream.trigger_interval))
+    return writer.foreachBatch(GoldBatch(spark, s)).start()
+
+
+LAYERS = {"bronze": start_bronze, "silver": start_silver, "gold": start_gold}

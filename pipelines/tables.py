@@ -6,11 +6,14 @@ a schema never drifts; ``docs/tables.md`` documents the same columns (a test kee
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from delta.tables import DeltaTable
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import (
+    ArrayType,
     BooleanType,
     DateType,
     DoubleType,
@@ -21,6 +24,8 @@ from pyspark.sql.types import (
     StructType,
     TimestampType,
 )
+
+from pipelines.contract import STEPS
 
 
 def _schema(*cols: tuple[str, object]) -> StructType:
@@ -59,7 +64,49 @@ SILVER_QUARANTINE = Table("silver/quarantine", _schema(
     ("kafka_partition", INT), ("kafka_offset", LONG), ("quarantine_time", TS), ("ingest_date", DATE),
 ), partition_by=("ingest_date",))
 
-ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE]
+STRS = ArrayType(StringType())
+_TO_STEP = tuple((f"seconds_to_{s}", DBL) for s in STEPS[1:])
+
+SESSION_FUNNEL = Table("gold/session_funnel", _schema(
+    ("session_id", STR), ("tracking_id", STR), ("session_start", TS), ("session_end", TS),
+    ("user_id", STR), ("campaign_id", STR), ("funnel_level", INT), ("event_count", LONG),
+    ("clicks", LONG), ("purchases", LONG), ("items", LONG), ("revenue", DBL),
+    ("added_products", STRS), ("purchased_products", STRS), *_TO_STEP, ("session_date", DATE),
+), partition_by=("session_date",))
+
+CAMPAIGN_FUNNEL = Table("gold/campaign_funnel", _schema(
+    ("campaign_id", STR), ("window_start", TS), ("window_end", TS), ("sessions", LONG),
+    *((f"reached_{s}", LONG) for s in STEPS), *((f"conversion_{s}", DBL) for s in STEPS[1:]),
+))
+
+CAMPAIGN_PERFORMANCE = Table("gold/campaign_performance", _schema(
+    ("campaign_id", STR), ("sessions", LONG), ("clicks", LONG), ("purchases", LONG),
+    ("purchase_conversion", DBL), ("revenue", DBL), ("p50_seconds_to_add_to_cart", DBL),
+    ("p50_seconds_to_purchase", DBL), ("p90_seconds_to_purchase", DBL),
+    ("smoothed_conversion", DBL), ("current_budget_share", DBL),
+    ("recommended_budget_share", DBL), ("budget_change", DBL), ("budget_rule", STR),
+))
+
+PRODUCT_ABANDONMENT = Table("gold/product_abandonment", _schema(
+    ("product_id", STR), ("adds", LONG), ("purchases", LONG), ("direct_purchases", LONG),
+    ("abandonment_rate", DBL),
+))
+
+ALERTS = Table("gold/alerts", _schema(
+    ("alert_id", STR), ("kind", STR), ("rule", STR), ("campaign_id", STR), ("window_start", TS),
+    ("window_end", TS), ("metric", STR), ("value", DBL), ("threshold", DBL), ("volume", LONG),
+    ("message", STR), ("created_at", TS),
+))
+
+GOLD: list[Table] = [SESSION_FUNNEL, CAMPAIGN_FUNNEL, CAMPAIGN_PERFORMANCE, PRODUCT_ABANDONMENT, ALERTS]
+ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD]
+
+
+def conform(table: Table) -> Callable[[DataFrame], DataFrame]:
+    """Select and cast ``table``'s columns, in order (a missing column is an error)."""
+    def _(df: DataFrame) -> DataFrame:
+        return df.select(*[F.col(f.name).cast(f.dataType) for f in table.schema.fields])
+    return _
 
 
 def ensure(spark: SparkSession, lake: str, table: Table) -> str:

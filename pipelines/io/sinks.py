@@ -74,3 +74,29 @@ def stream_writer(df: DataFrame, name: str, checkpoint: str, available_now: bool
 def max_value(path: str, df: DataFrame, col: str):
     """The largest ``col`` in the Delta table at ``path`` (answered from file stats)."""
     return df.sparkSession.read.format("delta").load(path).agg(F.max(col)).first()[0]
+
+
+def replace_rows(new: DataFrame, old: DataFrame, path: str, keys: list[str]) -> None:
+    """Make the table's rows for a set of keys equal ``new``, in one MERGE.
+
+    ``old`` holds the table's current rows for the affected keys (read *before* the call):
+    rows of ``new`` are upserted, and rows of ``old`` whose key is not in ``new`` (a session
+    that merged into another, a window that lost its last session) are deleted. Running it
+    again with the same input changes nothing.
+    """
+    tombstones = old.select(*keys).join(new.select(*keys), keys, "left_anti").withColumn(
+        "_delete", F.lit(True))
+    source = new.withColumn("_delete", F.lit(False)).unionByName(tombstones, allowMissingColumns=True)
+    on = " AND ".join(f"t.{k} <=> s.{k}" for k in keys)
+    values = {c: F.col(f"s.{c}") for c in new.columns}
+    merge = (DeltaTable.forPath(new.sparkSession, path).alias("t").merge(source.alias("s"), on)
+             .whenMatchedDelete(condition="s._delete")
+             .whenMatchedUpdate(condition="NOT s._delete", set=values)
+             .whenNotMatchedInsert(condition="NOT s._delete", values=values))
+    with_retry(merge.execute, what=f"merge into {path}")
+
+
+def overwrite(df: DataFrame, path: str) -> None:
+    """Replace the whole (small, derived) table atomically."""
+    writer = df.write.format("delta").mode("overwrite")
+    with_retry(lambda: writer.save(path), what=f"overwrite {path}")

@@ -1,0 +1,1 @@
+"""Gold transforms: pure functions over silver events or gold sessions."""
