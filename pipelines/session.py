@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -48,6 +49,10 @@ def build_spark(settings: SparkSettings | None = None, **overrides: str) -> Spar
     ``overrides`` are extra Spark conf entries; they win over ``settings.conf``.
     """
     settings = settings or SparkSettings()
+    # PySpark turns timestamps into naive datetimes in the Python process's zone: make it UTC,
+    # like the session, so watermarks and window edges computed in Python agree with Spark.
+    os.environ["TZ"] = "UTC"
+    time.tzset()
     # Python workers must run the same interpreter as the driver (pyarrow, pandas live there).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)

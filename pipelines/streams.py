@@ -99,7 +99,7 @@ class GoldBatch:
        split, merge or extend a session, so a journey is rebuilt whole);
     2. the (campaign, window) cells those sessions fall in, in ``gold/campaign_funnel``;
     3. ``gold/campaign_performance`` and ``gold/product_abandonment`` (small: rebuilt whole);
-    4. drop-off rules on windows the watermark has closed -> insert-only ``gold/alerts``.
+    4. drop-off rules, once the watermark closes more windows -> insert-only ``gold/alerts``.
 
     Every step is a MERGE or an overwrite of a deterministic result, so a replayed batch
     changes nothing. Rows flagged ``late`` by silver are skipped and counted.
@@ -110,29 +110,47 @@ class GoldBatch:
         self.silver = tables.ensure(spark, s.lake, tables.SILVER_EVENTS)
         self.paths = {t.name: tables.ensure(spark, s.lake, t) for t in tables.GOLD}
         self.late_rows_skipped = 0
+        self._judged_until: datetime | None = None  # windows closed by this time were judged
 
     def _read(self, spark: SparkSession, table: tables.Table) -> DataFrame:
         return spark.read.format("delta").load(self.paths[table.name])
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark, s = batch.sparkSession, self.s
-        counts = batch.groupBy("late").count().collect()
-        self.late_rows_skipped += sum(r["count"] for r in counts if r["late"])
         journeys = batch.where(~F.col("late")).select("tracking_id").distinct().persist()
+        late = batch.where(F.col("late")).count()
+        self.late_rows_skipped += late
         if journeys.count():
-            self._sessions_and_funnel(spark, journeys)
+            sessions = self._sessions_and_funnel(spark, journeys)
+            sinks.overwrite(sessions.transform(build.performance_rows(s)),
+                            self.paths[tables.CAMPAIGN_PERFORMANCE.name])
+            sinks.overwrite(sessions.transform(build.product_rows(s)),
+                            self.paths[tables.PRODUCT_ABANDONMENT.name])
+            sessions.unpersist()
         journeys.unpersist()
-        sessions = self._read(spark, tables.SESSION_FUNNEL)
-        sinks.overwrite(sessions.transform(build.performance_rows(s)),
-                        self.paths[tables.CAMPAIGN_PERFORMANCE.name])
-        sinks.overwrite(sessions.transform(build.product_rows(s)),
-                        self.paths[tables.PRODUCT_ABANDONMENT.name])
-        silver = spark.read.format("delta").load(self.silver)
-        alerts = self._read(spark, tables.CAMPAIGN_FUNNEL).transform(
-            build.alert_rows(s, build.event_watermark(silver, s)))
-        sinks.insert_new(alerts, self.paths[tables.ALERTS.name], "alert_id")
+        self._alerts(spark)
+        if late:
+            log.info("gold batch %d: skipped %d late events", batch_id, late)
 
-    def _sessions_and_funnel(self, spark: SparkSession, journeys: DataFrame) -> None:
+    def _alerts(self, spark: SparkSession) -> None:
+        """Judge the windows that closed since the last time (closed windows never change:
+        what could change them is behind the watermark, so skipped)."""
+        silver = spark.read.format("delta").load(self.silver)
+        watermark = build.event_watermark(silver, self.s)
+        if watermark is None or (self._judged_until and self._closed(watermark) <= self._judged_until):
+            return
+        alerts = self._read(spark, tables.CAMPAIGN_FUNNEL).transform(build.alert_rows(self.s, watermark))
+        sinks.insert_new(alerts, self.paths[tables.ALERTS.name], "alert_id")
+        self._judged_until = self._closed(watermark)
+
+    def _closed(self, watermark: datetime) -> datetime:
+        """The end of the last window the watermark has closed."""
+        window = self.s.funnel.window
+        edge = watermark - self.s.sessions.gap
+        return edge - (edge - datetime(1970, 1, 1, tzinfo=edge.tzinfo)) % window
+
+    def _sessions_and_funnel(self, spark: SparkSession, journeys: DataFrame) -> DataFrame:
+        """Steps 1 and 2; returns all sessions after the update, persisted."""
         s = self.s
         silver = spark.read.format("delta").load(self.silver).where(~F.col("late"))
         events = silver.join(F.broadcast(journeys), "tracking_id", "left_semi")
@@ -147,16 +165,18 @@ class GoldBatch:
                  .where(F.col("campaign_id").isNotNull())
                  .select("campaign_id", build.window_of("session_start", s).alias("window_start"))
                  .distinct().persist())
-        sessions = self._read(spark, tables.SESSION_FUNNEL).withColumn(
-            "window_start", build.window_of("session_start", s))
-        in_cells = sessions.join(F.broadcast(cells), ["campaign_id", "window_start"], "left_semi")
+        sessions = self._read(spark, tables.SESSION_FUNNEL).persist()
+        in_cells = (sessions.withColumn("window_start", build.window_of("session_start", s))
+                    .join(F.broadcast(cells), ["campaign_id", "window_start"], "left_semi")
+                    .drop("window_start"))
         funnel_old = self._read(spark, tables.CAMPAIGN_FUNNEL).join(
             F.broadcast(cells), ["campaign_id", "window_start"], "left_semi").persist()
         funnel_old.count()
-        sinks.replace_rows(in_cells.drop("window_start").transform(build.funnel_rows(s)), funnel_old,
+        sinks.replace_rows(in_cells.transform(build.funnel_rows(s)), funnel_old,
                            self.paths[tables.CAMPAIGN_FUNNEL.name], ["campaign_id", "window_start"])
         for df in (new, old, cells, funnel_old):
             df.unpersist()
+        return sessions
 
 
 def start_gold(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:

@@ -9,6 +9,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.config import REPO_ROOT, Settings, SparkSettings, load_settings
 from pipelines.generate import land
+from pipelines.jobs.run import run_available_now
 from pipelines.session import build_spark
 
 SAMPLE = REPO_ROOT / "data" / "sample"
@@ -38,3 +39,15 @@ def copy_sample(dest: str | Path, files: slice = slice(None)) -> list[Path]:
 
 def read(spark: SparkSession, s: Settings, table: str) -> DataFrame:
     return spark.read.format("delta").load(s.table(table))
+
+
+@pytest.fixture(scope="session")
+def sample_lake(spark, tmp_path_factory) -> Settings:
+    """The committed sample run once through bronze, silver and gold, two files per
+    micro-batch (so several batches, out-of-order files and late events are exercised)."""
+    root = tmp_path_factory.mktemp("sample")
+    s = load_settings(overrides={"lake": root / "lake", "input": root / "landing",
+                                 "stream": {"max_files_per_trigger": 2}})
+    copy_sample(s.input)
+    run_available_now(spark, s)
+    return s
