@@ -15,7 +15,7 @@ from pipelines.config import REPO_ROOT, ConfigError, Settings, load_settings
 
 app = typer.Typer(help="Funnelhouse: a streaming lakehouse for ad and shop clickstreams.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
+console = Console(width=max(Console().width, 132))
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file over conf/base.yaml")]
@@ -87,6 +87,16 @@ def summary(config: ConfigOpt = None, lake: LakeOpt = None) -> None:
 
     s = settings(config, lake=lake)
     print_summary(build_spark(s.spark), s, console)
+
+
+@app.command()
+def report(config: ConfigOpt = None, lake: LakeOpt = None) -> None:
+    """Print the funnel per campaign, the drop-off alerts and the budget recommendation."""
+    from pipelines.report import print_report
+    from pipelines.session import build_spark
+
+    s = settings(config, lake=lake)
+    print_report(build_spark(s.spark), s, console)
 
 
 def main() -> None:

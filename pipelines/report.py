@@ -10,6 +10,7 @@ from rich.table import Table as RichTable
 
 from pipelines import tables
 from pipelines.config import Settings
+from pipelines.contract import STEPS
 
 
 def _exists(spark: SparkSession, path: str) -> bool:
@@ -43,3 +44,73 @@ def print_summary(spark: SparkSession, s: Settings, console: Console) -> None:
         late = spark.read.format("delta").load(events).where("late").count()
         console.print(f"silver events behind the watermark (kept in silver, skipped by gold "
                       f"streams): {late:,}")
+    if _exists(spark, s.table(tables.CAMPAIGN_FUNNEL.name)):
+        print_report(spark, s, console)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def funnel_by_campaign(spark: SparkSession, s: Settings) -> list:
+    """Campaign funnel summed over windows, with step conversions and the biggest drop-off."""
+    funnel = spark.read.format("delta").load(s.table(tables.CAMPAIGN_FUNNEL.name))
+    sums = [F.sum(f"reached_{step}").alias(step) for step in STEPS]
+    return funnel.groupBy("campaign_id").agg(*sums).orderBy("campaign_id").collect()
+
+
+SHORT = {"ad_impression": "impr", "ad_click": "click", "landing_page_view": "land",
+         "add_to_cart": "cart", "checkout_start": "checkout", "purchase": "buy"}
+
+
+def print_report(spark: SparkSession, s: Settings, console: Console) -> None:
+    """The funnel per campaign, the drop-off alerts and the budget recommendation."""
+    if not _exists(spark, s.table(tables.CAMPAIGN_FUNNEL.name)):
+        console.print("no gold tables yet: run `funnelhouse run` first")
+        return
+    alerts = spark.read.format("delta").load(s.table(tables.ALERTS.name)).collect()
+    alerted = {a["campaign_id"] for a in alerts}
+    funnel = RichTable(title="Funnel per campaign: sessions reaching each step "
+                             "(conversion from the step before); ! = alerted")
+    funnel.add_column("campaign")
+    for step in STEPS:
+        funnel.add_column(SHORT[step], justify="right")
+    funnel.add_column("biggest drop-off")
+    for row in funnel_by_campaign(spark, s):
+        counts = [row[step] or 0 for step in STEPS]
+        conv = [None] + [c / p if p else None for p, c in zip(counts, counts[1:], strict=False)]
+        cells = [f"{counts[0]:,}"] + [f"{c:,} {_pct(r)}" for c, r in zip(counts[1:], conv[1:],
+                                                                       strict=False)]
+        known = [(r, i) for i, r in enumerate(conv) if r is not None]
+        worst = min(known) if known else None
+        drop = (f"{SHORT[STEPS[worst[1] - 1]]}->{SHORT[STEPS[worst[1]]]} {_pct(worst[0])}"
+                if worst else "-")
+        name = f"[red]{row['campaign_id']}![/red]" if row["campaign_id"] in alerted else row["campaign_id"]
+        funnel.add_row(name, *cells, drop)
+    console.print(funnel)
+
+    if alerts:
+        table = RichTable(title="Drop-off alerts")
+        for col in ("rule", "campaign", "window start", "value", "threshold", "volume"):
+            table.add_column(col)
+        for a in sorted(alerts, key=lambda a: (a["campaign_id"], a["window_start"], a["rule"])):
+            table.add_row(a["rule"], a["campaign_id"], str(a["window_start"]), _pct(a["value"]),
+                          _pct(a["threshold"]), f"{a['volume']:,}")
+        console.print(table)
+
+    perf = (spark.read.format("delta").load(s.table(tables.CAMPAIGN_PERFORMANCE.name))
+            .orderBy(F.desc("budget_change")).collect())
+    budget = RichTable(title="Campaign performance and budget recommendation")
+    for col in ("campaign", "clicks", "purchases", "conversion", "revenue", "budget now",
+                "recommended", "change"):
+        budget.add_column(col, justify="left" if col == "campaign" else "right")
+    for p in perf:
+        change = p["budget_change"] or 0.0
+        arrow = "[green]▲" if change > 0.001 else "[red]▼" if change < -0.001 else " "
+        budget.add_row(p["campaign_id"], f"{p['clicks']:,}", f"{p['purchases']:,}",
+                       _pct(p["purchase_conversion"]), f"{p['revenue']:,.2f}",
+                       _pct(p["current_budget_share"]), _pct(p["recommended_budget_share"]),
+                       f"{arrow} {change:+.1%}")
+    console.print(budget)
+    if perf:
+        console.print(f"budget rule: {perf[0]['budget_rule']}; 'budget now' is taken as the click share")
