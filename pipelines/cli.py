@@ -65,18 +65,24 @@ def run(
     master: Annotated[str | None, typer.Option(help="Spark master, e.g. spark://host:7077")] = None,
 ) -> None:
     """Run the streaming pipeline: landing -> bronze -> silver -> gold."""
-    from pipelines.jobs.run import run_available_now, run_continuously
+    from pipelines.jobs.run import StreamFailed, run_available_now, run_continuously
     from pipelines.session import build_spark
 
     s = settings(config, lake=lake, input=input, source=source)
     if master:
         s = s.model_copy(update={"spark": s.spark.model_copy(update={"master": master})})
     spark = build_spark(s.spark)
-    if available_now:
-        run_available_now(spark, s)
-    else:
-        console.print("streaming; Ctrl-C (SIGINT) or SIGTERM stops cleanly")
-        run_continuously(spark, s)
+    try:
+        if available_now:
+            run_available_now(spark, s)
+        else:
+            console.print("streaming; Ctrl-C (SIGINT) or SIGTERM stops cleanly")
+            run_continuously(spark, s)
+    except StreamFailed as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        spark.stop()
 
 
 @app.command()

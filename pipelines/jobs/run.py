@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterable
 
 from pyspark.sql import SparkSession
@@ -56,8 +57,17 @@ def run_continuously(spark: SparkSession, s: Settings, layers: Iterable[str] = L
                 break
     finally:
         for q in queries:
-            q.stop()
+            stop_between_batches(q)
     log.info("stopped cleanly")
+
+
+def stop_between_batches(query: StreamingQuery, timeout: float = 300) -> None:
+    """Let the running micro-batch finish, then stop (a plain ``stop()`` interrupts it; it
+    would be replayed on restart, but a clean stop leaves nothing half-done)."""
+    deadline = time.monotonic() + timeout
+    while query.isActive and query.status["isTriggerActive"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    query.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

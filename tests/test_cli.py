@@ -1,0 +1,93 @@
+"""The console script: help, report and summary on the sample lake, and a continuous run
+that picks up new files and stops cleanly on SIGTERM."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import SAMPLE, copy_sample, read
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.config import REPO_ROOT
+
+TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
+runner = CliRunner()
+
+
+def test_help_lists_the_commands():
+    out = runner.invoke(app, ["--help"]).output
+    for command in ("generate", "run", "summary", "report"):
+        assert command in out
+
+
+def test_report_shows_funnel_alerts_and_budget(spark, sample_lake):
+    result = runner.invoke(app, ["report", "--lake", sample_lake.lake], terminal_width=160)
+    assert result.exit_code == 0, result.output
+    assert "cmp_07!" in result.output and "cmp_13!" in result.output
+    assert "click_to_cart" in result.output and "click_through" in result.output
+    assert "budget rule" in result.output
+
+
+def test_summary_counts_rows_and_quarantine_reasons(spark, sample_lake):
+    result = runner.invoke(app, ["summary", "--lake", sample_lake.lake], terminal_width=160)
+    assert result.exit_code == 0, result.output
+    assert f"{TRUTH['valid_unique_events']:,}" in result.output
+    for reason, n in TRUTH["malformed_by_reason"].items():
+        assert reason in result.output
+    assert "Funnel per campaign" in result.output
+
+
+def test_unknown_config_key_exits_2_naming_it(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stream:\n  trigger: 5s\n")
+    result = runner.invoke(app, ["run", "--config", str(bad), "--available-now"])
+    assert result.exit_code == 2
+    assert "stream.trigger: unknown key" in result.output
+
+
+def test_continuous_run_picks_up_new_files_and_stops_on_sigterm(spark, tmp_path: Path):
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    landing.mkdir()
+    conf = tmp_path / "fast.yaml"
+    conf.write_text("stream:\n  trigger_interval: 2 seconds\n")
+    copy_sample(landing, slice(0, 4))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "--config", str(conf),
+         "--input", str(landing), "--lake", str(lake)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        settings_lake = type("S", (), {"table": lambda self, t: f"{lake}/{t}"})()
+        _wait(lambda: _count(spark, settings_lake, "silver/events") > 0, proc)
+        copy_sample(landing, slice(4, None))  # files landing while the stream runs
+        _wait(lambda: _count(spark, settings_lake, "silver/events") == TRUTH["valid_unique_events"]
+              and _count(spark, settings_lake, "gold/session_funnel") > 0, proc)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "stopped cleanly" in output
+    assert _count(spark, settings_lake, "silver/quarantine") == TRUTH["malformed_lines"]
+
+
+def _count(spark, s, table: str) -> int:
+    try:
+        return read(spark, s, table).count()
+    except Exception:  # not created yet
+        return -1
+
+
+def _wait(condition, proc, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        if condition():
+            return
+        time.sleep(2)
+    raise AssertionError("timed out waiting for the stream")
