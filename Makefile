@@ -40,7 +40,7 @@ test-fast: setup
 
 ## bench: throughput of each stage in events/s, beside a baseline from the same run
 bench: setup
-	$(BIN)/python -m pipelines.bench
+	$(BIN)/python -m pipelines.bench $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check pipelines tests
