@@ -130,6 +130,35 @@ class FunnelSettings(Strict):
     dropoff_rules: list[DropoffRule] = Field(default_factory=_default_dropoff_rules)
 
 
+class FraudRule(Strict):
+    """A velocity rule: flag an entity whose ``measure`` over ``event_types`` reaches
+    ``threshold`` within any span of ``window`` (both ends included)."""
+
+    name: str
+    event_types: list[Step] = Field(min_length=1)
+    key: Literal["user", "ip"]
+    measure: Literal["count", "quantity"]
+    threshold: int = Field(ge=1)
+    window: Duration
+
+
+def _default_fraud_rules() -> list[FraudRule]:
+    return [
+        FraudRule(name="R1", event_types=["add_to_cart"], key="user", measure="count",
+                  threshold=10, window=timedelta(seconds=5)),
+        FraudRule(name="R2", event_types=["purchase"], key="user", measure="quantity",
+                  threshold=50, window=timedelta(seconds=10)),
+        FraudRule(name="R3", event_types=["purchase"], key="ip", measure="count",
+                  threshold=5, window=timedelta(seconds=10)),
+    ]
+
+
+class FraudSettings(Strict):
+    buckets: int = Field(16, ge=1)  # keys are grouped into this many state groups
+    max_evidence: int = Field(200, ge=1)  # event ids kept per flag
+    rules: list[FraudRule] = Field(default_factory=_default_fraud_rules)
+
+
 class Settings(Strict):
     lake: str = "data/lake"  # a local folder or a URI (s3a://, abfss://)
     input: str = "data/landing"
@@ -139,6 +168,7 @@ class Settings(Strict):
     kafka: KafkaSettings = KafkaSettings()
     sessions: SessionSettings = SessionSettings()
     funnel: FunnelSettings = FunnelSettings()
+    fraud: FraudSettings = FraudSettings()
 
     @field_validator("lake", "input", mode="before")
     @classmethod

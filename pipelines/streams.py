@@ -21,6 +21,7 @@ from pipelines.config import Settings, spark_interval
 from pipelines.gold import build
 from pipelines.io import sinks, sources
 from pipelines.silver import dedupe, mark_late, parse, quarantined, valid_events
+from pipelines.stateful.fraud import fraud_flags_stream
 
 log = logging.getLogger(__name__)
 
@@ -188,4 +189,18 @@ def start_gold(spark: SparkSession, s: Settings, available_now: bool) -> Streami
     return writer.foreachBatch(GoldBatch(spark, s)).start()
 
 
-LAYERS = {"bronze": start_bronze, "silver": start_silver, "gold": start_gold}
+def start_fraud(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
+    """Silver -> ``gold/fraud_flags``: the stateful velocity rules (see ``stateful/fraud.py``).
+    Append-only output through the Delta sink, exactly once by the checkpoint."""
+    silver = tables.ensure(spark, s.lake, tables.SILVER_EVENTS)
+    path = tables.ensure(spark, s.lake, tables.FRAUD_FLAGS)
+    events = sources.read_table(spark, silver, streaming=True,
+                                max_files_per_trigger=s.stream.max_files_per_trigger)
+    flags = fraud_flags_stream(events.where(~F.col("late")), s.fraud,
+                               spark_interval(s.stream.watermark_delay))
+    writer = sinks.stream_writer(flags, "fraud", s.checkpoint("gold/fraud_flags"), available_now,
+                                 spark_interval(s.stream.trigger_interval))
+    return writer.format("delta").outputMode("append").start(path)
+
+
+LAYERS = {"bronze": start_bronze, "silver": start_silver, "gold": start_gold, "fraud": start_fraud}

@@ -26,6 +26,7 @@ from pyspark.sql.types import (
 )
 
 from pipelines.contract import STEPS
+from pipelines.stateful.fraud import FLAG_SCHEMA
 
 
 def _schema(*cols: tuple[str, object]) -> StructType:
@@ -98,8 +99,11 @@ ALERTS = Table("gold/alerts", _schema(
     ("message", STR), ("created_at", TS),
 ))
 
+FRAUD_FLAGS = Table("gold/fraud_flags", FLAG_SCHEMA)
+
 GOLD: list[Table] = [SESSION_FUNNEL, CAMPAIGN_FUNNEL, CAMPAIGN_PERFORMANCE, PRODUCT_ABANDONMENT, ALERTS]
-ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD]
+DETECTORS: list[Table] = [FRAUD_FLAGS]
+ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD, *DETECTORS]
 
 
 def conform(table: Table) -> Callable[[DataFrame], DataFrame]:

@@ -1,0 +1,67 @@
+"""The fraud query on the sample: every injected burst flagged, nobody else, same as batch,
+and state that empties out."""
+
+import json
+from pathlib import Path
+
+from conftest import SAMPLE, copy_sample, read
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from pipelines.jobs.run import run_available_now
+from pipelines.stateful.fraud import fraud_flags_batch
+
+TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
+
+
+def test_every_injected_burst_is_flagged_and_nothing_else(spark, sample_lake):
+    flags = read(spark, sample_lake, "gold/fraud_flags").collect()
+    got = {(f.rule, f.entity_type, f.entity_id): f for f in flags}
+    expected = {(b["rule"], b["entity_type"], b["entity_id"]): b for b in TRUTH["fraud_bursts"]}
+    assert set(got) == set(expected)  # recall 1.0 and precision 1.0
+    assert len(flags) == len(expected)  # one flag per burst
+    for key, burst in expected.items():
+        flag = got[key]
+        assert flag.event_count == burst["event_count"]
+        assert flag.evidence_event_ids == burst["event_ids"]
+        assert flag.first_event_time.isoformat(timespec="milliseconds") + "Z" == burst["first_event_time"]
+        assert flag.last_event_time.isoformat(timespec="milliseconds") + "Z" == burst["last_event_time"]
+        if burst["rule"] == "R2":
+            assert flag.measure_value == burst["quantity"]
+
+
+def test_stream_and_batch_flags_are_identical(spark, sample_lake):
+    silver = read(spark, sample_lake, "silver/events").where(~F.col("late"))
+    assertDataFrameEqual(read(spark, sample_lake, "gold/fraud_flags"),
+                         fraud_flags_batch(silver, sample_lake.fraud), checkRowOrder=False)
+
+
+def _held_events(spark, s) -> list[int]:
+    """Event times held in the fraud operator's state, read with the state store reader.
+    value.groupState.pending is the bucket's open-burst events, column by column; [2] is t."""
+    state = spark.read.format("statestore").load(s.checkpoint("gold/fraud_flags")).collect()
+    assert len(state) <= s.fraud.buckets
+    return [t for row in state for t in json.loads(row.value.groupState.pending)[2]]
+
+
+def test_state_holds_only_bursts_still_open(spark, sample_lake):
+    s = sample_lake
+    held = _held_events(spark, s)
+    latest = read(spark, s, "silver/events").agg(F.max(F.unix_millis("event_time"))).first()[0]
+    horizon = latest - (s.stream.watermark_delay.total_seconds() + 10) * 1000
+    # Only events the watermark has not yet passed (plus one window) are held.
+    assert held and all(t >= horizon - 10_000 for t in held)
+
+
+def test_state_empties_after_a_quiet_period(spark, lake_settings):
+    s = lake_settings
+    copy_sample(s.input)
+    run_available_now(spark, s, ["bronze", "silver", "fraud"])
+    assert len(_held_events(spark, s)) > 0
+    # An hour of silence, then one page view: the watermark passes every open burst.
+    later = {"event_id": "quiet-1", "event_type": "landing_page_view",
+             "event_time": "2026-11-02T13:30:00.000Z", "user_id": "u9", "tracking_id": "t9"}
+    (Path(s.input) / "events-000099.jsonl").write_text(json.dumps(later) + "\n")
+    run_available_now(spark, s, ["bronze", "silver", "fraud"])
+    assert _held_events(spark, s) == []
+    assert read(spark, s, "gold/fraud_flags").count() == len(TRUTH["fraud_bursts"])
