@@ -130,6 +130,16 @@ class FunnelSettings(Strict):
     dropoff_rules: list[DropoffRule] = Field(default_factory=_default_dropoff_rules)
 
 
+class RetargetSettings(Strict):
+    wait: Duration = timedelta(minutes=10)  # an ad_click with no purchase this long -> offer
+    cooldown: Duration = timedelta(hours=24)  # no new offer to a user and campaign within this
+    buckets: int = Field(16, ge=1)  # users are hashed into this many groups for the cooldown
+
+
+class ReminderSettings(Strict):
+    min_adds: int = Field(3, ge=1)  # add_to_cart events in a session without a purchase
+
+
 class FraudRule(Strict):
     """A velocity rule: flag an entity whose ``measure`` over ``event_types`` reaches
     ``threshold`` within any span of ``window`` (both ends included)."""
@@ -169,6 +179,8 @@ class Settings(Strict):
     sessions: SessionSettings = SessionSettings()
     funnel: FunnelSettings = FunnelSettings()
     fraud: FraudSettings = FraudSettings()
+    reminders: ReminderSettings = ReminderSettings()
+    retarget: RetargetSettings = RetargetSettings()
 
     @field_validator("lake", "input", mode="before")
     @classmethod

@@ -115,6 +115,8 @@ class Truth:
     campaigns: list[dict[str, Any]] = field(default_factory=list)
     fraud_bursts: list[dict[str, Any]] = field(default_factory=list)
     late_event_ids: list[str] = field(default_factory=list)
+    cart_abandoners: list[dict[str, Any]] = field(default_factory=list)
+    retarget_offers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -305,7 +307,53 @@ def _events(w: _World, truth: Truth, progress: Progress) -> list[dict[str, Any]]
         truth.organic_journeys += camp is None
         evs += journey
         progress.advance(task, len(journey))
-    return evs + _bots(w, truth)
+    evs += _bots(w, truth)
+    truth.cart_abandoners = _abandoners(evs)
+    truth.retarget_offers = _offers(evs)
+    return evs
+
+
+def _offers(evs: list[dict[str, Any]], wait: timedelta = timedelta(minutes=10),
+            cooldown: timedelta = timedelta(hours=24)) -> list[dict[str, Any]]:
+    """Clicks not followed by the user's purchase within ``wait``; then, per user and
+    campaign, the first such click and any later one ``cooldown`` after the last offer."""
+    buys: dict[str, list[datetime]] = {}
+    for ev in evs:
+        if ev["event_type"] == "purchase":
+            buys.setdefault(ev["user_id"], []).append(datetime.fromisoformat(ev["event_time"]))
+    clicks = sorted((ev for ev in evs if ev["event_type"] == "ad_click"),
+                    key=lambda e: (e["user_id"], e["campaign_id"], e["event_time"], e["tracking_id"]))
+    last: dict[tuple[str, str], datetime] = {}
+    out = []
+    for ev in clicks:
+        t = datetime.fromisoformat(ev["event_time"])
+        if any(t < b <= t + wait for b in buys.get(ev["user_id"], [])):
+            continue
+        key = (ev["user_id"], ev["campaign_id"])
+        if key in last and t - last[key] < cooldown:
+            continue
+        last[key] = t
+        out.append({"user_id": ev["user_id"], "campaign_id": ev["campaign_id"],
+                    "tracking_id": ev["tracking_id"], "click_time": ev["event_time"]})
+    return out
+
+
+def _abandoners(evs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Journeys with 3 or more adds to cart and no purchase (a journey never pauses longer
+    than a session gap, so each is one session)."""
+    adds: dict[str, list[dict[str, Any]]] = {}
+    bought: set[str] = set()
+    last: dict[str, str] = {}
+    for ev in evs:
+        last[ev["tracking_id"]] = max(last.get(ev["tracking_id"], ""), ev["event_time"])
+        if ev["event_type"] == "add_to_cart":
+            adds.setdefault(ev["tracking_id"], []).append(ev)
+        elif ev["event_type"] == "purchase":
+            bought.add(ev["tracking_id"])
+    return [{"tracking_id": tid, "user_id": items[0]["user_id"], "adds": len(items),
+             "products": sorted({e["product_id"] for e in items}),
+             "add_event_ids": [e["event_id"] for e in items], "last_event_time": last[tid]}
+            for tid, items in sorted(adds.items()) if len(items) >= 3 and tid not in bought]
 
 
 def _deliver(w: _World, evs: list[dict[str, Any]], truth: Truth) -> list[str]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+import threading
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -100,7 +102,9 @@ class GoldBatch:
        split, merge or extend a session, so a journey is rebuilt whole);
     2. the (campaign, window) cells those sessions fall in, in ``gold/campaign_funnel``;
     3. ``gold/campaign_performance`` and ``gold/product_abandonment`` (small: rebuilt whole);
-    4. drop-off rules, once the watermark closes more windows -> insert-only ``gold/alerts``.
+    4. drop-off rules, once the watermark closes more windows -> insert-only ``gold/alerts``;
+    5. cart reminders for sessions the watermark has closed -> insert-only ``gold/cart_reminders``;
+    6. retargeting offers due by the watermark -> insert-only ``gold/retarget_offers``.
 
     Every step is a MERGE or an overwrite of a deterministic result, so a replayed batch
     changes nothing. Rows flagged ``late`` by silver are skipped and counted.
@@ -112,6 +116,10 @@ class GoldBatch:
         self.paths = {t.name: tables.ensure(spark, s.lake, t) for t in tables.GOLD}
         self.late_rows_skipped = 0
         self._judged_until: datetime | None = None  # windows closed by this time were judged
+        self._offered_until: datetime | None = None  # offers due by this time were made
+        self._watermark: datetime | None = None
+        self._last_batch_wall = time.time()
+        self._offer_lock = threading.Lock()
 
     def _read(self, spark: SparkSession, table: tables.Table) -> DataFrame:
         return spark.read.format("delta").load(self.paths[table.name])
@@ -121,6 +129,8 @@ class GoldBatch:
         journeys = batch.where(~F.col("late")).select("tracking_id").distinct().persist()
         late = batch.where(F.col("late")).count()
         self.late_rows_skipped += late
+        silver = spark.read.format("delta").load(self.silver)
+        watermark = self._watermark = build.event_watermark(silver, s)
         if journeys.count():
             sessions = self._sessions_and_funnel(spark, journeys)
             sinks.overwrite(sessions.transform(build.performance_rows(s)),
@@ -129,15 +139,51 @@ class GoldBatch:
                             self.paths[tables.PRODUCT_ABANDONMENT.name])
             sessions.unpersist()
         journeys.unpersist()
-        self._alerts(spark)
+        self._alerts(spark, watermark)
+        self._reminders(spark, watermark)
+        self._offers(spark, watermark)
+        self._last_batch_wall = time.time()
         if late:
             log.info("gold batch %d: skipped %d late events", batch_id, late)
 
-    def _alerts(self, spark: SparkSession) -> None:
+    def tick(self, spark: SparkSession, now: float | None = None) -> None:
+        """Quiet-input fallback, called by the continuous job between batches: when no gold
+        batch has run for a trigger interval, event time is taken to advance with the wall
+        clock from the last watermark, and the offers due by then go out."""
+        now = time.time() if now is None else now
+        quiet = now - self._last_batch_wall
+        if self._watermark is None or quiet < self.s.stream.trigger_interval.total_seconds():
+            return
+        self._offers(spark, self._watermark + timedelta(seconds=quiet))
+
+    def _offers(self, spark: SparkSession, clock: datetime | None) -> None:
+        """Retargeting offers due in (last clock, clock]: the event-time timer of the rule.
+        Insert-only by offer id; the cooldown reads the offers already sent."""
+        with self._offer_lock:
+            if clock is None or (self._offered_until and clock <= self._offered_until):
+                return
+            after, wait = self._offered_until, self.s.retarget.wait
+            events = spark.read.format("delta").load(self.silver).where(~F.col("late"))
+            if after is not None:
+                events = events.where((F.col("event_time") > F.lit(after - wait))
+                                      & (F.col("event_date") >= F.lit((after - wait).date())))
+            events = events.where(F.col("event_time") <= F.lit(clock))
+            sent = self._read(spark, tables.RETARGET_OFFERS)
+            new = build.offer_rows(events, sent, self.s, after, clock)
+            sinks.insert_new(new, self.paths[tables.RETARGET_OFFERS.name], "offer_id")
+            self._offered_until = clock
+
+    def _reminders(self, spark: SparkSession, watermark: datetime | None) -> None:
+        """Cart reminders for sessions the watermark has closed; insert-only by session."""
+        if watermark is None:
+            return
+        reminders = self._read(spark, tables.SESSION_FUNNEL).where(
+            F.col("adds") >= self.s.reminders.min_adds).transform(build.reminder_rows(self.s, watermark))
+        sinks.insert_new(reminders, self.paths[tables.CART_REMINDERS.name], "reminder_id")
+
+    def _alerts(self, spark: SparkSession, watermark: datetime | None) -> None:
         """Judge the windows that closed since the last time (closed windows never change:
         what could change them is behind the watermark, so skipped)."""
-        silver = spark.read.format("delta").load(self.silver)
-        watermark = build.event_watermark(silver, self.s)
         if watermark is None or (self._judged_until and self._closed(watermark) <= self._judged_until):
             return
         alerts = self._read(spark, tables.CAMPAIGN_FUNNEL).transform(build.alert_rows(self.s, watermark))
@@ -186,7 +232,10 @@ def start_gold(spark: SparkSession, s: Settings, available_now: bool) -> Streami
                                 max_files_per_trigger=s.stream.max_files_per_trigger)
     writer = sinks.stream_writer(stream, "gold", s.checkpoint("gold/funnel"), available_now,
                                  spark_interval(s.stream.trigger_interval))
-    return writer.foreachBatch(GoldBatch(spark, s)).start()
+    handler = GoldBatch(spark, s)
+    query = writer.foreachBatch(handler).start()
+    query.tick = lambda: handler.tick(spark)  # the continuous job's quiet-input fallback
+    return query
 
 
 def start_fraud(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:

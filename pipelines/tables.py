@@ -71,7 +71,7 @@ _TO_STEP = tuple((f"seconds_to_{s}", DBL) for s in STEPS[1:])
 SESSION_FUNNEL = Table("gold/session_funnel", _schema(
     ("session_id", STR), ("tracking_id", STR), ("session_start", TS), ("session_end", TS),
     ("user_id", STR), ("campaign_id", STR), ("funnel_level", INT), ("event_count", LONG),
-    ("clicks", LONG), ("purchases", LONG), ("items", LONG), ("revenue", DBL),
+    ("clicks", LONG), ("adds", LONG), ("purchases", LONG), ("items", LONG), ("revenue", DBL),
     ("added_products", STRS), ("purchased_products", STRS), *_TO_STEP, ("session_date", DATE),
 ), partition_by=("session_date",))
 
@@ -99,9 +99,20 @@ ALERTS = Table("gold/alerts", _schema(
     ("message", STR), ("created_at", TS),
 ))
 
+CART_REMINDERS = Table("gold/cart_reminders", _schema(
+    ("reminder_id", STR), ("user_id", STR), ("tracking_id", STR), ("session_start", TS),
+    ("session_end", TS), ("adds", LONG), ("products", STRS), ("created_at", TS),
+))
+
+RETARGET_OFFERS = Table("gold/retarget_offers", _schema(
+    ("offer_id", STR), ("user_id", STR), ("campaign_id", STR), ("tracking_id", STR),
+    ("click_time", TS), ("due_time", TS), ("created_at", TS),
+))
+
 FRAUD_FLAGS = Table("gold/fraud_flags", FLAG_SCHEMA)
 
-GOLD: list[Table] = [SESSION_FUNNEL, CAMPAIGN_FUNNEL, CAMPAIGN_PERFORMANCE, PRODUCT_ABANDONMENT, ALERTS]
+GOLD: list[Table] = [SESSION_FUNNEL, CAMPAIGN_FUNNEL, CAMPAIGN_PERFORMANCE, PRODUCT_ABANDONMENT, ALERTS,
+                     CART_REMINDERS, RETARGET_OFFERS]
 DETECTORS: list[Table] = [FRAUD_FLAGS]
 ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD, *DETECTORS]
 

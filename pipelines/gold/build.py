@@ -18,6 +18,8 @@ from pipelines.gold.abandonment import product_abandonment
 from pipelines.gold.alerts import dropoff_alerts
 from pipelines.gold.campaigns import campaign_performance
 from pipelines.gold.funnel import campaign_funnel, sessionize
+from pipelines.gold.reminders import cart_reminders
+from pipelines.gold.retarget import candidates, offers
 
 
 def session_rows(s: Settings) -> Transform:
@@ -53,6 +55,23 @@ def alert_rows(s: Settings, watermark: datetime | None) -> Transform:
         dropoff_alerts(s.funnel.dropoff_rules, s.sessions.gap, watermark)).transform(T.conform(T.ALERTS))
 
 
+def reminder_rows(s: Settings, watermark: datetime | None) -> Transform:
+    """Sessions -> ``gold/cart_reminders``."""
+    return lambda sessions: sessions.transform(
+        cart_reminders(s.reminders.min_adds, s.sessions.gap, watermark)).transform(
+        T.conform(T.CART_REMINDERS))
+
+
+def offer_rows(events: DataFrame, sent: DataFrame, s: Settings, due_after: datetime | None,
+               due_until: datetime) -> DataFrame:
+    """Silver events -> new ``gold/retarget_offers`` due in ``(due_after, due_until]``, given
+    the offers already ``sent`` (for the cooldown)."""
+    r = s.retarget
+    cands = events.transform(candidates(r.wait, due_after, due_until))
+    return (offers(cands, sent, r.cooldown, r.buckets)
+            .withColumn("created_at", F.current_timestamp()).transform(T.conform(T.RETARGET_OFFERS)))
+
+
 def window_of(col: str, s: Settings) -> F.Column:
     """The start of the funnel window that holds timestamp ``col``."""
     return F.window(col, spark_interval(s.funnel.window)).start
@@ -75,4 +94,14 @@ def build_gold(events: DataFrame, s: Settings, watermark: datetime | None = None
         T.CAMPAIGN_PERFORMANCE.name: sessions.transform(performance_rows(s)),
         T.PRODUCT_ABANDONMENT.name: sessions.transform(product_rows(s)),
         T.ALERTS.name: funnel.transform(alert_rows(s, watermark)),
+        T.CART_REMINDERS.name: sessions.transform(reminder_rows(s, watermark)),
+        T.RETARGET_OFFERS.name: _all_offers(events, s, watermark),
     }
+
+
+def _all_offers(events: DataFrame, s: Settings, watermark: datetime | None) -> DataFrame:
+    if watermark is None:
+        return events.sparkSession.createDataFrame([], T.RETARGET_OFFERS.schema)
+    none_sent = events.sparkSession.createDataFrame([], "user_id string, campaign_id string, "
+                                                        "click_time timestamp")
+    return offer_rows(events, none_sent, s, None, watermark)

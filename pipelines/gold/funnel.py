@@ -59,7 +59,7 @@ def sessionize(gap: timedelta, attribution: str = "first_touch") -> Transform:
 
     Input: ``SESSION_INPUT`` columns. Output: session keys, first/last touch campaign,
     ``funnel_level`` (0-6), ``seconds_to_<step>`` for each step reached after the first,
-    clicks, purchases (purchase events), items, revenue and the products added and bought.
+    clicks, adds, purchases (purchase events), items, revenue and the products added and bought.
     """
     def _(events: DataFrame) -> DataFrame:
         require_columns(events, *SESSION_INPUT)
@@ -73,6 +73,7 @@ def sessionize(gap: timedelta, attribution: str = "first_touch") -> Transform:
             _level_and_times(ordered).alias("_walk"),
             F.count("*").alias("event_count"),
             F.count_if(F.col("event_type") == "ad_click").alias("clicks"),
+            F.count_if(F.col("event_type") == "add_to_cart").alias("adds"),
             F.count_if(is_purchase).alias("purchases"),
             F.sum(F.when(is_purchase, F.col("quantity"))).alias("items"),
             F.sum(F.when(is_purchase, line_value)).alias("revenue"),

@@ -55,6 +55,9 @@ def run_continuously(spark: SparkSession, s: Settings, layers: Iterable[str] = L
                 for q in queries:
                     _check(q)
                 break
+            for q in queries:  # timers that must fire while the input is quiet
+                if hasattr(q, "tick"):
+                    q.tick()
     finally:
         for q in queries:
             stop_between_batches(q)
