@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import SAMPLE, copy_sample, read
 from typer.testing import CliRunner
 
@@ -51,6 +52,7 @@ def test_unknown_config_key_exits_2_naming_it(tmp_path: Path):
     assert "stream.trigger: unknown key" in result.output
 
 
+@pytest.mark.slow
 def test_continuous_run_picks_up_new_files_and_stops_on_sigterm(spark, tmp_path: Path):
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     landing.mkdir()
