@@ -46,6 +46,24 @@ def print_summary(spark: SparkSession, s: Settings, console: Console) -> None:
                       f"streams): {late:,}")
     if _exists(spark, s.table(tables.CAMPAIGN_FUNNEL.name)):
         print_report(spark, s, console)
+    if _exists(spark, s.table(tables.FRAUD_FLAGS.name)):
+        print_fraud(spark, s, console)
+
+
+def print_fraud(spark: SparkSession, s: Settings, console: Console, limit: int = 15) -> None:
+    """The latest fraud flags, one line per flagged burst."""
+    flags = (spark.read.format("delta").load(s.table(tables.FRAUD_FLAGS.name))
+             .orderBy(F.desc("last_event_time")).limit(limit).collect())
+    table = RichTable(title=f"Fraud flags (latest {limit})")
+    for col in ("rule", "entity", "first event", "span s", "events", "measure", "threshold"):
+        table.add_column(col, justify="right" if col in ("span s", "events", "measure", "threshold")
+                         else "left")
+    for f in flags:
+        span = (f["last_event_time"] - f["first_event_time"]).total_seconds()
+        table.add_row(f["rule"], f"{f['entity_type']} {f['entity_id']}", str(f["first_event_time"]),
+                      f"{span:.1f}", str(f["event_count"]), f"{f['measure_value']} ({f['measure']})",
+                      str(f["threshold"]))
+    console.print(table)
 
 
 def _pct(x: float | None) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.streaming import StreamingQuery
+from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 
 from pipelines import tables
 from pipelines.bronze import to_bronze
@@ -36,8 +36,7 @@ def start_bronze(spark: SparkSession, s: Settings, available_now: bool) -> Strea
         raw = sources.read_landing(spark, s.input, streaming=True,
                                    max_files_per_trigger=s.stream.max_files_per_trigger)
     path = tables.ensure(spark, s.lake, tables.BRONZE_EVENTS)
-    writer = sinks.stream_writer(raw.transform(to_bronze), "bronze", s.checkpoint("bronze/events"),
-                                 available_now, spark_interval(s.stream.trigger_interval))
+    writer = _writer(raw.transform(to_bronze), "bronze", "bronze/events", s, available_now)
     return writer.format("delta").outputMode("append").start(path)
 
 
@@ -82,12 +81,21 @@ class SilverBatch:
             parsed.unpersist()
 
 
+def _stream_of(spark: SparkSession, s: Settings, table: tables.Table) -> DataFrame:
+    """The appends to an upstream lake table, as a stream (created first if absent)."""
+    path = tables.ensure(spark, s.lake, table)
+    return sources.read_table(spark, path, streaming=True,
+                              max_files_per_trigger=s.stream.max_files_per_trigger)
+
+
+def _writer(df: DataFrame, name: str, checkpoint: str, s: Settings, available_now: bool) -> DataStreamWriter:
+    return sinks.stream_writer(df, name, s.checkpoint(checkpoint), available_now,
+                               spark_interval(s.stream.trigger_interval))
+
+
 def start_silver(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
-    bronze = tables.ensure(spark, s.lake, tables.BRONZE_EVENTS)
-    stream = sources.read_table(spark, bronze, streaming=True,
-                                max_files_per_trigger=s.stream.max_files_per_trigger)
-    writer = sinks.stream_writer(stream, "silver", s.checkpoint("silver/events"), available_now,
-                                 spark_interval(s.stream.trigger_interval))
+    stream = _stream_of(spark, s, tables.BRONZE_EVENTS)
+    writer = _writer(stream, "silver", "silver/events", s, available_now)
     return writer.foreachBatch(SilverBatch(spark, s)).start()
 
 
@@ -227,11 +235,7 @@ class GoldBatch:
 
 
 def start_gold(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
-    silver = tables.ensure(spark, s.lake, tables.SILVER_EVENTS)
-    stream = sources.read_table(spark, silver, streaming=True,
-                                max_files_per_trigger=s.stream.max_files_per_trigger)
-    writer = sinks.stream_writer(stream, "gold", s.checkpoint("gold/funnel"), available_now,
-                                 spark_interval(s.stream.trigger_interval))
+    writer = _writer(_stream_of(spark, s, tables.SILVER_EVENTS), "gold", "gold/funnel", s, available_now)
     handler = GoldBatch(spark, s)
     query = writer.foreachBatch(handler).start()
     query.tick = lambda: handler.tick(spark)  # the continuous job's quiet-input fallback
@@ -241,14 +245,10 @@ def start_gold(spark: SparkSession, s: Settings, available_now: bool) -> Streami
 def start_fraud(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
     """Silver -> ``gold/fraud_flags``: the stateful velocity rules (see ``stateful/fraud.py``).
     Append-only output through the Delta sink, exactly once by the checkpoint."""
-    silver = tables.ensure(spark, s.lake, tables.SILVER_EVENTS)
     path = tables.ensure(spark, s.lake, tables.FRAUD_FLAGS)
-    events = sources.read_table(spark, silver, streaming=True,
-                                max_files_per_trigger=s.stream.max_files_per_trigger)
-    flags = fraud_flags_stream(events.where(~F.col("late")), s.fraud,
-                               spark_interval(s.stream.watermark_delay))
-    writer = sinks.stream_writer(flags, "fraud", s.checkpoint("gold/fraud_flags"), available_now,
-                                 spark_interval(s.stream.trigger_interval))
+    events = _stream_of(spark, s, tables.SILVER_EVENTS).where(~F.col("late"))
+    flags = fraud_flags_stream(events, s.fraud, spark_interval(s.stream.watermark_delay))
+    writer = _writer(flags, "fraud", "gold/fraud_flags", s, available_now)
     return writer.format("delta").outputMode("append").start(path)
 
 
