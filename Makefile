@@ -8,7 +8,7 @@ INPUT   ?= data/landing
 SAMPLE  := data/sample
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench lint clean clean-lake
+.PHONY: setup demo test test-fast bench backfill lint clean clean-lake
 
 ## setup: build the venv and fetch the jars; a no-op when both are there
 setup: $(STAMP) $(JARS)/.fetched
@@ -50,3 +50,7 @@ clean-lake:
 
 clean: clean-lake
 	rm -rf $(VENV) $(JARS)
+
+## backfill: rebuild a date range, e.g. make backfill FROM=2026-11-02 TO=2026-11-02
+backfill: setup
+	$(BIN)/funnelhouse backfill --from $(FROM) --to $(TO) --lake $(LAKE)

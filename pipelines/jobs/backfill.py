@@ -1,0 +1,63 @@
+"""The backfill job: rebuild [from, to] day by day with the stream's own transforms.
+
+spark-submit entry: ``spark-submit --jars ... pipelines/jobs/backfill.py --from D --to D``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from datetime import date
+
+from pyspark.sql import SparkSession
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipelines.backfill import LAYERS, Changes, days
+from pipelines.config import Settings
+
+
+def run_backfill(spark: SparkSession, s: Settings, start: date, end: date, layers: list[str],
+                 console: Console | None = None) -> dict[str, Changes]:
+    """Backfill each day of [start, end] through ``layers`` in order; return the totals per
+    table (rows read, written, added, removed)."""
+    unknown = set(layers) - set(LAYERS)
+    if unknown or not layers:
+        raise ValueError(f"unknown layers {sorted(unknown)}; choose from {list(LAYERS)}")
+    if end < start:
+        raise ValueError(f"--to {end} is before --from {start}")
+    console = console or Console()
+    totals: dict[str, Changes] = defaultdict(lambda: Changes("", 0, 0, 0, 0))
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("backfill", total=len(days(start, end)))
+        for day in days(start, end):
+            progress.update(task, description=f"backfill {day}")
+            for layer in layers:
+                for c in LAYERS[layer](spark, s, day, day):
+                    t = totals[c.table]
+                    totals[c.table] = Changes(c.table, t.read + c.read, t.written + c.written,
+                                              t.added + c.added, t.removed + c.removed)
+            progress.advance(task)
+    _print(console, totals, start, end)
+    return dict(totals)
+
+
+def _print(console: Console, totals: dict[str, Changes], start: date, end: date) -> None:
+    table = Table(title=f"Backfill {start} .. {end}")
+    for col in ("table", "rows read", "rows written", "added", "removed", "changed"):
+        table.add_column(col, justify="left" if col == "table" else "right")
+    for c in totals.values():
+        table.add_row(c.table, f"{c.read:,}", f"{c.written:,}", f"{c.added:,}", f"{c.removed:,}",
+                      f"{c.changed:,}")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pipelines.cli import app
+    app(["backfill", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    main()
