@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipelines.common import Transform
@@ -34,17 +34,20 @@ def campaign_performance(prior_clicks: int = 100) -> Transform:
             F.percentile_approx("seconds_to_purchase", 0.5).alias("p50_seconds_to_purchase"),
             F.percentile_approx("seconds_to_purchase", 0.9).alias("p90_seconds_to_purchase"),
         ))
-        everyone = Window.partitionBy()
-        overall = F.sum("purchases").over(everyone) / F.sum("clicks").over(everyone)
+        totals = per.agg(F.sum("clicks").alias("_clicks"), F.sum("purchases").alias("_purchases"))
+        per = per.crossJoin(F.broadcast(totals))
+        overall = F.col("_purchases") / F.col("_clicks")
         smoothed = (F.col("purchases") + prior_clicks * overall) / (F.col("clicks") + prior_clicks)
-        weight = F.col("clicks") * F.col("smoothed_conversion")
+        per = per.withColumn("smoothed_conversion", smoothed).withColumn(
+            "_weight", F.col("clicks") * F.col("smoothed_conversion"))
+        per = per.crossJoin(F.broadcast(per.agg(F.sum("_weight").alias("_weights"))))
         return (per
                 .withColumn("purchase_conversion", F.try_divide("purchases", "clicks"))
-                .withColumn("smoothed_conversion", smoothed)
-                .withColumn("current_budget_share", F.col("clicks") / F.sum("clicks").over(everyone))
+                .withColumn("current_budget_share", F.col("clicks") / F.col("_clicks"))
                 .withColumn("recommended_budget_share",
-                            F.coalesce(weight / F.sum(weight).over(everyone), F.col("current_budget_share")))
+                            F.coalesce(F.col("_weight") / F.col("_weights"), F.col("current_budget_share")))
                 .withColumn("budget_change",
                             F.col("recommended_budget_share") - F.col("current_budget_share"))
-                .withColumn("budget_rule", F.lit(BUDGET_RULE.format(prior_clicks=prior_clicks))))
+                .withColumn("budget_rule", F.lit(BUDGET_RULE.format(prior_clicks=prior_clicks)))
+                .drop("_clicks", "_purchases", "_weight", "_weights"))
     return _
