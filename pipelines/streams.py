@@ -134,9 +134,10 @@ class GoldBatch:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark, s = batch.sparkSession, self.s
-        journeys = batch.where(~F.col("late")).select("tracking_id").distinct().persist()
-        late = batch.where(F.col("late")).count()
+        keys = batch.select("tracking_id", "late").persist()  # the micro-batch is scanned once
+        late = keys.where(F.col("late")).count()
         self.late_rows_skipped += late
+        journeys = keys.where(~F.col("late")).select("tracking_id").distinct().persist()
         silver = spark.read.format("delta").load(self.silver)
         watermark = self._watermark = build.event_watermark(silver, s)
         if journeys.count():
@@ -147,6 +148,7 @@ class GoldBatch:
                             self.paths[tables.PRODUCT_ABANDONMENT.name])
             sessions.unpersist()
         journeys.unpersist()
+        keys.unpersist()
         self._alerts(spark, watermark)
         self._reminders(spark, watermark)
         self._offers(spark, watermark)
