@@ -22,13 +22,16 @@ from pipelines.contract import RAW_EVENT_SCHEMA
 from pipelines.generate import Profile, generate
 from pipelines.jobs.run import run_available_now
 from pipelines.session import build_spark
+from pipelines.streams import CHECKPOINTS
 
-RESET = {
-    "bronze": ["_checkpoints/bronze", "bronze"],
-    "silver": ["_checkpoints/silver", "silver"],
-    "gold": ["_checkpoints/gold/funnel", *[t.name for t in tables.GOLD]],
-    "fraud": ["_checkpoints/gold/fraud_flags", tables.FRAUD_FLAGS.name],
+_OUTPUTS = {
+    "bronze": [tables.BRONZE_EVENTS.name],
+    "silver": [tables.SILVER_EVENTS.name, tables.SILVER_QUARANTINE.name],
+    "gold": [t.name for t in tables.GOLD],
+    "fraud": [tables.FRAUD_FLAGS.name],
 }
+# What a re-timed layer must forget: its checkpoint and the tables it writes.
+RESET = {layer: [f"_checkpoints/{CHECKPOINTS[layer]}", *out] for layer, out in _OUTPUTS.items()}
 
 
 def _timed(action: Callable[[], object]) -> float:

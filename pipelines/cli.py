@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pyspark.sql import SparkSession
 from rich.console import Console
 
 from pipelines.config import REPO_ROOT, ConfigError, Settings, load_settings
@@ -21,6 +24,21 @@ SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file over conf/base.yaml")]
 LakeOpt = Annotated[Path | None, typer.Option("--lake", help="lake root (default data/lake)")]
 InputOpt = Annotated[Path | None, typer.Option("--input", help="landing folder of JSON-lines")]
+
+
+@contextmanager
+def spark_for(s: Settings) -> Iterator[SparkSession]:
+    """The project's session for a command, stopped when the command ends if the command
+    started it (a session that was already running, e.g. a notebook's, is left alone)."""
+    from pipelines.session import build_spark
+
+    owned = SparkSession.getActiveSession() is None
+    spark = build_spark(s.spark)
+    try:
+        yield spark
+    finally:
+        if owned:
+            spark.stop()
 
 
 def settings(config: Path | None, **overrides: object) -> Settings:
@@ -66,33 +84,30 @@ def run(
 ) -> None:
     """Run the streaming pipeline: landing -> bronze -> silver -> gold."""
     from pipelines.jobs.run import StreamFailed, run_available_now, run_continuously
-    from pipelines.session import build_spark
 
     s = settings(config, lake=lake, input=input, source=source)
     if master:
         s = s.model_copy(update={"spark": s.spark.model_copy(update={"master": master})})
-    spark = build_spark(s.spark)
-    try:
-        if available_now:
-            run_available_now(spark, s)
-        else:
-            console.print("streaming; Ctrl-C (SIGINT) or SIGTERM stops cleanly")
-            run_continuously(spark, s)
-    except StreamFailed as err:
-        console.print(f"[red]{err}[/red]")
-        raise typer.Exit(1) from None
-    finally:
-        spark.stop()
+    with spark_for(s) as spark:
+        try:
+            if available_now:
+                run_available_now(spark, s)
+            else:
+                console.print("streaming; Ctrl-C (SIGINT) or SIGTERM stops cleanly")
+                run_continuously(spark, s)
+        except StreamFailed as err:
+            console.print(f"[red]{err}[/red]")
+            raise typer.Exit(1) from None
 
 
 @app.command()
 def summary(config: ConfigOpt = None, lake: LakeOpt = None) -> None:
     """Print rows per layer, quarantine by reason and, once gold exists, the funnel."""
     from pipelines.report import print_summary
-    from pipelines.session import build_spark
 
     s = settings(config, lake=lake)
-    print_summary(build_spark(s.spark), s, console)
+    with spark_for(s) as spark:
+        print_summary(spark, s, console)
 
 
 @app.command()
@@ -108,7 +123,6 @@ def backfill(
     from datetime import date
 
     from pipelines.jobs.backfill import run_backfill
-    from pipelines.session import build_spark
 
     if source != "bronze":
         console.print(f"[red]--source {source}: only bronze is supported[/red]")
@@ -119,27 +133,26 @@ def backfill(
         console.print(f"[red]bad date: {err}[/red]")
         raise typer.Exit(2) from None
     s = settings(config, lake=lake)
-    spark = build_spark(s.spark)
-    try:
-        run_backfill(spark, s, first, last, [x.strip() for x in layers.split(",") if x.strip()], console)
-    except ValueError as err:
-        console.print(f"[red]{err}[/red]")
-        raise typer.Exit(2) from None
-    except Exception as err:  # a scheduler needs a non-zero exit and one clear line
-        console.print(f"[red]backfill failed: {type(err).__name__}: {str(err).splitlines()[0]}[/red]")
-        raise typer.Exit(1) from None
-    finally:
-        spark.stop()
+    with spark_for(s) as spark:
+        try:
+            run_backfill(spark, s, first, last, [x.strip() for x in layers.split(",") if x.strip()],
+                         console)
+        except ValueError as err:
+            console.print(f"[red]{err}[/red]")
+            raise typer.Exit(2) from None
+        except Exception as err:  # a scheduler needs a non-zero exit and one clear line
+            console.print(f"[red]backfill failed: {type(err).__name__}: {str(err).splitlines()[0]}[/red]")
+            raise typer.Exit(1) from None
 
 
 @app.command()
 def report(config: ConfigOpt = None, lake: LakeOpt = None) -> None:
     """Print the funnel per campaign, the drop-off alerts and the budget recommendation."""
     from pipelines.report import print_report
-    from pipelines.session import build_spark
 
     s = settings(config, lake=lake)
-    print_report(build_spark(s.spark), s, console)
+    with spark_for(s) as spark:
+        print_report(spark, s, console)
 
 
 def main() -> None:

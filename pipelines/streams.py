@@ -36,7 +36,7 @@ def start_bronze(spark: SparkSession, s: Settings, available_now: bool) -> Strea
         raw = sources.read_landing(spark, s.input, streaming=True,
                                    max_files_per_trigger=s.stream.max_files_per_trigger)
     path = tables.ensure(spark, s.lake, tables.BRONZE_EVENTS)
-    writer = _writer(raw.transform(to_bronze), "bronze", "bronze/events", s, available_now)
+    writer = _writer(raw.transform(to_bronze), "bronze", s, available_now)
     return writer.format("delta").outputMode("append").start(path)
 
 
@@ -50,7 +50,7 @@ class SilverBatch:
     def __init__(self, spark: SparkSession, s: Settings):
         self.events = tables.ensure(spark, s.lake, tables.SILVER_EVENTS)
         self.quarantine = tables.ensure(spark, s.lake, tables.SILVER_QUARANTINE)
-        self.checkpoint = Path(s.checkpoint("silver/events"))
+        self.checkpoint = Path(s.checkpoint(CHECKPOINTS["silver"]))
         self.delay = s.stream.watermark_delay
         self.late_rows = 0
 
@@ -81,6 +81,11 @@ class SilverBatch:
             parsed.unpersist()
 
 
+# Each query's checkpoint, under <lake>/_checkpoints/.
+CHECKPOINTS = {"bronze": "bronze/events", "silver": "silver/events", "gold": "gold/funnel",
+               "fraud": "gold/fraud_flags"}
+
+
 def _stream_of(spark: SparkSession, s: Settings, table: tables.Table) -> DataFrame:
     """The appends to an upstream lake table, as a stream (created first if absent)."""
     path = tables.ensure(spark, s.lake, table)
@@ -88,14 +93,15 @@ def _stream_of(spark: SparkSession, s: Settings, table: tables.Table) -> DataFra
                               max_files_per_trigger=s.stream.max_files_per_trigger)
 
 
-def _writer(df: DataFrame, name: str, checkpoint: str, s: Settings, available_now: bool) -> DataStreamWriter:
-    return sinks.stream_writer(df, name, s.checkpoint(checkpoint), available_now,
+def _writer(df: DataFrame, name: str, s: Settings, available_now: bool) -> DataStreamWriter:
+    """The writer of the query ``name``, with its checkpoint and trigger."""
+    return sinks.stream_writer(df, name, s.checkpoint(CHECKPOINTS[name]), available_now,
                                spark_interval(s.stream.trigger_interval))
 
 
 def start_silver(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
     stream = _stream_of(spark, s, tables.BRONZE_EVENTS)
-    writer = _writer(stream, "silver", "silver/events", s, available_now)
+    writer = _writer(stream, "silver", s, available_now)
     return writer.foreachBatch(SilverBatch(spark, s)).start()
 
 
@@ -237,7 +243,7 @@ class GoldBatch:
 
 
 def start_gold(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
-    writer = _writer(_stream_of(spark, s, tables.SILVER_EVENTS), "gold", "gold/funnel", s, available_now)
+    writer = _writer(_stream_of(spark, s, tables.SILVER_EVENTS), "gold", s, available_now)
     handler = GoldBatch(spark, s)
     query = writer.foreachBatch(handler).start()
     query.tick = lambda: handler.tick(spark)  # the continuous job's quiet-input fallback
@@ -250,7 +256,7 @@ def start_fraud(spark: SparkSession, s: Settings, available_now: bool) -> Stream
     path = tables.ensure(spark, s.lake, tables.FRAUD_FLAGS)
     events = _stream_of(spark, s, tables.SILVER_EVENTS).where(~F.col("late"))
     flags = fraud_flags_stream(events, s.fraud, spark_interval(s.stream.watermark_delay))
-    writer = _writer(flags, "fraud", "gold/fraud_flags", s, available_now)
+    writer = _writer(flags, "fraud", s, available_now)
     return writer.format("delta").outputMode("append").start(path)
 
 
