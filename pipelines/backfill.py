@@ -7,12 +7,16 @@ the stream wrote changes only what the stream could not know (events behind its 
 
 Ranges and margins (``docs/backfill.md``):
 - silver: events whose ``event_date`` is in [from, to], from bronze ingested from ``from - 1 day``;
-- sessions: those that *start* in [from, to], built from silver events in [from - 1 day,
-  to + 1 day] so a session crossing either edge is whole;
+- sessions: those that *start* in [from, to], built from on-time silver events in
+  [from - 1 day, to + 1 day] so a session crossing either edge is whole;
 - campaign funnel cells with ``window_start`` in [from, to + 1 day);
 - fraud flags whose burst starts in [from, to], from events with the same 1-day margins;
 - campaign performance and product abandonment: rebuilt whole (one row per campaign/product);
 - alerts, cart reminders, retarget offers: insert-only (what was sent stays sent).
+
+Beside a running stream: silver is replaced only up to the source snapshot's newest
+``ingest_time`` (rows the stream adds later are outside the predicate), and the gold step
+holds the gold lease (``io/lease.py``) that the gold stream's micro-batches also hold.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines import tables as T
+from pipelines.bronze import to_bronze
 from pipelines.config import Settings
 from pipelines.gold import build
-from pipelines.io import sinks
+from pipelines.io import sinks, sources
+from pipelines.io.lease import lease
 from pipelines.silver import dedupe, parse, valid_events
 from pipelines.stateful.fraud import fraud_flags_batch
 
@@ -51,21 +57,29 @@ def _lit_date(d: date) -> str:
     return f"'{d.isoformat()}'"
 
 
-def replace_range(spark: SparkSession, new: DataFrame, path: str, where: str, name: str,
-                  read: int = 0) -> Changes:
-    """Make the rows of ``path`` matching ``where`` equal ``new`` (which must match it too).
-    Rewrites only when they differ; ``created_at`` is ignored when comparing."""
-    new = new.persist()
-    old = spark.read.format("delta").load(path).where(where)
-    cols = [c for c in new.columns if c != "created_at"]
-    added = new.select(cols).exceptAll(old.select(cols)).count()
-    removed = old.select(cols).exceptAll(new.select(cols)).count()
-    written = new.count()
-    if added or removed:
-        writer = new.write.format("delta").mode("overwrite").option("replaceWhere", where)
-        sinks.with_retry(lambda: writer.save(path), what=f"backfill {name}")
-    new.unpersist()
-    return Changes(name, read, written if added or removed else 0, added, removed)
+def replace_range(spark: SparkSession, rows: Callable[[], DataFrame], path: str, where: str,
+                  name: str, read: int = 0, ignore: tuple[str, ...] = ("created_at",)) -> Changes:
+    """Make the rows of ``path`` matching ``where`` equal ``rows()`` (which must match it too).
+
+    Rewrites only when they differ (``ignore`` columns aside). On a Delta conflict the whole
+    step (read, compare, write) runs again on fresh snapshots.
+    """
+    result: list[Changes] = []
+
+    def attempt() -> None:
+        new = rows().persist()
+        old = spark.read.format("delta").load(path).where(where)
+        cols = [c for c in new.columns if c not in ignore]
+        added = new.select(cols).exceptAll(old.select(cols)).count()
+        removed = old.select(cols).exceptAll(new.select(cols)).count()
+        changed = bool(added or removed)
+        if changed:
+            new.write.format("delta").mode("overwrite").option("replaceWhere", where).save(path)
+        result[:] = [Changes(name, read, new.count() if changed else 0, added, removed)]
+        new.unpersist()
+
+    sinks.with_retry(attempt, what=f"backfill {name}")
+    return result[0]
 
 
 def insert_missing(new: DataFrame, path: str, key: str, name: str) -> Changes:
@@ -79,63 +93,110 @@ def insert_missing(new: DataFrame, path: str, key: str, name: str) -> Changes:
     return Changes(name, 0, added, added, 0)
 
 
-def backfill_silver(spark: SparkSession, s: Settings, start: date, end: date) -> Changes:
-    """Bronze -> silver for events dated [start, end], late ones included (``late`` false)."""
-    bronze = spark.read.format("delta").load(s.table(T.BRONZE_EVENTS.name)).where(
-        F.col("ingest_date") >= F.lit(start - MARGIN))
-    events = (bronze.transform(parse).transform(valid_events)
-              .where(F.col("event_date").between(F.lit(start), F.lit(end))).transform(dedupe))
-    where = f"event_date >= {_lit_date(start)} AND event_date <= {_lit_date(end)}"
-    return replace_range(spark, events.transform(T.conform(T.SILVER_EVENTS)),
-                         s.table(T.SILVER_EVENTS.name), where, T.SILVER_EVENTS.name, bronze.count())
+def bronze_rows(spark: SparkSession, s: Settings, source: str, since: date) -> DataFrame:
+    """What silver is rebuilt from: ``bronze/events`` ingested on or after ``since``, or
+    (``landing-archive``) every file under the landing folder, as bronze rows whose
+    ``ingest_time`` is the file's modification time (when it landed)."""
+    if source == "bronze":
+        return spark.read.format("delta").load(s.table(T.BRONZE_EVENTS.name)).where(
+            F.col("ingest_date") >= F.lit(since))
+    if source == "landing-archive":
+        return sources.read_archive(spark, s.input).transform(to_bronze)
+    raise ValueError(f"unknown source {source!r}; choose from {list(SOURCES)}")
+
+
+SOURCES = ("bronze", "landing-archive")
+
+
+def backfill_silver(spark: SparkSession, s: Settings, start: date, end: date,
+                    source: str = "bronze") -> Changes:
+    """Bronze (or the landing archive) -> silver for events dated [start, end], late ones
+    included (``late`` false).
+
+    Only silver rows ingested up to the newest row of the source snapshot are replaced
+    (``ingest_time <= cutoff``), so rows a running stream adds meanwhile are left alone.
+    """
+    bronze = bronze_rows(spark, s, source, start - MARGIN).persist()
+    read, cutoff = bronze.agg(F.count("*"), F.max("ingest_time")).first()
+    if cutoff is None:
+        bronze.unpersist()
+        return Changes(T.SILVER_EVENTS.name, 0, 0, 0, 0)
+
+    def rows() -> DataFrame:
+        return (bronze.transform(parse).transform(valid_events)
+                .where(F.col("event_date").between(F.lit(start), F.lit(end))).transform(dedupe)
+                .transform(T.conform(T.SILVER_EVENTS)))
+
+    where = (f"event_date >= {_lit_date(start)} AND event_date <= {_lit_date(end)}"
+             f" AND ingest_time <= '{cutoff.isoformat()}'")
+    # The archive's ingest times are the files' landing times, not the stream's; compare content.
+    ignore = ("ingest_time",) if source == "landing-archive" else ()
+    changes = replace_range(spark, rows, s.table(T.SILVER_EVENTS.name), where, T.SILVER_EVENTS.name,
+                            read, ignore)
+    bronze.unpersist()
+    return changes
 
 
 def backfill_gold(spark: SparkSession, s: Settings, start: date, end: date) -> list[Changes]:
-    """Silver -> every gold table for [start, end] (see the module docstring for ranges)."""
-    silver = spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name))
-    events = silver.where(F.col("event_date").between(F.lit(start - MARGIN), F.lit(end + MARGIN))).persist()
-    read = events.count()
-    watermark = build.event_watermark(silver, s)
-    out = []
-    sessions = events.transform(build.session_rows(s)).where(
-        F.col("session_date").between(F.lit(start), F.lit(end)))
-    where = f"session_date >= {_lit_date(start)} AND session_date <= {_lit_date(end)}"
-    out.append(replace_range(spark, sessions, s.table(T.SESSION_FUNNEL.name), where,
-                             T.SESSION_FUNNEL.name, read))
+    """On-time silver -> every gold table for [start, end] (see the module docstring for ranges).
+    Holds the gold lease throughout, so a gold micro-batch never interleaves with it."""
+    with lease(s.lake, who=f"backfill {start}..{end}"):
+        return _backfill_gold(spark, s, start, end)
 
-    all_sessions = spark.read.format("delta").load(s.table(T.SESSION_FUNNEL.name))
+
+def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date) -> list[Changes]:
+    def silver() -> DataFrame:
+        return spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name)).where(~F.col("late"))
+
+    def events() -> DataFrame:
+        return silver().where(F.col("event_date").between(F.lit(start - MARGIN), F.lit(end + MARGIN)))
+
+    def sessions() -> DataFrame:
+        return spark.read.format("delta").load(s.table(T.SESSION_FUNNEL.name))
+
+    read = events().count()
+    out = []
+    where = f"session_date >= {_lit_date(start)} AND session_date <= {_lit_date(end)}"
+    out.append(replace_range(
+        spark, lambda: events().transform(build.session_rows(s)).where(
+            F.col("session_date").between(F.lit(start), F.lit(end))),
+        s.table(T.SESSION_FUNNEL.name), where, T.SESSION_FUNNEL.name, read))
+
     in_windows = (F.col("window_start") >= F.lit(start)) & (F.col("window_start") < F.lit(end + MARGIN))
-    funnel = all_sessions.transform(build.funnel_rows(s)).where(in_windows)
     where = f"window_start >= {_lit_date(start)} AND window_start < {_lit_date(end + MARGIN)}"
-    out.append(replace_range(spark, funnel, s.table(T.CAMPAIGN_FUNNEL.name), where, T.CAMPAIGN_FUNNEL.name))
+    out.append(replace_range(spark, lambda: sessions().transform(build.funnel_rows(s)).where(in_windows),
+                             s.table(T.CAMPAIGN_FUNNEL.name), where, T.CAMPAIGN_FUNNEL.name))
     for table, rows in ((T.CAMPAIGN_PERFORMANCE, build.performance_rows(s)),
                         (T.PRODUCT_ABANDONMENT, build.product_rows(s))):
-        out.append(replace_range(spark, all_sessions.transform(rows), s.table(table.name), "true",
-                                 table.name))
+        out.append(replace_range(spark, lambda rows=rows: sessions().transform(rows), s.table(table.name),
+                                 "true", table.name))
 
+    watermark = build.event_watermark(spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name)), s)
     cells = spark.read.format("delta").load(s.table(T.CAMPAIGN_FUNNEL.name)).where(in_windows)
     out.append(insert_missing(cells.transform(build.alert_rows(s, watermark)), s.table(T.ALERTS.name),
                               "alert_id", T.ALERTS.name))
-    ranged = all_sessions.where(F.col("session_date").between(F.lit(start), F.lit(end)))
+    ranged = sessions().where(F.col("session_date").between(F.lit(start), F.lit(end)))
     out.append(insert_missing(ranged.transform(build.reminder_rows(s, watermark)),
                               s.table(T.CART_REMINDERS.name), "reminder_id", T.CART_REMINDERS.name))
     if watermark is not None:
         sent = spark.read.format("delta").load(s.table(T.RETARGET_OFFERS.name))
-        offers = build.offer_rows(events, sent, s, None, watermark).where(
+        offers = build.offer_rows(events(), sent, s, None, watermark).where(
             F.to_date("click_time").between(F.lit(start), F.lit(end)))
         out.append(insert_missing(offers, s.table(T.RETARGET_OFFERS.name), "offer_id",
                                   T.RETARGET_OFFERS.name))
-    flags = fraud_flags_batch(events, s.fraud, watermark)
-    flags = flags.where(F.to_date("first_event_time").between(F.lit(start), F.lit(end)))
-    where = (f"first_event_time >= {_lit_date(start)} AND first_event_time < {_lit_date(end + MARGIN)}")
+
+    def flags() -> DataFrame:
+        wm = build.event_watermark(spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name)), s)
+        return fraud_flags_batch(events(), s.fraud, wm).where(
+            F.to_date("first_event_time").between(F.lit(start), F.lit(end)))
+    where = f"first_event_time >= {_lit_date(start)} AND first_event_time < {_lit_date(end + MARGIN)}"
     out.append(replace_range(spark, flags, s.table(T.FRAUD_FLAGS.name), where, T.FRAUD_FLAGS.name))
-    events.unpersist()
     return out
 
 
 LAYERS: dict[str, Callable[..., list[Changes]]] = {
-    "silver": lambda spark, s, a, b: [backfill_silver(spark, s, a, b)],
-    "gold": backfill_gold,
+    "silver": lambda spark, s, a, b, source="bronze": [backfill_silver(spark, s, a, b, source)],
+    "gold": lambda spark, s, a, b, source="bronze": backfill_gold(spark, s, a, b),
 }
 
 

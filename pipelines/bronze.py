@@ -15,11 +15,12 @@ def to_bronze(df: DataFrame) -> DataFrame:
     """Stamp source rows for ``bronze/events``.
 
     Input: ``raw`` (the line or Kafka value as text) and any of the other ``SOURCE_COLUMNS``
-    (absent ones become null). Output: the ``bronze/events`` columns. Grain: one row per
+    (absent ones become null); ``ingest_time`` is now unless the input has it (an archive
+    replay gives the landing time). Output: the ``bronze/events`` columns. Grain: one row per
     delivered line or message, duplicates and garbage included.
     """
-    now = F.current_timestamp()
+    now = F.col("ingest_time") if "ingest_time" in df.columns else F.current_timestamp()
     cols = {c: F.col(c) if c in df.columns else F.lit(None) for c in SOURCE_COLUMNS}
-    out = df.select(*[v.alias(k) for k, v in cols.items()])
-    out = out.withColumn("ingest_time", now).withColumn("ingest_date", F.to_date(now))
+    out = df.select(*[v.alias(k) for k, v in cols.items()], now.alias("ingest_time"))
+    out = out.withColumn("ingest_date", F.to_date("ingest_time"))
     return out.transform(conform(BRONZE_EVENTS))

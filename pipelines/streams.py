@@ -22,6 +22,7 @@ from pipelines.bronze import to_bronze
 from pipelines.config import Settings, spark_interval
 from pipelines.gold import build
 from pipelines.io import sinks, sources
+from pipelines.io.lease import lease
 from pipelines.silver import dedupe, mark_late, parse, quarantined, valid_events
 from pipelines.stateful.fraud import fraud_flags_stream
 
@@ -139,6 +140,10 @@ class GoldBatch:
         return spark.read.format("delta").load(self.paths[table.name])
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        with lease(self.s.lake, who=f"gold batch {batch_id}"):  # a backfill may be rebuilding
+            self._batch(batch, batch_id)
+
+    def _batch(self, batch: DataFrame, batch_id: int) -> None:
         spark, s = batch.sparkSession, self.s
         keys = batch.select("tracking_id", "late").persist()  # the micro-batch is scanned once
         late = keys.where(F.col("late")).count()
@@ -170,7 +175,8 @@ class GoldBatch:
         quiet = now - self._last_batch_wall
         if self._watermark is None or quiet < self.s.stream.trigger_interval.total_seconds():
             return
-        self._offers(spark, self._watermark + timedelta(seconds=quiet))
+        with lease(self.s.lake, who="gold tick"):
+            self._offers(spark, self._watermark + timedelta(seconds=quiet))
 
     def _offers(self, spark: SparkSession, clock: datetime | None) -> None:
         """Retargeting offers due in (last clock, clock]: the event-time timer of the rule.
@@ -252,12 +258,13 @@ def start_gold(spark: SparkSession, s: Settings, available_now: bool) -> Streami
 
 def start_fraud(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
     """Silver -> ``gold/fraud_flags``: the stateful velocity rules (see ``stateful/fraud.py``).
-    Append-only output through the Delta sink, exactly once by the checkpoint."""
+    Flags are inserted by ``flag_id`` (insert-only MERGE): a replayed batch, or a flag a
+    backfill already wrote, adds nothing."""
     path = tables.ensure(spark, s.lake, tables.FRAUD_FLAGS)
     events = _stream_of(spark, s, tables.SILVER_EVENTS).where(~F.col("late"))
     flags = fraud_flags_stream(events, s.fraud, spark_interval(s.stream.watermark_delay))
-    writer = _writer(flags, "fraud", s, available_now)
-    return writer.format("delta").outputMode("append").start(path)
+    writer = _writer(flags, "fraud", s, available_now).outputMode("append")
+    return writer.foreachBatch(lambda batch, _: sinks.insert_new(batch, path, "flag_id")).start()
 
 
 LAYERS = {"bronze": start_bronze, "silver": start_silver, "gold": start_gold, "fraud": start_fraud}

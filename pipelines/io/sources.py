@@ -45,12 +45,24 @@ def read_kafka(spark: SparkSession, kafka: KafkaSettings, streaming: bool) -> Da
     )
 
 
+def read_archive(spark: SparkSession, path: str) -> DataFrame:
+    """Every landing file under ``path`` (a batch read), as ``read_landing`` gives them plus
+    ``ingest_time``: the file's modification time, i.e. when it landed."""
+    return spark.read.format("text").option("recursiveFileLookup", "true").load(path).select(
+        F.col("value").alias("raw"), F.col("_metadata.file_path").alias("source_file"),
+        F.col("_metadata.file_modification_time").alias("ingest_time"))
+
+
 def read_table(spark: SparkSession, path: str, streaming: bool,
                max_files_per_trigger: int | None = None) -> DataFrame:
-    """A Delta table, as a batch or a stream of its appends."""
+    """A Delta table, as a batch or a stream of its appends.
+
+    The stream skips commits that rewrite rows (``skipChangeCommits``): those are backfills,
+    which rebuild the downstream tables themselves.
+    """
     if not streaming:
         return spark.read.format("delta").load(path)
-    reader = spark.readStream.format("delta")
+    reader = spark.readStream.format("delta").option("skipChangeCommits", "true")
     if max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
     return reader.load(path)

@@ -14,17 +14,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.backfill import LAYERS, Changes, days
+from pipelines.backfill import LAYERS, SOURCES, Changes, days
 from pipelines.config import Settings
 
 
 def run_backfill(spark: SparkSession, s: Settings, start: date, end: date, layers: list[str],
-                 console: Console | None = None) -> dict[str, Changes]:
-    """Backfill each day of [start, end] through ``layers`` in order; return the totals per
-    table (rows read, written, added, removed)."""
+                 console: Console | None = None, source: str = "bronze") -> dict[str, Changes]:
+    """Backfill each day of [start, end] through ``layers`` in order, silver from ``source``
+    (``bronze`` or ``landing-archive``); return the totals per table (rows read, written,
+    added, removed)."""
     unknown = set(layers) - set(LAYERS)
     if unknown or not layers:
         raise ValueError(f"unknown layers {sorted(unknown)}; choose from {list(LAYERS)}")
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; choose from {list(SOURCES)}")
     if end < start:
         raise ValueError(f"--to {end} is before --from {start}")
     console = console or Console()
@@ -35,7 +38,7 @@ def run_backfill(spark: SparkSession, s: Settings, start: date, end: date, layer
         for day in days(start, end):
             progress.update(task, description=f"backfill {day}")
             for layer in layers:
-                for c in LAYERS[layer](spark, s, day, day):
+                for c in LAYERS[layer](spark, s, day, day, source):
                     t = totals[c.table]
                     totals[c.table] = Changes(c.table, t.read + c.read, t.written + c.written,
                                               t.added + c.added, t.removed + c.removed)
