@@ -51,25 +51,46 @@ def settings(config: Path | None, **overrides: object) -> Settings:
 
 @app.command()
 def generate(
-    out: Annotated[Path, typer.Option(help="landing folder to write into")] = Path("data/landing"),
+    out: Annotated[Path | None, typer.Option(
+        help="folder to write the files into [default: data/landing, or data/kafka-sent with "
+             "--to-kafka]")] = None,
     events: Annotated[int, typer.Option(help="valid journey events to generate")] = 14_000,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
     truth: Annotated[Path | None, typer.Option(help="ground truth file (default <out>.truth.json)")] = None,
     sample: Annotated[bool, typer.Option("--sample", help="copy the committed sample")] = False,
+    to_kafka: Annotated[str | None, typer.Option(
+        "--to-kafka", metavar="BOOTSTRAP", help="also produce every line to Kafka, keyed by user_id")] = None,
+    topic: Annotated[str, typer.Option(help="Kafka topic for --to-kafka")] = "events",
 ) -> None:
-    """Write a synthetic clickstream (rotated JSON-lines files) and its ground truth."""
+    """Write a synthetic clickstream (rotated JSON-lines files) and its ground truth; with
+    --to-kafka, also send each line to a topic in file order."""
     from pipelines.generate import Profile, land
     from pipelines.generate import generate as run_generator
 
+    out = out or Path("data/kafka-sent" if to_kafka else "data/landing")
     truth = truth or out.with_name(out.name + ".truth.json")
+    before = set(out.glob("*.jsonl"))
     if sample and (SAMPLE_DIR / "events").is_dir():
-        land(sorted((SAMPLE_DIR / "events").glob("*.jsonl")), out)
+        before -= set(land(sorted((SAMPLE_DIR / "events").glob("*.jsonl")), out))
         shutil.copy(SAMPLE_DIR / "ground_truth.json", truth)
         console.print(f"copied the sample from {SAMPLE_DIR} into {out}")
-        return
-    profile = Profile.sample() if sample else Profile.large(events)
-    result = run_generator(Profile(**{**profile.__dict__, "seed": seed}), out, truth)
-    console.print(f"{result.lines:,} lines in {result.files} files -> {out}; truth -> {truth}")
+    else:
+        profile = Profile.sample() if sample else Profile.large(events)
+        result = run_generator(Profile(**{**profile.__dict__, "seed": seed}), out, truth)
+        console.print(f"{result.lines:,} lines in {result.files} files -> {out}; truth -> {truth}")
+    if to_kafka:
+        from rich.progress import Progress
+
+        from pipelines.io.produce import produce
+
+        new = sorted(set(out.glob("*.jsonl")) - before)
+        try:
+            with Progress(console=console) as progress:
+                sent = produce(new, to_kafka, topic, progress)
+        except Exception as err:  # noqa: BLE001 - one clear line, non-zero exit
+            console.print(f"[red]producing to {to_kafka}/{topic} failed: {err}[/red]")
+            raise typer.Exit(1) from None
+        console.print(f"{sent:,} messages -> kafka {to_kafka} topic {topic}")
 
 
 @app.command()
@@ -115,7 +136,9 @@ def backfill(
     start: Annotated[str, typer.Option("--from", help="first event date, YYYY-MM-DD")],
     end: Annotated[str, typer.Option("--to", help="last event date, YYYY-MM-DD (inclusive)")],
     layers: Annotated[str, typer.Option(help="comma-separated, in order")] = "silver,gold",
-    source: Annotated[str, typer.Option(help="where silver is rebuilt from")] = "bronze",
+    source: Annotated[str, typer.Option(help="silver is rebuilt from: bronze | landing-archive "
+                                                 "(the files under --input)")] = "bronze",
+    input: InputOpt = None,
     config: ConfigOpt = None,
     lake: LakeOpt = None,
 ) -> None:
@@ -124,19 +147,16 @@ def backfill(
 
     from pipelines.jobs.backfill import run_backfill
 
-    if source != "bronze":
-        console.print(f"[red]--source {source}: only bronze is supported[/red]")
-        raise typer.Exit(2)
     try:
         first, last = date.fromisoformat(start), date.fromisoformat(end)
     except ValueError as err:
         console.print(f"[red]bad date: {err}[/red]")
         raise typer.Exit(2) from None
-    s = settings(config, lake=lake)
+    s = settings(config, lake=lake, input=input)
     with spark_for(s) as spark:
         try:
             run_backfill(spark, s, first, last, [x.strip() for x in layers.split(",") if x.strip()],
-                         console)
+                         console, source)
         except ValueError as err:
             console.print(f"[red]{err}[/red]")
             raise typer.Exit(2) from None
