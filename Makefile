@@ -8,7 +8,7 @@ INPUT   ?= data/landing
 SAMPLE  := data/sample
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench backfill lint clean clean-lake
+.PHONY: setup demo test test-fast bench backfill lint clean clean-lake kafka-up kafka-down
 
 ## setup: build the venv and fetch the jars; a no-op when both are there
 setup: $(STAMP) $(JARS)/.fetched
@@ -49,8 +49,18 @@ clean-lake:
 	rm -rf $(LAKE) $(INPUT) spark-warehouse metastore_db derby.log
 
 clean: clean-lake
-	rm -rf $(VENV) $(JARS)
+	-scripts/kafka.sh wipe
+	rm -rf $(VENV) $(JARS) .kafka-jars
 
 ## backfill: rebuild a date range, e.g. make backfill FROM=2026-11-02 TO=2026-11-02
 backfill: setup
 	$(BIN)/funnelhouse backfill --from $(FROM) --to $(TO) --lake $(LAKE)
+
+## kafka-up: start a single-node Kafka broker (KRaft, 127.0.0.1:9092) and create TOPIC (events)
+TOPIC ?= events
+kafka-up:
+	scripts/kafka.sh up $(TOPIC)
+
+## kafka-down: stop the broker (its data stays in .kafka/ for the next kafka-up)
+kafka-down:
+	scripts/kafka.sh down

@@ -48,6 +48,7 @@ def run_continuously(spark: SparkSession, s: Settings, layers: Iterable[str] = L
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+    spark.streams.resetTerminated()  # forget queries that ended before this run
     queries = [LAYERS[name](spark, s, False) for name in layers]
     try:
         while not stop.is_set():
