@@ -61,6 +61,8 @@ def generate(
     to_kafka: Annotated[str | None, typer.Option(
         "--to-kafka", metavar="BOOTSTRAP", help="also produce every line to Kafka, keyed by user_id")] = None,
     topic: Annotated[str, typer.Option(help="Kafka topic for --to-kafka")] = "events",
+    violations: Annotated[int, typer.Option(
+        help="add N events per kind that break a quality expectation (price, quantity, future time)")] = 0,
 ) -> None:
     """Write a synthetic clickstream (rotated JSON-lines files) and its ground truth; with
     --to-kafka, also send each line to a topic in file order."""
@@ -70,13 +72,14 @@ def generate(
     out = out or Path("data/kafka-sent" if to_kafka else "data/landing")
     truth = truth or out.with_name(out.name + ".truth.json")
     before = set(out.glob("*.jsonl"))
-    if sample and (SAMPLE_DIR / "events").is_dir():
+    if sample and violations == 0 and (SAMPLE_DIR / "events").is_dir():
         before -= set(land(sorted((SAMPLE_DIR / "events").glob("*.jsonl")), out))
         shutil.copy(SAMPLE_DIR / "ground_truth.json", truth)
         console.print(f"copied the sample from {SAMPLE_DIR} into {out}")
     else:
         profile = Profile.sample() if sample else Profile.large(events)
-        result = run_generator(Profile(**{**profile.__dict__, "seed": seed}), out, truth)
+        result = run_generator(Profile(**{**profile.__dict__, "seed": seed, "violations": violations}),
+                               out, truth)
         console.print(f"{result.lines:,} lines in {result.files} files -> {out}; truth -> {truth}")
     if to_kafka:
         from rich.progress import Progress
@@ -173,6 +176,40 @@ def report(config: ConfigOpt = None, lake: LakeOpt = None) -> None:
     s = settings(config, lake=lake)
     with spark_for(s) as spark:
         print_report(spark, s, console)
+
+
+quality_app = typer.Typer(help="Data-quality results (Great Expectations) of the lake.",
+                          no_args_is_help=True)
+app.add_typer(quality_app, name="quality")
+
+
+@quality_app.command("report")
+def quality_report(
+    last: Annotated[int, typer.Option(help="how many recent batches per suite")] = 5,
+    config: ConfigOpt = None,
+    lake: LakeOpt = None,
+) -> None:
+    """Print the expectation results of the last N validated batches per suite."""
+    from pipelines.report import print_quality
+
+    s = settings(config, lake=lake)
+    with spark_for(s) as spark:
+        print_quality(spark, s, console, last)
+
+
+@quality_app.command("docs")
+def quality_docs(
+    out: Annotated[Path | None, typer.Option(help="site folder [default: <lake>/_quality/docs]")] = None,
+    config: ConfigOpt = None,
+    lake: LakeOpt = None,
+) -> None:
+    """Build GX Data Docs (HTML): every suite validated against its table as it is now."""
+    from pipelines.quality import build_docs
+
+    s = settings(config, lake=lake)
+    with spark_for(s) as spark:
+        index = build_docs(spark, s, out)
+    console.print(f"data docs: {index}")
 
 
 def main() -> None:

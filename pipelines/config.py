@@ -169,6 +169,20 @@ class FraudSettings(Strict):
     rules: list[FraudRule] = Field(default_factory=_default_fraud_rules)
 
 
+Policy = Literal["warn", "drop", "fail"]
+
+
+class QualitySettings(Strict):
+    """Great Expectations checks at the silver and gold boundaries (``pipelines/quality.py``)."""
+
+    enabled: StrictBool = True
+    sample_fraction: float | None = Field(None, gt=0, le=1)  # validate a sample (counts estimated)
+    future_tolerance: Duration = timedelta(minutes=5)  # event_time may lead the clock by this
+    max_price: float = Field(100_000.0, gt=0)
+    max_quantity: int = Field(1_000, ge=1)
+    policies: dict[str, Policy] = {}  # expectation name -> policy, over the defaults
+
+
 class Settings(Strict):
     lake: str = "data/lake"  # a local folder or a URI (s3a://, abfss://)
     input: str = "data/landing"
@@ -181,6 +195,7 @@ class Settings(Strict):
     fraud: FraudSettings = FraudSettings()
     reminders: ReminderSettings = ReminderSettings()
     retarget: RetargetSettings = RetargetSettings()
+    quality: QualitySettings = QualitySettings()
 
     @field_validator("lake", "input", mode="before")
     @classmethod

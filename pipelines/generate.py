@@ -85,6 +85,7 @@ class Profile:
     malformed_rate: float = 0.005
     lines_per_file: int = 2_000
     seed: int = 42
+    violations: int = 0  # per kind: contract-valid events that break a quality expectation
 
     @staticmethod
     def sample() -> Profile:
@@ -117,6 +118,7 @@ class Truth:
     late_event_ids: list[str] = field(default_factory=list)
     cart_abandoners: list[dict[str, Any]] = field(default_factory=list)
     retarget_offers: list[dict[str, Any]] = field(default_factory=list)
+    quality_violations: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -383,7 +385,29 @@ def _deliver(w: _World, evs: list[dict[str, Any]], truth: Truth) -> list[str]:
         truth.events_by_type[ev["event_type"]] += 1
     truth.valid_unique_events = len(evs)
     arrivals.sort(key=lambda a: (a[0], a[1]))
-    return [line for _, _, line in arrivals]
+    lines = [line for _, _, line in arrivals]
+    for kind, bad in _violations(w, evs, p.violations).items():
+        truth.quality_violations[kind] = [json.loads(b)["event_id"] for b in bad]
+        for b in bad:
+            lines.insert(rng.randrange(len(lines) + 1), b)
+    return lines
+
+
+def _violations(w: _World, evs: list[dict[str, Any]], n: int) -> dict[str, list[str]]:
+    """``n`` events per kind that pass the contract but break a quality expectation (named as
+    in ``pipelines/quality.py``): an absurd price, an absurd quantity, a time years ahead."""
+    if n <= 0:
+        return {}
+    carts = [e for e in evs if e["event_type"] == "add_to_cart"]
+    out: dict[str, list[str]] = {}
+    for kind, change in (("price_in_range", {"price": 9_999_999.0}),
+                         ("quantity_in_range", {"quantity": 50_000}),
+                         ("event_time_not_future", {"event_time": "2099-01-01T00:00:00.000Z"})):
+        out[kind] = []
+        for i in range(n):
+            ev = {**w.rng.choice(carts), **change, "event_id": f"qv-{kind}-{i}"}
+            out[kind].append(json.dumps(ev, separators=(",", ":")))
+    return out
 
 
 def land(files: list[Path], out: Path) -> list[Path]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.window import Window
 from rich.console import Console
 from rich.table import Table as RichTable
 
@@ -132,3 +133,28 @@ def print_report(spark: SparkSession, s: Settings, console: Console) -> None:
     console.print(budget)
     if perf:
         console.print(f"budget rule: {perf[0]['budget_rule']}; 'budget now' is taken as the click share")
+
+
+def print_quality(spark: SparkSession, s: Settings, console: Console, last: int = 5) -> None:
+    """One row per (suite, batch, expectation) for the ``last`` batches of each suite."""
+    path = s.table(tables.QUALITY_RESULTS.name)
+    if not DeltaTable.isDeltaTable(spark, path):
+        console.print("no quality results yet (run the pipeline first)")
+        return
+    results = spark.read.format("delta").load(path)
+    recent = (results.select("suite", "batch_id").distinct()
+              .withColumn("rank", F.row_number().over(
+                  Window.partitionBy("suite").orderBy(F.col("batch_id").desc())))
+              .where(F.col("rank") <= last).drop("rank"))
+    rows = (results.join(recent, ["suite", "batch_id"])
+            .orderBy("suite", F.col("batch_id").desc(), "expectation").collect())
+    table = RichTable(title=f"Quality: last {last} batches per suite")
+    for col in ("suite", "batch", "expectation", "policy", "ok", "unexpected", "rows", "at"):
+        table.add_column(col, justify="right" if col in ("batch", "unexpected", "rows") else "left")
+    for r in rows:
+        ok = "[green]yes[/green]" if r["success"] else "[red]NO[/red]"
+        table.add_row(r["suite"], str(r["batch_id"]), r["expectation"], r["policy"], ok,
+                      f"{r['unexpected_count']:,}",
+                      f"{r['element_count']:,}" + (" (sample)" if r["sampled"] else ""),
+                      r["validated_at"].strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)

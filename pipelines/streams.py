@@ -23,6 +23,7 @@ from pipelines.config import Settings, spark_interval
 from pipelines.gold import build
 from pipelines.io import sinks, sources
 from pipelines.io.lease import lease
+from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe, mark_late, parse, quarantined, valid_events
 from pipelines.stateful.fraud import fraud_flags_stream
 
@@ -54,6 +55,8 @@ class SilverBatch:
         self.checkpoint = Path(s.checkpoint(CHECKPOINTS["silver"]))
         self.delay = s.stream.watermark_delay
         self.late_rows = 0
+        self.quality = (Quality(spark, s.lake, "silver_events", s.quality, "silver")
+                        if s.quality.enabled else None)
 
     def watermark(self, spark: SparkSession) -> datetime | None:
         latest = spark.read.format("delta").load(self.events).agg({"event_time": "max"}).first()[0]
@@ -61,25 +64,34 @@ class SilverBatch:
 
     def app_id(self) -> str:
         """The query's id, which persists in its checkpoint across restarts."""
-        return "silver-quarantine-" + json.loads((self.checkpoint / "metadata").read_text())["id"]
+        return "silver-quarantine-" + query_id(self.checkpoint)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
         parsed = batch.transform(parse).persist()
         try:
             wm = self.watermark(spark)
-            events = parsed.transform(valid_events).transform(dedupe).transform(mark_late(wm))
-            events = events.persist()
+            checked = parsed.transform(valid_events).transform(dedupe).transform(mark_late(wm)).persist()
+            events, quarantine = checked, parsed.transform(quarantined)
+            if self.quality is not None:  # GX suite; may raise QualityFailure ("fail" policy)
+                events, dropped = self.quality.apply(checked, batch_id, self.app_id())
+                if dropped is not None:
+                    quarantine = quarantine.unionByName(dropped_to_quarantine(dropped))
             dates = sinks.distinct_values(events, "event_date")
             sinks.insert_new(events, self.events, "event_id", prune={"event_date": dates})
             late = events.where("late").count() if wm else 0
             self.late_rows += late
-            sinks.append_once(parsed.transform(quarantined), self.quarantine, self.app_id(), batch_id)
-            events.unpersist()
+            sinks.append_once(quarantine, self.quarantine, self.app_id(), batch_id)
+            checked.unpersist()
             if late:
                 log.info("silver batch %d: %d events behind the watermark %s", batch_id, late, wm)
         finally:
             parsed.unpersist()
+
+
+def query_id(checkpoint: Path) -> str:
+    """A streaming query's id: written in its checkpoint, the same across restarts."""
+    return json.loads((checkpoint / "metadata").read_text())["id"]
 
 
 # Each query's checkpoint, under <lake>/_checkpoints/.
@@ -135,6 +147,9 @@ class GoldBatch:
         self._watermark: datetime | None = None
         self._last_batch_wall = time.time()
         self._offer_lock = threading.Lock()
+        self.checkpoint = Path(s.checkpoint(CHECKPOINTS["gold"]))
+        self.quality = (Quality(spark, s.lake, "campaign_funnel", s.quality, "gold")
+                        if s.quality.enabled else None)
 
     def _read(self, spark: SparkSession, table: tables.Table) -> DataFrame:
         return spark.read.format("delta").load(self.paths[table.name])
@@ -145,6 +160,7 @@ class GoldBatch:
 
     def _batch(self, batch: DataFrame, batch_id: int) -> None:
         spark, s = batch.sparkSession, self.s
+        self._batch_id = batch_id
         keys = batch.select("tracking_id", "late").persist()  # the micro-batch is scanned once
         late = keys.where(F.col("late")).count()
         self.late_rows_skipped += late
@@ -241,9 +257,12 @@ class GoldBatch:
         funnel_old = self._read(spark, tables.CAMPAIGN_FUNNEL).join(
             F.broadcast(cells), ["campaign_id", "window_start"], "left_semi").persist()
         funnel_old.count()
-        sinks.replace_rows(in_cells.transform(build.funnel_rows(s)), funnel_old,
+        funnel = in_cells.transform(build.funnel_rows(s)).persist()
+        if self.quality is not None:  # batch-level checks: warn or fail
+            self.quality.apply(funnel, self._batch_id, "gold-" + query_id(self.checkpoint))
+        sinks.replace_rows(funnel, funnel_old,
                            self.paths[tables.CAMPAIGN_FUNNEL.name], ["campaign_id", "window_start"])
-        for df in (new, old, cells, funnel_old):
+        for df in (new, old, cells, funnel_old, funnel):
             df.unpersist()
         return sessions
 

@@ -111,10 +111,16 @@ RETARGET_OFFERS = Table("gold/retarget_offers", _schema(
 
 FRAUD_FLAGS = Table("gold/fraud_flags", FLAG_SCHEMA)
 
+QUALITY_RESULTS = Table("quality/results", _schema(
+    ("batch_id", LONG), ("query", STR), ("suite", STR), ("expectation", STR), ("policy", STR),
+    ("success", BOOL), ("unexpected_count", LONG), ("element_count", LONG), ("sampled", BOOL),
+    ("validated_at", TS),
+))
+
 GOLD: list[Table] = [SESSION_FUNNEL, CAMPAIGN_FUNNEL, CAMPAIGN_PERFORMANCE, PRODUCT_ABANDONMENT, ALERTS,
                      CART_REMINDERS, RETARGET_OFFERS]
 DETECTORS: list[Table] = [FRAUD_FLAGS]
-ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD, *DETECTORS]
+ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD, *DETECTORS, QUALITY_RESULTS]
 
 
 def conform(table: Table) -> Callable[[DataFrame], DataFrame]:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterable
 
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
@@ -30,12 +31,24 @@ def _check(query: StreamingQuery) -> None:
         raise StreamFailed(f"query {query.name} failed: {query.exception()}")
 
 
+def _cause(err: Exception) -> str:
+    """The innermost message of a streaming failure (a Python error in foreachBatch included)."""
+    text = str(err)
+    for line in reversed(text.splitlines()):
+        if line.startswith(("pipelines.", "ValueError", "RuntimeError")) or "Error: " in line:
+            return line.strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def run_available_now(spark: SparkSession, s: Settings, layers: Iterable[str] = LAYERS) -> None:
     """Process everything pending, one layer after the other (each layer reads what the one
     before it wrote), then return."""
     for name in layers:
         query = LAYERS[name](spark, s, True)
-        query.awaitTermination()
+        try:
+            query.awaitTermination()
+        except StreamingQueryException as err:  # one clear line: the query and the cause
+            raise StreamFailed(f"query {name} failed: {_cause(err)}") from err
         _check(query)
         log.info("%s caught up", name)
 
