@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -114,10 +114,18 @@ def backfill_silver(spark: SparkSession, s: Settings, start: date, end: date,
     included (``late`` false).
 
     Only silver rows ingested up to the newest row of the source snapshot are replaced
-    (``ingest_time <= cutoff``), so rows a running stream adds meanwhile are left alone.
+    (``ingest_time <= cutoff``), so rows a running stream adds meanwhile are left alone. From
+    the archive the cutoff is the time of the read: archive rows carry their files' landing
+    times, while the stream's rows carry its own (later) processing times.
     """
-    bronze = bronze_rows(spark, s, source, start - MARGIN).persist()
+    started = datetime.now(UTC).replace(tzinfo=None)  # session times are naive UTC
+    bronze = bronze_rows(spark, s, source, start - MARGIN)
+    if source == "landing-archive":  # files landed up to now; later ones are the stream's
+        bronze = bronze.where(F.col("ingest_time") <= F.lit(started))
+    bronze = bronze.persist()
     read, cutoff = bronze.agg(F.count("*"), F.max("ingest_time")).first()
+    if source == "landing-archive" and cutoff is not None:
+        cutoff = started
     if cutoff is None:
         bronze.unpersist()
         return Changes(T.SILVER_EVENTS.name, 0, 0, 0, 0)
@@ -145,20 +153,21 @@ def backfill_gold(spark: SparkSession, s: Settings, start: date, end: date) -> l
 
 
 def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date) -> list[Changes]:
-    def silver() -> DataFrame:
-        return spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name)).where(~F.col("late"))
-
-    def events() -> DataFrame:
-        return silver().where(F.col("event_date").between(F.lit(start - MARGIN), F.lit(end + MARGIN)))
+    # Under the lease no other writer touches these gold tables, so one snapshot of silver
+    # serves every table (and any retry).
+    silver = spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name))
+    watermark = build.event_watermark(silver, s)
+    events = silver.where(~F.col("late") & F.col("event_date").between(
+        F.lit(start - MARGIN), F.lit(end + MARGIN))).persist()
 
     def sessions() -> DataFrame:
         return spark.read.format("delta").load(s.table(T.SESSION_FUNNEL.name))
 
-    read = events().count()
+    read = events.count()
     out = []
     where = f"session_date >= {_lit_date(start)} AND session_date <= {_lit_date(end)}"
     out.append(replace_range(
-        spark, lambda: events().transform(build.session_rows(s)).where(
+        spark, lambda: events.transform(build.session_rows(s)).where(
             F.col("session_date").between(F.lit(start), F.lit(end))),
         s.table(T.SESSION_FUNNEL.name), where, T.SESSION_FUNNEL.name, read))
 
@@ -171,7 +180,6 @@ def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date) -> 
         out.append(replace_range(spark, lambda rows=rows: sessions().transform(rows), s.table(table.name),
                                  "true", table.name))
 
-    watermark = build.event_watermark(spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name)), s)
     cells = spark.read.format("delta").load(s.table(T.CAMPAIGN_FUNNEL.name)).where(in_windows)
     out.append(insert_missing(cells.transform(build.alert_rows(s, watermark)), s.table(T.ALERTS.name),
                               "alert_id", T.ALERTS.name))
@@ -180,17 +188,16 @@ def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date) -> 
                               s.table(T.CART_REMINDERS.name), "reminder_id", T.CART_REMINDERS.name))
     if watermark is not None:
         sent = spark.read.format("delta").load(s.table(T.RETARGET_OFFERS.name))
-        offers = build.offer_rows(events(), sent, s, None, watermark).where(
+        offers = build.offer_rows(events, sent, s, None, watermark).where(
             F.to_date("click_time").between(F.lit(start), F.lit(end)))
         out.append(insert_missing(offers, s.table(T.RETARGET_OFFERS.name), "offer_id",
                                   T.RETARGET_OFFERS.name))
 
-    def flags() -> DataFrame:
-        wm = build.event_watermark(spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name)), s)
-        return fraud_flags_batch(events(), s.fraud, wm).where(
-            F.to_date("first_event_time").between(F.lit(start), F.lit(end)))
+    flags = fraud_flags_batch(events, s.fraud, watermark).where(
+        F.to_date("first_event_time").between(F.lit(start), F.lit(end)))
     where = f"first_event_time >= {_lit_date(start)} AND first_event_time < {_lit_date(end + MARGIN)}"
-    out.append(replace_range(spark, flags, s.table(T.FRAUD_FLAGS.name), where, T.FRAUD_FLAGS.name))
+    out.append(replace_range(spark, lambda: flags, s.table(T.FRAUD_FLAGS.name), where, T.FRAUD_FLAGS.name))
+    events.unpersist()
     return out
 
 
