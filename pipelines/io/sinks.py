@@ -33,11 +33,6 @@ def with_retry(action: Callable[[], T], attempts: int = 5, what: str = "write") 
     raise AssertionError("unreachable")
 
 
-def version(spark, path: str) -> int:
-    """The latest commit version of the Delta table at ``path``."""
-    return DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
-
-
 def append_once(df: DataFrame, path: str, app_id: str, version: int) -> None:
     """Append ``df`` to the Delta table at ``path`` exactly once per (app_id, version).
 
