@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -148,11 +149,18 @@ class GoldBatch:
         self._last_batch_wall = time.time()
         self._offer_lock = threading.Lock()
         self.checkpoint = Path(s.checkpoint(CHECKPOINTS["gold"]))
+        self._own_id = uuid.uuid4().hex  # when called directly, outside a started query
         self.quality = (Quality(spark, s.lake, "campaign_funnel", s.quality, "gold")
                         if s.quality.enabled else None)
 
     def _read(self, spark: SparkSession, table: tables.Table) -> DataFrame:
         return spark.read.format("delta").load(self.paths[table.name])
+
+    def _app_id(self) -> str:
+        """The gold query's id (from its checkpoint), or an id of this handler's own when it is
+        called directly (a test, a notebook) and no query has started."""
+        started = (self.checkpoint / "metadata").exists()
+        return "gold-" + (query_id(self.checkpoint) if started else self._own_id)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         with lease(self.s.lake, who=f"gold batch {batch_id}"):  # a backfill may be rebuilding
@@ -258,7 +266,7 @@ class GoldBatch:
         funnel_old.count()
         funnel = in_cells.transform(build.funnel_rows(s)).persist()
         if self.quality is not None:  # batch-level checks: warn or fail
-            self.quality.apply(funnel, batch_id, "gold-" + query_id(self.checkpoint))
+            self.quality.apply(funnel, batch_id, self._app_id())
         sinks.replace_rows(funnel, funnel_old,
                            self.paths[tables.CAMPAIGN_FUNNEL.name], ["campaign_id", "window_start"])
         for df in (new, old, cells, funnel_old, funnel):
