@@ -266,7 +266,7 @@ class GoldBatch:
         funnel_old.count()
         funnel = in_cells.transform(build.funnel_rows(s)).persist()
         if self.quality is not None:  # batch-level checks: warn or fail
-            self.quality.apply(funnel, batch_id, self._app_id())
+            self.quality.validate(funnel, batch_id, self._app_id())
         sinks.replace_rows(funnel, funnel_old,
                            self.paths[tables.CAMPAIGN_FUNNEL.name], ["campaign_id", "window_start"])
         for df in (new, old, cells, funnel_old, funnel):
