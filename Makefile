@@ -8,7 +8,7 @@ INPUT   ?= data/landing
 SAMPLE  := data/sample
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench backfill lint clean clean-lake kafka-up kafka-down
+.PHONY: setup demo test test-fast bench bench-quality backfill lint clean clean-lake kafka-up kafka-down
 
 ## setup: build the venv and fetch the jars; a no-op when both are there
 setup: $(STAMP) $(JARS)/.fetched
@@ -41,6 +41,10 @@ test-fast: setup
 ## bench: throughput of each stage in events/s, beside a baseline from the same run
 bench: setup
 	$(BIN)/python -m pipelines.bench $(BENCH_ARGS)
+
+## bench-quality: the GX suite's cost per silver micro-batch of 100k events, beside quality off
+bench-quality: setup
+	$(BIN)/python -m pipelines.bench --quality $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check pipelines tests

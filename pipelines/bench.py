@@ -7,10 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from rich.console import Console
@@ -22,7 +24,7 @@ from pipelines.contract import RAW_EVENT_SCHEMA
 from pipelines.generate import Profile, generate
 from pipelines.jobs.run import run_available_now
 from pipelines.session import build_spark
-from pipelines.streams import CHECKPOINTS
+from pipelines.streams import CHECKPOINTS, LAYERS
 
 _OUTPUTS = {
     "bronze": [tables.BRONZE_EVENTS.name],
@@ -46,6 +48,53 @@ def baseline(spark: SparkSession, landing: Path, out: Path) -> float:
     return _timed(lambda: df.select("e.*").write.mode("overwrite").parquet(str(out)))
 
 
+def silver_batches(spark: SparkSession, s: Settings) -> list[tuple[int, float]]:
+    """Run the silver layer from scratch; (events, seconds) of each micro-batch after the first
+    (query start, GX context and JIT land in the first)."""
+    for path in RESET["silver"] + ["quality"]:
+        shutil.rmtree(Path(s.lake, path), ignore_errors=True)
+    query = LAYERS["silver"](spark, s, True)
+    query.awaitTermination()
+    return [(p.numInputRows, p.durationMs["triggerExecution"] / 1000)
+            for p in query.recentProgress[1:] if p.numInputRows]
+
+
+def quality_overhead(spark: SparkSession, s: Settings, rounds: int) -> Table:
+    """Per-batch silver time with the GX suite off, on, and on a 10% sample.
+
+    Bronze is written ``stream.max_files_per_trigger`` landing files (50k events each) per
+    commit and silver reads one commit per batch, so each timed batch holds that many events
+    (a smaller last one is left out). The
+    figure is the median over the batches of every round; variants alternate within a round."""
+    shutil.rmtree(s.lake, ignore_errors=True)
+    run_available_now(spark, s, ["bronze"])
+    commits = (DeltaTable.forPath(spark, s.table(tables.BRONZE_EVENTS.name)).history()
+               .where("operation = 'STREAMING UPDATE'")
+               .select(F.expr("operationMetrics['numAddedFiles']").cast("int").alias("files"),
+                       F.expr("operationMetrics['numOutputRows']").cast("long").alias("rows"))
+               .orderBy(F.desc("rows")).first())
+    s = s.model_copy(update={"stream": s.stream.model_copy(update={"max_files_per_trigger": commits.files})})
+    variants = {"quality off (baseline)": {"enabled": False}, "quality on": {"enabled": True},
+                "quality on, sample_fraction 0.1": {"enabled": True, "sample_fraction": 0.1}}
+    seconds: dict[str, list[float]] = {v: [] for v in variants}
+    silver_batches(spark, s)  # warm-up: JIT, Python workers
+    for _ in range(rounds):
+        for name, q in variants.items():
+            quality = s.quality.model_copy(update=q)
+            seconds[name] += [t for n, t in silver_batches(spark, s.model_copy(update={"quality": quality}))
+                              if n == commits.rows]
+    base = statistics.median(seconds["quality off (baseline)"])
+    table = Table(title=f"silver micro-batches of {commits.rows:,} events, {rounds} round(s): "
+                        "median seconds per batch")
+    for col in ("variant", "batches", "s/batch", "events/s", "overhead"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        table.add_row(name, str(len(values)), f"{median:.2f}", f"{commits.rows / median:,.0f}",
+                      "" if name.endswith("(baseline)") else f"{(median / base - 1) * 100:+.0f}%")
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -61,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="run each timed step once untimed first (JIT, Python workers, caches)")
     parser.add_argument("--fraud-buckets", type=int, default=None,
                         help="state groups of the fraud processor (a huge number ~ one per key)")
+    parser.add_argument("--quality", action="store_true",
+                        help="instead: the GX suite's overhead per silver micro-batch of ~100k events")
+    parser.add_argument("--rounds", type=int, default=2, help="with --quality: off/on/sample rounds")
     args = parser.parse_args(argv)
 
     landing = args.dir / f"landing-{args.events}"
@@ -75,6 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.fraud_buckets:
         overrides["fraud"] = {"buckets": args.fraud_buckets}
     s: Settings = load_settings(overrides=overrides)
+    if args.quality:  # by default two landing files (2 x 50k events) per bronze commit
+        s = load_settings(overrides={**overrides, "lake": args.dir / "lake-quality",
+                                     "stream": {"max_files_per_trigger": args.files_per_trigger or 2}})
+        spark = build_spark(s.spark)
+        Console().print(quality_overhead(spark, s, args.rounds))
+        spark.stop()
+        return
     layers = args.layers.split(",")
     if not args.keep_lake:
         shutil.rmtree(s.lake, ignore_errors=True)
