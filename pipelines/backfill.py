@@ -14,6 +14,10 @@ Ranges and margins (``docs/backfill.md``):
 - campaign performance and product abandonment: rebuilt whole (one row per campaign/product);
 - alerts, cart reminders, retarget offers: insert-only (what was sent stays sent).
 
+The stream's quality suites (``pipelines/quality.py``) check the recomputed silver rows and
+funnel cells with the same policies: ``drop`` keeps a row out of silver (and quarantines it,
+if the quarantine lacks it), ``fail`` stops the backfill before that table is written.
+
 Beside a running stream: silver is replaced only up to the source snapshot's newest
 ``ingest_time`` (rows the stream adds later are outside the predicate), and the gold step
 holds the gold lease (``io/lease.py``) that the gold stream's micro-batches also hold.
@@ -21,8 +25,9 @@ holds the gold lease (``io/lease.py``) that the gold stream's micro-batches also
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from pyspark.sql import DataFrame, SparkSession
@@ -34,6 +39,7 @@ from pipelines.config import Settings
 from pipelines.gold import build
 from pipelines.io import sinks, sources
 from pipelines.io.lease import lease
+from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe, parse, valid_events
 from pipelines.stateful.fraud import fraud_flags_batch
 
@@ -58,16 +64,20 @@ def _lit_date(d: date) -> str:
 
 
 def replace_range(spark: SparkSession, rows: Callable[[], DataFrame], path: str, where: str,
-                  name: str, read: int = 0, ignore: tuple[str, ...] = ("created_at",)) -> Changes:
+                  name: str, read: int = 0, ignore: tuple[str, ...] = ("created_at",),
+                  check: Callable[[DataFrame], DataFrame] | None = None) -> Changes:
     """Make the rows of ``path`` matching ``where`` equal ``rows()`` (which must match it too).
 
-    Rewrites only when they differ (``ignore`` columns aside). On a Delta conflict the whole
-    step (read, compare, write) runs again on fresh snapshots.
+    ``check`` (a quality suite) sees the new rows first and returns those that go on; it may
+    raise, and then nothing is written. Rewrites only when the rows differ (``ignore`` columns
+    aside). On a Delta conflict the whole step (read, check, compare, write) runs again on
+    fresh snapshots.
     """
     result: list[Changes] = []
 
     def attempt() -> None:
-        new = rows().persist()
+        cached = rows().persist()
+        new = check(cached) if check else cached
         old = spark.read.format("delta").load(path).where(where)
         cols = [c for c in new.columns if c not in ignore]
         added = new.select(cols).exceptAll(old.select(cols)).count()
@@ -76,7 +86,7 @@ def replace_range(spark: SparkSession, rows: Callable[[], DataFrame], path: str,
         if changed:
             new.write.format("delta").mode("overwrite").option("replaceWhere", where).save(path)
         result[:] = [Changes(name, read, new.count() if changed else 0, added, removed)]
-        new.unpersist()
+        cached.unpersist()
 
     sinks.with_retry(attempt, what=f"backfill {name}")
     return result[0]
@@ -91,6 +101,58 @@ def insert_missing(new: DataFrame, path: str, key: str, name: str) -> Changes:
         sinks.insert_new(new, path, key)
     new.unpersist()
     return Changes(name, 0, added, added, 0)
+
+
+@dataclass
+class Checks:
+    """The stream's GX suites, applied by a backfill to the rows it recomputes: one context
+    per backfill run. Results go to ``quality/results`` with query ``backfill`` and batch id
+    ``yyyymmdd`` of the day (once per run and day)."""
+    silver: Quality
+    funnel: Quality
+    run_id: str = field(default_factory=lambda: f"backfill-{uuid.uuid4()}")
+    quarantined: int = 0
+
+    @classmethod
+    def of(cls, spark: SparkSession, s: Settings) -> Checks | None:
+        if not s.quality.enabled:
+            return None
+        return cls(Quality(spark, s.lake, "silver_events", s.quality, "backfill"),
+                   Quality(spark, s.lake, "campaign_funnel", s.quality, "backfill"))
+
+    def silver_rows(self, s: Settings, day: date) -> Callable[[DataFrame], DataFrame]:
+        """Validate recomputed silver rows; ``drop`` rows go to the quarantine (unless it has
+        them already, e.g. from the stream) instead of silver; ``fail`` raises."""
+        def check(rows: DataFrame) -> DataFrame:
+            kept, dropped = self.silver.apply(rows, _batch_id(day), self.run_id)
+            if dropped is not None:
+                self.quarantined += quarantine_missing(dropped, s.table(T.SILVER_QUARANTINE.name))
+            return kept
+        return check
+
+    def funnel_rows(self, day: date) -> Callable[[DataFrame], DataFrame]:
+        def check(rows: DataFrame) -> DataFrame:
+            self.funnel.validate(rows, _batch_id(day), self.run_id)
+            return rows
+        return check
+
+
+def _batch_id(day: date) -> int:
+    return int(day.strftime("%Y%m%d"))
+
+
+def quarantine_missing(dropped: DataFrame, path: str) -> int:
+    """Append the quarantine rows of ``dropped`` whose (event id, reason) the quarantine lacks."""
+    event_id = F.get_json_object("raw", "$.event_id")
+    new = dropped_to_quarantine(dropped).withColumn("_event_id", event_id)
+    have = dropped.sparkSession.read.format("delta").load(path).select(
+        event_id.alias("_event_id"), "reason")
+    missing = new.join(have, ["_event_id", "reason"], "left_anti").drop("_event_id").persist()
+    n = missing.count()
+    if n:
+        missing.write.format("delta").mode("append").save(path)
+    missing.unpersist()
+    return n
 
 
 def bronze_rows(spark: SparkSession, s: Settings, source: str, since: date) -> DataFrame:
@@ -109,7 +171,7 @@ SOURCES = ("bronze", "landing-archive")
 
 
 def backfill_silver(spark: SparkSession, s: Settings, start: date, end: date,
-                    source: str = "bronze") -> Changes:
+                    source: str = "bronze", checks: Checks | None = None) -> Changes:
     """Bronze (or the landing archive) -> silver for events dated [start, end], late ones
     included (``late`` false).
 
@@ -140,19 +202,21 @@ def backfill_silver(spark: SparkSession, s: Settings, start: date, end: date,
     # The archive's ingest times are the files' landing times, not the stream's; compare content.
     ignore = ("ingest_time",) if source == "landing-archive" else ()
     changes = replace_range(spark, rows, s.table(T.SILVER_EVENTS.name), where, T.SILVER_EVENTS.name,
-                            read, ignore)
+                            read, ignore, checks.silver_rows(s, start) if checks else None)
     bronze.unpersist()
     return changes
 
 
-def backfill_gold(spark: SparkSession, s: Settings, start: date, end: date) -> list[Changes]:
+def backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
+                  checks: Checks | None = None) -> list[Changes]:
     """On-time silver -> every gold table for [start, end] (see the module docstring for ranges).
     Holds the gold lease throughout, so a gold micro-batch never interleaves with it."""
     with lease(s.lake, who=f"backfill {start}..{end}"):
-        return _backfill_gold(spark, s, start, end)
+        return _backfill_gold(spark, s, start, end, checks)
 
 
-def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date) -> list[Changes]:
+def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
+                   checks: Checks | None) -> list[Changes]:
     # Under the lease no other writer touches these gold tables, so one snapshot of silver
     # serves every table (and any retry).
     silver = spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name))
@@ -174,7 +238,8 @@ def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date) -> 
     in_windows = (F.col("window_start") >= F.lit(start)) & (F.col("window_start") < F.lit(end + MARGIN))
     where = f"window_start >= {_lit_date(start)} AND window_start < {_lit_date(end + MARGIN)}"
     out.append(replace_range(spark, lambda: sessions().transform(build.funnel_rows(s)).where(in_windows),
-                             s.table(T.CAMPAIGN_FUNNEL.name), where, T.CAMPAIGN_FUNNEL.name))
+                             s.table(T.CAMPAIGN_FUNNEL.name), where, T.CAMPAIGN_FUNNEL.name,
+                             check=checks.funnel_rows(start) if checks else None))
     for table, rows in ((T.CAMPAIGN_PERFORMANCE, build.performance_rows(s)),
                         (T.PRODUCT_ABANDONMENT, build.product_rows(s))):
         out.append(replace_range(spark, lambda rows=rows: sessions().transform(rows), s.table(table.name),
@@ -202,8 +267,9 @@ def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date) -> 
 
 
 LAYERS: dict[str, Callable[..., list[Changes]]] = {
-    "silver": lambda spark, s, a, b, source="bronze": [backfill_silver(spark, s, a, b, source)],
-    "gold": lambda spark, s, a, b, source="bronze": backfill_gold(spark, s, a, b),
+    "silver": lambda spark, s, a, b, source="bronze", checks=None: [
+        backfill_silver(spark, s, a, b, source, checks)],
+    "gold": lambda spark, s, a, b, source="bronze", checks=None: backfill_gold(spark, s, a, b, checks),
 }
 
 

@@ -4,14 +4,18 @@ generator injects (its ground truth names the events), end to end through the st
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from datetime import date
 
 import pytest
 from conftest import read
 from pyspark.sql import Row
+from pyspark.sql import functions as F
 
 from pipelines.config import load_settings
+from pipelines.jobs.backfill import run_backfill
 from pipelines.jobs.run import StreamFailed, run_available_now
 from pipelines.quality import Quality, QualityFailure
 
@@ -82,7 +86,7 @@ def test_funnel_suite_fails_on_a_step_reached_by_more_sessions(spark, lake_setti
     q = Quality(spark, lake_settings.lake, "campaign_funnel", lake_settings.quality, "test")
     expected = "funnel_landing_page_view_le_ad_click failed on campaign_funnel batch 7"
     with pytest.raises(QualityFailure, match=expected):
-        q.apply(spark.createDataFrame(rows), 7, "test")
+        q.validate(spark.createDataFrame(rows), 7, "test")
     recorded = read(spark, lake_settings, "quality/results").where("NOT success").collect()
     assert [r["expectation"] for r in recorded] == ["funnel_landing_page_view_le_ad_click"]
 
@@ -106,3 +110,60 @@ def test_quality_report_and_docs_cli(spark, violating, tmp_path):
     assert docs.returncode == 0, docs.stderr[-2000:]
     index = tmp_path / "lake" / "_quality" / "docs" / "index.html"
     assert index.exists() and "silver_events" in index.read_text()
+
+
+@pytest.fixture(scope="module")
+def unchecked_lake(spark, violating, tmp_path_factory):
+    """Bronze and silver streamed with quality off: the violations sit in silver."""
+    landing, _ = violating
+    root = tmp_path_factory.mktemp("unchecked")
+    s = load_settings(overrides={"lake": root / "lake", "input": landing, "quality": {"enabled": False}})
+    run_available_now(spark, s, ["bronze", "silver"])
+    return root / "lake"
+
+
+def _lake_copy(unchecked_lake, tmp_path, landing, policies=None):
+    shutil.copytree(unchecked_lake, tmp_path / "lake")
+    return _settings(tmp_path, landing, policies)
+
+
+DAY = date(2026, 11, 2)  # the sample's day; the event_time_not_future violations are dated 2099
+ON_DAY = ("price_in_range", "quantity_in_range")
+
+
+def test_backfill_drops_what_the_suite_drops_and_quarantines_it_once(spark, violating, unchecked_lake,
+                                                                      tmp_path):
+    landing, truth = violating
+    s = _lake_copy(unchecked_lake, tmp_path, landing)
+    bad = {i for kind in ON_DAY for i in truth["quality_violations"][kind]}
+    assert {r[0] for r in read(spark, s, "silver/events").where("event_id LIKE 'qv-%'")
+            .select("event_id").collect()} >= bad
+    totals = run_backfill(spark, s, DAY, DAY, ["silver"])
+    assert totals["silver/events"].removed == len(bad) == 8
+    assert totals["silver/quarantine"].added == 8
+    assert read(spark, s, "silver/events").where(F.col("event_id").isin(*bad)).count() == 0
+    quarantine = read(spark, s, "silver/quarantine")
+    for kind in ON_DAY:
+        ids = [json.loads(r["raw"])["event_id"] for r in
+               quarantine.where(f"reason = 'expectation:{kind}'").collect()]
+        assert sorted(ids) == sorted(truth["quality_violations"][kind]), kind
+    results = read(spark, s, "quality/results").where("query = 'backfill'")
+    price = results.where("expectation = 'price_in_range'").collect()
+    assert [(r["batch_id"], r["success"], r["unexpected_count"]) for r in price] == [(20261102, False, 4)]
+    assert results.where("suite = 'campaign_funnel'").count() == 0  # silver only was backfilled
+
+    again = run_backfill(spark, s, DAY, DAY, ["silver", "gold"])  # nothing new to drop or quarantine
+    assert again["silver/events"].changed == 0 and "silver/quarantine" not in again
+    funnel = read(spark, s, "quality/results").where("query = 'backfill' AND suite = 'campaign_funnel'")
+    assert funnel.count() > 0 and funnel.where("NOT success").count() == 0
+
+
+def test_fail_stops_a_backfill_before_it_writes(spark, violating, unchecked_lake, tmp_path):
+    landing, _ = violating
+    s = _lake_copy(unchecked_lake, tmp_path, landing, {"quantity_in_range": "fail"})
+    before = read(spark, s, "silver/events").count()
+    with pytest.raises(QualityFailure, match="expectation quantity_in_range failed on silver_events "
+                                             "batch 20261102"):
+        run_backfill(spark, s, DAY, DAY, ["silver"])
+    assert read(spark, s, "silver/events").count() == before
+    assert read(spark, s, "silver/quarantine").where("reason LIKE 'expectation:%'").count() == 0

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.backfill import LAYERS, SOURCES, Changes, days
+from pipelines import tables as T
+from pipelines.backfill import LAYERS, SOURCES, Changes, Checks, days
 from pipelines.config import Settings
 
 
@@ -32,17 +33,21 @@ def run_backfill(spark: SparkSession, s: Settings, start: date, end: date, layer
         raise ValueError(f"--to {end} is before --from {start}")
     console = console or Console()
     totals: dict[str, Changes] = defaultdict(lambda: Changes("", 0, 0, 0, 0))
+    checks = Checks.of(spark, s)  # the stream's quality suites, one GX context for the run
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("backfill", total=len(days(start, end)))
         for day in days(start, end):
             progress.update(task, description=f"backfill {day}")
             for layer in layers:
-                for c in LAYERS[layer](spark, s, day, day, source):
+                for c in LAYERS[layer](spark, s, day, day, source, checks):
                     t = totals[c.table]
                     totals[c.table] = Changes(c.table, t.read + c.read, t.written + c.written,
                                               t.added + c.added, t.removed + c.removed)
             progress.advance(task)
+    if checks is not None and checks.quarantined:
+        name = T.SILVER_QUARANTINE.name
+        totals[name] = Changes(name, 0, checks.quarantined, checks.quarantined, 0)
     _print(console, totals, start, end)
     return dict(totals)
 
