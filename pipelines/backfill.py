@@ -211,6 +211,8 @@ def backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
                   checks: Checks | None = None) -> list[Changes]:
     """On-time silver -> every gold table for [start, end] (see the module docstring for ranges).
     Holds the gold lease throughout, so a gold micro-batch never interleaves with it."""
+    for table in (*T.GOLD, *T.DETECTORS):  # a backfill may run before the gold stream ever did
+        T.ensure(spark, s.lake, table)
     with lease(s.lake, who=f"backfill {start}..{end}"):
         return _backfill_gold(spark, s, start, end, checks)
 

@@ -172,12 +172,16 @@ class Quality:
 
     def apply(self, df: DataFrame, batch_id: int, app_id: str) -> tuple[DataFrame, DataFrame | None]:
         """``validate``, then the rows that go on and the rows dropped (``split``), or None
-        when the whole batch held every ``drop`` check (no row filter runs then; a sample
-        proves nothing about the rest, so with ``sample_fraction`` the filter always runs)."""
+        when the whole batch held every ``drop`` check: no row filter runs then. A sample
+        proves nothing about the rest, so with ``sample_fraction`` one aggregation over the
+        whole batch asks the drop predicates first."""
         failed = self.validate(df, batch_id, app_id)
         if self.q.sample_fraction is None and not failed:
             return df, None
-        return self.split(df)
+        kept, dropped = self.split(df)
+        if self.q.sample_fraction is not None and dropped is not None and dropped.isEmpty():
+            return df, None
+        return kept, dropped
 
     def split(self, df: DataFrame) -> tuple[DataFrame, DataFrame | None]:
         """The rows that go on, and the rows a ``drop`` check rejects (with a ``_reason``

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from datetime import date
+from pathlib import Path
 
 import pytest
 from conftest import read
@@ -37,10 +38,18 @@ def _settings(tmp_path, landing, policies=None):
                                     "quality": {"policies": policies or {}}})
 
 
-def test_drop_quarantines_each_violation_with_its_expectation(spark, violating, tmp_path):
-    landing, truth = violating
-    s = _settings(tmp_path, landing)
+@pytest.fixture(scope="module")
+def checked_lake(spark, violating, tmp_path_factory):
+    """The violating sample streamed through bronze, silver and gold with the default policies."""
+    landing, _ = violating
+    s = _settings(tmp_path_factory.mktemp("checked"), landing)
     run_available_now(spark, s, ["bronze", "silver", "gold"])
+    return s
+
+
+def test_drop_quarantines_each_violation_with_its_expectation(spark, violating, checked_lake):
+    _, truth = violating
+    s = checked_lake
     quarantine = read(spark, s, "silver/quarantine")
     for kind in KINDS:
         ids = {json.loads(r["raw"])["event_id"] for r in
@@ -98,17 +107,15 @@ def test_unknown_policy_name_is_a_clear_error(spark, lake_settings):
         Quality(spark, s.lake, "silver_events", s.quality, "test")
 
 
-def test_quality_report_and_docs_cli(spark, violating, tmp_path):
-    landing, _ = violating
-    s = _settings(tmp_path, landing)
-    run_available_now(spark, s, ["bronze", "silver"])
+def test_quality_report_and_docs_cli(spark, checked_lake):
+    s = checked_lake
     report = subprocess.run([sys.executable, "-m", "pipelines.cli", "quality", "report", "--lake", s.lake,
                              "--last", "2"], capture_output=True, text=True, check=True).stdout
     assert "price_in_range" in report and "silver_events" in report
     docs = subprocess.run([sys.executable, "-m", "pipelines.cli", "quality", "docs", "--lake", s.lake],
                           capture_output=True, text=True)
     assert docs.returncode == 0, docs.stderr[-2000:]
-    index = tmp_path / "lake" / "_quality" / "docs" / "index.html"
+    index = Path(s.lake) / "_quality" / "docs" / "index.html"
     assert index.exists() and "silver_events" in index.read_text()
 
 
