@@ -136,24 +136,27 @@ def print_report(spark: SparkSession, s: Settings, console: Console) -> None:
 
 
 def print_quality(spark: SparkSession, s: Settings, console: Console, last: int = 5) -> None:
-    """One row per (suite, batch, expectation) for the ``last`` batches of each suite."""
+    """One row per (suite, batch, expectation) for the ``last`` batches of each suite, newest
+    first. Batches are ordered by validation time: batch ids restart with a new checkpoint, and
+    a backfill's are days (``yyyymmdd``)."""
     path = s.table(tables.QUALITY_RESULTS.name)
     if not DeltaTable.isDeltaTable(spark, path):
         console.print("no quality results yet (run the pipeline first)")
         return
     results = spark.read.format("delta").load(path)
-    recent = (results.select("suite", "batch_id").distinct()
+    batch = ["suite", "query", "batch_id"]
+    recent = (results.groupBy(*batch).agg(F.max("validated_at").alias("_at"))
               .withColumn("rank", F.row_number().over(
-                  Window.partitionBy("suite").orderBy(F.col("batch_id").desc())))
+                  Window.partitionBy("suite").orderBy(F.col("_at").desc())))
               .where(F.col("rank") <= last).drop("rank"))
-    rows = (results.join(recent, ["suite", "batch_id"])
-            .orderBy("suite", F.col("batch_id").desc(), "expectation").collect())
+    rows = (results.join(recent, batch)
+            .orderBy("suite", F.col("_at").desc(), "query", "batch_id", "expectation").collect())
     table = RichTable(title=f"Quality: last {last} batches per suite")
-    for col in ("suite", "batch", "expectation", "policy", "ok", "unexpected", "rows", "at"):
+    for col in ("suite", "query", "batch", "expectation", "policy", "ok", "unexpected", "rows", "at"):
         table.add_column(col, justify="right" if col in ("batch", "unexpected", "rows") else "left")
     for r in rows:
         ok = "[green]yes[/green]" if r["success"] else "[red]NO[/red]"
-        table.add_row(r["suite"], str(r["batch_id"]), r["expectation"], r["policy"], ok,
+        table.add_row(r["suite"], r["query"], str(r["batch_id"]), r["expectation"], r["policy"], ok,
                       f"{r['unexpected_count']:,}",
                       f"{r['element_count']:,}" + (" (sample)" if r["sampled"] else ""),
                       r["validated_at"].strftime("%Y-%m-%d %H:%M:%S"))
