@@ -70,9 +70,9 @@ class SilverBatch:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
         parsed = batch.transform(parse).persist()
+        wm = self.watermark(spark)
+        checked = parsed.transform(valid_events).transform(dedupe).transform(mark_late(wm)).persist()
         try:
-            wm = self.watermark(spark)
-            checked = parsed.transform(valid_events).transform(dedupe).transform(mark_late(wm)).persist()
             events, quarantine = checked, parsed.transform(quarantined)
             if self.quality is not None:  # GX suite; may raise QualityFailure ("fail" policy)
                 events, dropped = self.quality.apply(checked, batch_id, self.app_id())
@@ -83,10 +83,10 @@ class SilverBatch:
             late = events.where("late").count() if wm else 0
             self.late_rows += late
             sinks.append_once(quarantine, self.quarantine, self.app_id(), batch_id)
-            checked.unpersist()
             if late:
                 log.info("silver batch %d: %d events behind the watermark %s", batch_id, late, wm)
-        finally:
+        finally:  # a QualityFailure included
+            checked.unpersist()
             parsed.unpersist()
 
 
