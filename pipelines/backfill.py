@@ -38,10 +38,11 @@ from pipelines.bronze import to_bronze
 from pipelines.config import Settings
 from pipelines.gold import build
 from pipelines.io import sinks, sources
+from pipelines.io.delta_rs import Commit
 from pipelines.io.lease import lease
+from pipelines.io.ledger import Ledger
 from pipelines.quality import Quality, dropped_to_quarantine
-from pipelines.silver import dedupe, parse, valid_events
-from pipelines.stateful.fraud import fraud_flags_batch
+from pipelines.silver import dedupe, event_watermark, parse, to_silver, valid_events
 
 MARGIN = timedelta(days=1)
 
@@ -80,16 +81,23 @@ def replace_range(spark: SparkSession, rows: Callable[[], DataFrame], path: str,
         new = check(cached) if check else cached
         old = spark.read.format("delta").load(path).where(where)
         cols = [c for c in new.columns if c not in ignore]
-        added = new.select(cols).exceptAll(old.select(cols)).count()
-        removed = old.select(cols).exceptAll(new.select(cols)).count()
+        added = _comparable(new, cols).exceptAll(_comparable(old, cols)).count()
+        removed = _comparable(old, cols).exceptAll(_comparable(new, cols)).count()
         changed = bool(added or removed)
         if changed:
-            new.write.format("delta").mode("overwrite").option("replaceWhere", where).save(path)
+            sinks.replace_where(new, path, where)
         result[:] = [Changes(name, read, new.count() if changed else 0, added, removed)]
         cached.unpersist()
 
     sinks.with_retry(attempt, what=f"backfill {name}")
     return result[0]
+
+
+def _comparable(df: DataFrame, cols: list[str]) -> DataFrame:
+    """``cols`` of ``df`` with doubles rounded to 9 decimals: the stream adds sums up batch by
+    batch, a backfill all at once, and the two may differ in the last bits of a double."""
+    kinds = dict(df.dtypes)
+    return df.select(*[F.round(c, 9).alias(c) if kinds[c] == "double" else F.col(c) for c in cols])
 
 
 def insert_missing(new: DataFrame, path: str, key: str, name: str) -> Changes:
@@ -105,26 +113,31 @@ def insert_missing(new: DataFrame, path: str, key: str, name: str) -> Changes:
 
 @dataclass
 class Checks:
-    """The stream's GX suites, applied by a backfill to the rows it recomputes: one context
-    per backfill run. Results go to ``quality/results`` with query ``backfill`` and batch id
-    ``yyyymmdd`` of the day (once per run and day)."""
+    """The stream's quality suites, applied by a backfill to the rows it recomputes. Results
+    go to ``quality/results`` with query ``backfill`` and batch id ``yyyymmdd`` of the day
+    (once per run and day)."""
     silver: Quality
     funnel: Quality
     run_id: str = field(default_factory=lambda: f"backfill-{uuid.uuid4()}")
     quarantined: int = 0
+    ledger: Ledger = field(default_factory=Ledger)
 
     @classmethod
     def of(cls, spark: SparkSession, s: Settings) -> Checks | None:
         if not s.quality.enabled:
             return None
-        return cls(Quality(spark, s.lake, "silver_events", s.quality, "backfill"),
-                   Quality(spark, s.lake, "campaign_funnel", s.quality, "backfill"))
+        T.ensure(spark, s.lake, T.QUALITY_RESULTS)
+        return cls(Quality(s.lake, "silver_events", s.quality, "backfill"),
+                   Quality(s.lake, "campaign_funnel", s.quality, "backfill"))
+
+    def _commit(self, suite: str, day: date) -> Commit:
+        return Commit(f"{self.run_id}-{suite}", _batch_id(day), self.ledger)
 
     def silver_rows(self, s: Settings, day: date) -> Callable[[DataFrame], DataFrame]:
-        """Validate recomputed silver rows; ``drop`` rows go to the quarantine (unless it has
+        """Check recomputed silver rows; ``drop`` rows go to the quarantine (unless it has
         them already, e.g. from the stream) instead of silver; ``fail`` raises."""
         def check(rows: DataFrame) -> DataFrame:
-            kept, dropped = self.silver.apply(rows, _batch_id(day), self.run_id)
+            kept, dropped = self.silver.apply(rows, self._commit("silver", day))
             if dropped is not None:
                 self.quarantined += quarantine_missing(dropped, s.table(T.SILVER_QUARANTINE.name))
             return kept
@@ -132,8 +145,8 @@ class Checks:
 
     def funnel_rows(self, day: date) -> Callable[[DataFrame], DataFrame]:
         def check(rows: DataFrame) -> DataFrame:
-            self.funnel.validate(rows, _batch_id(day), self.run_id)
-            return rows
+            kept, _ = self.funnel.apply(rows, self._commit("funnel", day))
+            return kept
         return check
 
 
@@ -150,7 +163,7 @@ def quarantine_missing(dropped: DataFrame, path: str) -> int:
     missing = new.join(have, ["_event_id", "reason"], "left_anti").drop("_event_id").persist()
     n = missing.count()
     if n:
-        missing.write.format("delta").mode("append").save(path)
+        sinks.append(missing, path)
     missing.unpersist()
     return n
 
@@ -192,17 +205,17 @@ def backfill_silver(spark: SparkSession, s: Settings, start: date, end: date,
         bronze.unpersist()
         return Changes(T.SILVER_EVENTS.name, 0, 0, 0, 0)
 
-    def rows() -> DataFrame:
+    def rows() -> DataFrame:  # the stream's chain: parse -> valid -> dedupe -> mark_late -> conform
         return (bronze.transform(parse).transform(valid_events)
                 .where(F.col("event_date").between(F.lit(start), F.lit(end))).transform(dedupe)
-                .transform(T.conform(T.SILVER_EVENTS)))
+                .transform(to_silver(None)))
 
     where = (f"event_date >= {_lit_date(start)} AND event_date <= {_lit_date(end)}"
              f" AND ingest_time <= '{cutoff.isoformat()}'")
-    # The archive's ingest times are the files' landing times, not the stream's; compare content.
-    ignore = ("ingest_time",) if source == "landing-archive" else ()
+    # Compare content: which of two identical deliveries a row came from (its ingest_time) is
+    # not a change. The stream keeps the first it meets within a micro-batch; this, the earliest.
     changes = replace_range(spark, rows, s.table(T.SILVER_EVENTS.name), where, T.SILVER_EVENTS.name,
-                            read, ignore, checks.silver_rows(s, start) if checks else None)
+                            read, ("ingest_time",), checks.silver_rows(s, start) if checks else None)
     bronze.unpersist()
     return changes
 
@@ -211,7 +224,7 @@ def backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
                   checks: Checks | None = None) -> list[Changes]:
     """On-time silver -> every gold table for [start, end] (see the module docstring for ranges).
     Holds the gold lease throughout, so a gold micro-batch never interleaves with it."""
-    for table in (*T.GOLD, *T.DETECTORS):  # a backfill may run before the gold stream ever did
+    for table in T.GOLD:  # a backfill may run before the gold stream ever did
         T.ensure(spark, s.lake, table)
     with lease(s.lake, who=f"backfill {start}..{end}"):
         return _backfill_gold(spark, s, start, end, checks)
@@ -220,47 +233,46 @@ def backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
 def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
                    checks: Checks | None) -> list[Changes]:
     # Under the lease no other writer touches these gold tables, so one snapshot of silver
-    # serves every table (and any retry).
-    silver = spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name))
-    watermark = build.event_watermark(silver, s)
-    events = silver.where(~F.col("late") & F.col("event_date").between(
+    # serves every table (and any retry). The watermark is the stream's: event_watermark of
+    # the newest on-time event, so open sessions and windows are open here too.
+    silver = spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name)).where(~F.col("late"))
+    watermark = event_watermark(build.latest_event_time(silver), s.stream.watermark_delay)
+    events = silver.where(F.col("event_date").between(
         F.lit(start - MARGIN), F.lit(end + MARGIN))).persist()
 
-    def sessions() -> DataFrame:
-        return spark.read.format("delta").load(s.table(T.SESSION_FUNNEL.name))
+    def table(t: T.Table) -> DataFrame:
+        return spark.read.format("delta").load(s.table(t.name))
 
     read = events.count()
     out = []
-    where = f"session_date >= {_lit_date(start)} AND session_date <= {_lit_date(end)}"
+    days = f"session_date >= {_lit_date(start)} AND session_date <= {_lit_date(end)}"
     out.append(replace_range(
-        spark, lambda: events.transform(build.session_rows(s)).where(
+        spark, lambda: events.transform(build.session_rows(s, watermark)).where(
             F.col("session_date").between(F.lit(start), F.lit(end))),
-        s.table(T.SESSION_FUNNEL.name), where, T.SESSION_FUNNEL.name, read))
+        s.table(T.SESSION_FUNNEL.name), days, T.SESSION_FUNNEL.name, read))
 
     in_windows = (F.col("window_start") >= F.lit(start)) & (F.col("window_start") < F.lit(end + MARGIN))
-    where = f"window_start >= {_lit_date(start)} AND window_start < {_lit_date(end + MARGIN)}"
-    out.append(replace_range(spark, lambda: sessions().transform(build.funnel_rows(s)).where(in_windows),
-                             s.table(T.CAMPAIGN_FUNNEL.name), where, T.CAMPAIGN_FUNNEL.name,
-                             check=checks.funnel_rows(start) if checks else None))
-    for table, rows in ((T.CAMPAIGN_PERFORMANCE, build.performance_rows(s)),
-                        (T.PRODUCT_ABANDONMENT, build.product_rows(s))):
-        out.append(replace_range(spark, lambda rows=rows: sessions().transform(rows), s.table(table.name),
-                                 "true", table.name))
+    windows = f"window_start >= {_lit_date(start)} AND window_start < {_lit_date(end + MARGIN)}"
+    out.append(replace_range(
+        spark, lambda: table(T.SESSION_FUNNEL).transform(build.funnel_rows(s, watermark)).where(in_windows),
+        s.table(T.CAMPAIGN_FUNNEL.name), windows, T.CAMPAIGN_FUNNEL.name,
+        check=checks.funnel_rows(start) if checks else None))
+    for t, rows in ((T.CAMPAIGN_PERFORMANCE, build.performance_rows(s)),
+                    (T.PRODUCT_ABANDONMENT, build.product_rows(s))):
+        out.append(replace_range(spark, lambda rows=rows: table(T.SESSION_FUNNEL).transform(rows),
+                                 s.table(t.name), "true", t.name))
 
-    cells = spark.read.format("delta").load(s.table(T.CAMPAIGN_FUNNEL.name)).where(in_windows)
+    cells = table(T.CAMPAIGN_FUNNEL).where(in_windows)
     out.append(insert_missing(cells.transform(build.alert_rows(s, watermark)), s.table(T.ALERTS.name),
                               "alert_id", T.ALERTS.name))
-    ranged = sessions().where(F.col("session_date").between(F.lit(start), F.lit(end)))
-    out.append(insert_missing(ranged.transform(build.reminder_rows(s, watermark)),
-                              s.table(T.CART_REMINDERS.name), "reminder_id", T.CART_REMINDERS.name))
-    if watermark is not None:
-        sent = spark.read.format("delta").load(s.table(T.RETARGET_OFFERS.name))
-        offers = build.offer_rows(events, sent, s, None, watermark).where(
-            F.to_date("click_time").between(F.lit(start), F.lit(end)))
-        out.append(insert_missing(offers, s.table(T.RETARGET_OFFERS.name), "offer_id",
-                                  T.RETARGET_OFFERS.name))
+    ranged = table(T.SESSION_FUNNEL).where(F.col("session_date").between(F.lit(start), F.lit(end)))
+    out.append(insert_missing(ranged.transform(build.reminder_rows(s)), s.table(T.CART_REMINDERS.name),
+                              "reminder_id", T.CART_REMINDERS.name))
+    offers = events.transform(build.offer_rows(s, watermark, table(T.RETARGET_OFFERS))).where(
+        F.to_date("click_time").between(F.lit(start), F.lit(end)))
+    out.append(insert_missing(offers, s.table(T.RETARGET_OFFERS.name), "offer_id", T.RETARGET_OFFERS.name))
 
-    flags = fraud_flags_batch(events, s.fraud, watermark).where(
+    flags = events.transform(build.flag_rows(s, watermark)).where(
         F.to_date("first_event_time").between(F.lit(start), F.lit(end)))
     where = f"first_event_time >= {_lit_date(start)} AND first_event_time < {_lit_date(end + MARGIN)}"
     out.append(replace_range(spark, lambda: flags, s.table(T.FRAUD_FLAGS.name), where, T.FRAUD_FLAGS.name))

@@ -15,9 +15,10 @@ def to_bronze(df: DataFrame) -> DataFrame:
     """Stamp source rows for ``bronze/events``.
 
     Input: ``raw`` (the line or Kafka value as text) and any of the other ``SOURCE_COLUMNS``
-    (absent ones become null); ``ingest_time`` is now unless the input has it (an archive
-    replay gives the landing time). Output: the ``bronze/events`` columns. Grain: one row per
-    delivered line or message, duplicates and garbage included.
+    (absent ones become null); ``ingest_time`` is when the line landed, as the source gives it
+    (a file's modification time, a Kafka record's timestamp), else now. Output: the
+    ``bronze/events`` columns. Grain: one row per delivered line or message, duplicates and
+    garbage included.
     """
     now = F.col("ingest_time") if "ingest_time" in df.columns else F.current_timestamp()
     cols = {c: F.col(c) if c in df.columns else F.lit(None) for c in SOURCE_COLUMNS}

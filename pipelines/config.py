@@ -81,7 +81,7 @@ class SparkSettings(Strict):
 
 
 class StreamSettings(Strict):
-    trigger_interval: Duration = timedelta(seconds=10)
+    trigger_interval: Duration = timedelta(seconds=1)
     max_files_per_trigger: int | None = Field(None, ge=1)
     watermark_delay: Duration = timedelta(minutes=10)
 
@@ -133,7 +133,11 @@ class FunnelSettings(Strict):
 class RetargetSettings(Strict):
     wait: Duration = timedelta(minutes=10)  # an ad_click with no purchase this long -> offer
     cooldown: Duration = timedelta(hours=24)  # no new offer to a user and campaign within this
-    buckets: int = Field(16, ge=1)  # users are hashed into this many groups for the cooldown
+    buckets: int = Field(16, ge=1)  # users are hashed into this many offer-state groups
+
+
+class GoldSettings(Strict):
+    buckets: int = Field(16, ge=1)  # journeys are hashed into this many session-state groups
 
 
 class ReminderSettings(Strict):
@@ -176,7 +180,6 @@ class QualitySettings(Strict):
     """Great Expectations checks at the silver and gold boundaries (``pipelines/quality.py``)."""
 
     enabled: StrictBool = True
-    sample_fraction: float | None = Field(None, gt=0, le=1)  # validate a sample (counts estimated)
     future_tolerance: Duration = timedelta(minutes=5)  # event_time may lead the clock by this
     max_price: float = Field(100_000.0, gt=0)
     max_quantity: int = Field(1_000, ge=1)
@@ -192,6 +195,7 @@ class Settings(Strict):
     kafka: KafkaSettings = KafkaSettings()
     sessions: SessionSettings = SessionSettings()
     funnel: FunnelSettings = FunnelSettings()
+    gold: GoldSettings = GoldSettings()
     fraud: FraudSettings = FraudSettings()
     reminders: ReminderSettings = ReminderSettings()
     retarget: RetargetSettings = RetargetSettings()

@@ -158,6 +158,6 @@ def print_quality(spark: SparkSession, s: Settings, console: Console, last: int 
         ok = "[green]yes[/green]" if r["success"] else "[red]NO[/red]"
         table.add_row(r["suite"], r["query"], str(r["batch_id"]), r["expectation"], r["policy"], ok,
                       f"{r['unexpected_count']:,}",
-                      f"{r['element_count']:,}" + (" (sample)" if r["sampled"] else ""),
+                      f"{r['element_count']:,}",
                       r["validated_at"].strftime("%Y-%m-%d %H:%M:%S"))
     console.print(table)

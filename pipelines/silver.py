@@ -1,11 +1,17 @@
 """Silver: parse with an explicit schema, validate against the contract, split the rejects.
 
-All functions are pure ``DataFrame -> DataFrame`` and serve the stream and the backfill alike.
+One chain serves the stream and the backfill: ``parse -> valid_events -> dedupe ->
+to_silver`` (``to_silver`` is ``mark_late -> conform``). Deduplication is the one step with two
+forms: ``dedupe`` over a whole batch, and ``dedupe_stream`` with state in the streaming query,
+which runs before ``valid_events`` there (the same rule: one row per ``event_id``, the first
+delivery wins). ``event_watermark`` is the
+one definition of the watermark; it is Spark's own, so the gold stream's operators (which
+read silver) never drop a row silver kept as on time.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -66,21 +72,48 @@ def quarantined(df: DataFrame) -> DataFrame:
 
 
 def dedupe(df: DataFrame) -> DataFrame:
-    """One row per ``event_id``: the first delivery (earliest ``ingest_time``) wins."""
+    """One row per ``event_id`` of valid events: the first delivery (earliest ``ingest_time``) wins."""
     first = F.min_by(F.struct(*df.columns), F.col("ingest_time"))
     return df.groupBy("event_id").agg(first.alias("e")).select("e.*")
 
 
-def mark_late(watermark: datetime | None) -> Transform:
-    """Set ``late`` on events older than ``watermark`` (max event time seen - delay).
+def dedupe_stream(window: timedelta) -> Transform:
+    """``dedupe`` for a stream of parsed rows, with state: a valid event whose ``event_id``
+    was delivered within ``window`` of arrival time before is dropped (Spark's
+    ``dropDuplicatesWithinWatermark``, keyed on ``ingest_time`` so late events still reach
+    silver). Rejected rows are never dropped: each gets a key of its own."""
+    def _(parsed: DataFrame) -> DataFrame:
+        key = F.when(F.col("reason").isNull(), F.concat(F.lit("e:"), F.col("p.event_id"))).otherwise(
+            F.concat(F.lit("q:"), F.expr("uuid()")))
+        return (parsed.withColumn("_key", key)
+                .withWatermark("ingest_time", f"{int(window.total_seconds())} seconds")
+                .dropDuplicatesWithinWatermark(["_key"]).drop("_key"))
+    return _
 
-    Late events stay in silver; gold streams skip them and count them (backfills include them).
+
+def event_watermark(latest: datetime | None, delay: timedelta) -> datetime | None:
+    """The event-time watermark after seeing events up to ``latest``: ``latest - delay``, in
+    whole milliseconds as Spark computes it. An event at or before it is late."""
+    if latest is None:
+        return None
+    return latest.replace(microsecond=latest.microsecond // 1000 * 1000) - delay
+
+
+def mark_late(watermark: datetime | None) -> Transform:
+    """Set ``late`` on events at or before ``watermark`` (``event_watermark``).
+
+    Late events stay in silver; the gold stream skips them and counts them (backfills include them).
     """
     def _(df: DataFrame) -> DataFrame:
         if watermark is None:
             return df
-        return df.withColumn("late", F.col("event_time") < F.lit(watermark))
+        return df.withColumn("late", F.col("event_time") <= F.lit(watermark))
     return _
+
+
+def to_silver(watermark: datetime | None) -> Transform:
+    """Valid, deduplicated events -> ``silver/events`` rows: ``mark_late`` -> conform."""
+    return lambda events: events.transform(mark_late(watermark)).transform(conform(SILVER_EVENTS))
 
 
 def _null_if_blank(c: Column) -> Column:

@@ -1,93 +1,51 @@
 """The streaming queries, one per layer: reader -> pure transforms -> writer.
 
-Each ``start_*`` function returns a started ``StreamingQuery``. With ``available_now`` the
-query processes everything pending and stops; otherwise it runs on the configured trigger.
+- ``bronze``: the source (landing files or Kafka) -> ``bronze/events``, every delivery.
+- ``silver``: the source -> parse -> dedupe (state) -> ``silver/events`` + ``silver/quarantine``.
+  It reads the source itself rather than bronze, so silver is one hop from arrival.
+- ``gold``: on-time ``silver/events`` -> the session, fraud and offer processors (state) ->
+  every gold table, each micro-batch's changes committed with delta-rs.
+
+Why this shape, with the measurements behind it: docs/performance.md. Each ``start_*``
+returns a started ``StreamingQuery``; with ``available_now`` it processes everything pending
+and stops, otherwise it runs on ``stream.trigger_interval``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
-import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 
-from pipelines import tables
+from pipelines import tables as T
 from pipelines.bronze import to_bronze
 from pipelines.config import Settings, spark_interval
-from pipelines.gold import build
+from pipelines.gold import apply
+from pipelines.gold.abandonment import product_counts
+from pipelines.gold.build import alert_rows
+from pipelines.gold.campaigns import campaign_totals
+from pipelines.gold.funnel import funnel_cells
+from pipelines.gold.reminders import reminder_columns
+from pipelines.gold.retarget import to_offer_rows
+from pipelines.gold.sessions import to_session_rows
 from pipelines.io import sinks, sources
+from pipelines.io.delta_rs import Commit, arrow_schema, to_arrow
 from pipelines.io.lease import lease
+from pipelines.io.ledger import Ledger
 from pipelines.quality import Quality, dropped_to_quarantine
-from pipelines.silver import dedupe, mark_late, parse, quarantined, valid_events
-from pipelines.stateful.fraud import fraud_flags_stream
+from pipelines.silver import dedupe_stream, event_watermark, parse, quarantined, to_silver, valid_events
+from pipelines.stateful import fraud, offers, sessions
+from pipelines.stateful import gold as stateful
 
 log = logging.getLogger(__name__)
 
-
-def start_bronze(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
-    """Landing files (or Kafka) -> ``bronze/events``. Delta's streaming sink is exactly-once."""
-    if s.source == "kafka":
-        raw = sources.read_kafka(spark, s.kafka, streaming=True)
-    else:
-        raw = sources.read_landing(spark, s.input, streaming=True,
-                                   max_files_per_trigger=s.stream.max_files_per_trigger)
-    path = tables.ensure(spark, s.lake, tables.BRONZE_EVENTS)
-    writer = _writer(raw.transform(to_bronze), "bronze", s, available_now)
-    return writer.format("delta").outputMode("append").start(path)
-
-
-class SilverBatch:
-    """``foreachBatch`` body for bronze -> silver: parse once, then
-    - valid events: deduplicated, flagged ``late`` behind the watermark, insert-only MERGE on
-      ``event_id`` (pruned to the batch's ``event_date`` partitions), so replays add nothing;
-    - rejects: appended to ``silver/quarantine`` once per batch (Delta ``txnAppId``/``txnVersion``).
-    """
-
-    def __init__(self, spark: SparkSession, s: Settings):
-        self.events = tables.ensure(spark, s.lake, tables.SILVER_EVENTS)
-        self.quarantine = tables.ensure(spark, s.lake, tables.SILVER_QUARANTINE)
-        self.checkpoint = Path(s.checkpoint(CHECKPOINTS["silver"]))
-        self.delay = s.stream.watermark_delay
-        self.late_rows = 0
-        self.quality = (Quality(spark, s.lake, "silver_events", s.quality, "silver")
-                        if s.quality.enabled else None)
-
-    def watermark(self, spark: SparkSession) -> datetime | None:
-        latest = spark.read.format("delta").load(self.events).agg({"event_time": "max"}).first()[0]
-        return latest - self.delay if latest else None
-
-    def app_id(self) -> str:
-        """The query's id, which persists in its checkpoint across restarts."""
-        return "silver-quarantine-" + query_id(self.checkpoint)
-
-    def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        spark = batch.sparkSession
-        parsed = batch.transform(parse).persist()
-        wm = self.watermark(spark)
-        checked = parsed.transform(valid_events).transform(dedupe).transform(mark_late(wm)).persist()
-        try:
-            events, quarantine = checked, parsed.transform(quarantined)
-            if self.quality is not None:  # GX suite; may raise QualityFailure ("fail" policy)
-                events, dropped = self.quality.apply(checked, batch_id, self.app_id())
-                if dropped is not None:
-                    quarantine = quarantine.unionByName(dropped_to_quarantine(dropped))
-            dates = sinks.distinct_values(events, "event_date")
-            sinks.insert_new(events, self.events, "event_id", prune={"event_date": dates})
-            late = events.where("late").count() if wm else 0
-            self.late_rows += late
-            sinks.append_once(quarantine, self.quarantine, self.app_id(), batch_id)
-            if late:
-                log.info("silver batch %d: %d events behind the watermark %s", batch_id, late, wm)
-        finally:  # a QualityFailure included
-            checked.unpersist()
-            parsed.unpersist()
+# Each query's checkpoint, under <lake>/_checkpoints/.
+CHECKPOINTS = {"bronze": "bronze/events", "silver": "silver/events", "gold": "gold"}
 
 
 def query_id(checkpoint: Path) -> str:
@@ -95,16 +53,19 @@ def query_id(checkpoint: Path) -> str:
     return json.loads((checkpoint / "metadata").read_text())["id"]
 
 
-# Each query's checkpoint, under <lake>/_checkpoints/.
-CHECKPOINTS = {"bronze": "bronze/events", "silver": "silver/events", "gold": "gold/funnel",
-               "fraud": "gold/fraud_flags"}
+def batch_watermark(checkpoint: Path, batch_id: int) -> datetime | None:
+    """The event-time watermark micro-batch ``batch_id`` ran with, from the query's offset log
+    (written before the batch runs, so a replay reads the same value)."""
+    lines = (checkpoint / "offsets" / str(batch_id)).read_text().splitlines()
+    ms = json.loads(lines[1]).get("batchWatermarkMs", 0)
+    return datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None) if ms else None
 
 
-def _stream_of(spark: SparkSession, s: Settings, table: tables.Table) -> DataFrame:
-    """The appends to an upstream lake table, as a stream (created first if absent)."""
-    path = tables.ensure(spark, s.lake, table)
-    return sources.read_table(spark, path, streaming=True,
-                              max_files_per_trigger=s.stream.max_files_per_trigger)
+def _source(spark: SparkSession, s: Settings) -> DataFrame:
+    if s.source == "kafka":
+        return sources.read_kafka(spark, s.kafka, streaming=True)
+    return sources.read_landing(spark, s.input, streaming=True,
+                                max_files_per_trigger=s.stream.max_files_per_trigger)
 
 
 def _writer(df: DataFrame, name: str, s: Settings, available_now: bool) -> DataStreamWriter:
@@ -113,195 +74,193 @@ def _writer(df: DataFrame, name: str, s: Settings, available_now: bool) -> DataS
                                spark_interval(s.stream.trigger_interval))
 
 
-def start_silver(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
-    stream = _stream_of(spark, s, tables.BRONZE_EVENTS)
-    writer = _writer(stream, "silver", s, available_now)
-    return writer.foreachBatch(SilverBatch(spark, s)).start()
+class Handler:
+    """What a ``foreachBatch`` body knows: its query's checkpoint (for the app id, stable
+    across restarts) and the ledger of batches each table holds (rebuilt from the tables
+    after a restart)."""
+
+    def __init__(self, s: Settings, name: str):
+        self.s = s
+        self.checkpoint = Path(s.checkpoint(CHECKPOINTS[name]))
+        self.name = name
+        self.ledger = Ledger()
+
+    def app_id(self) -> str:
+        return f"{self.name}-{query_id(self.checkpoint)}"
 
 
+class BronzeBatch(Handler):
+    """Every delivered line, appended once per micro-batch."""
+
+    def __init__(self, spark: SparkSession, s: Settings):
+        super().__init__(s, "bronze")
+        self.path = T.ensure(spark, s.lake, T.BRONZE_EVENTS)
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        sinks.append_batch(batch, self.path, self.app_id(), batch_id, self.ledger)
 
 
-class GoldBatch:
-    """``foreachBatch`` body for silver -> gold. Each micro-batch recomputes only what its
-    events touch, with the same functions a batch build uses:
+def start_bronze(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
+    """Landing files (or Kafka) -> ``bronze/events``."""
+    rows = _source(spark, s).transform(to_bronze)
+    return _writer(rows, "bronze", s, available_now).foreachBatch(BronzeBatch(spark, s)).start()
 
-    1. the sessions of every ``tracking_id`` in the batch, from all of silver (on-time rows),
-       replace that journey's rows in ``gold/session_funnel`` (a late-arriving event can
-       split, merge or extend a session, so a journey is rebuilt whole);
-    2. the (campaign, window) cells those sessions fall in, in ``gold/campaign_funnel``;
-    3. ``gold/campaign_performance`` and ``gold/product_abandonment`` (small: rebuilt whole);
-    4. drop-off rules, once the watermark closes more windows -> insert-only ``gold/alerts``;
-    5. cart reminders for sessions the watermark has closed -> insert-only ``gold/cart_reminders``;
-    6. retargeting offers due by the watermark -> insert-only ``gold/retarget_offers``.
 
-    Every step is a MERGE or an overwrite of a deterministic result, so a replayed batch
-    changes nothing. Rows flagged ``late`` by silver are skipped and counted.
+class SilverBatch(Handler):
+    """``foreachBatch`` body for parsed, deduplicated rows -> silver and the quarantine.
+
+    The watermark is ``event_watermark`` of the newest on-time event time in silver: read
+    from the table when the query starts, then advanced by each batch this process writes.
+    Events at or before it are kept with ``late`` set. Both appends are marked with the batch
+    (``io/ledger.py``), so a replayed batch adds nothing.
     """
 
     def __init__(self, spark: SparkSession, s: Settings):
-        self.s = s
-        self.silver = tables.ensure(spark, s.lake, tables.SILVER_EVENTS)
-        self.paths = {t.name: tables.ensure(spark, s.lake, t) for t in tables.GOLD}
-        self.late_rows_skipped = 0
-        self._judged_until: datetime | None = None  # windows closed by this time were judged
-        self._offered_until: datetime | None = None  # offers due by this time were made
-        self._watermark: datetime | None = None
-        self._last_batch_wall = time.time()
-        self._offer_lock = threading.Lock()
-        self.checkpoint = Path(s.checkpoint(CHECKPOINTS["gold"]))
-        self._own_id = uuid.uuid4().hex  # when called directly, outside a started query
-        self.quality = (Quality(spark, s.lake, "campaign_funnel", s.quality, "gold")
-                        if s.quality.enabled else None)
+        super().__init__(s, "silver")
+        self.events = T.ensure(spark, s.lake, T.SILVER_EVENTS)
+        self.quarantine = T.ensure(spark, s.lake, T.SILVER_QUARANTINE)
+        T.ensure(spark, s.lake, T.QUALITY_RESULTS)
+        self.quality = Quality(s.lake, "silver_events", s.quality, "silver") if s.quality.enabled else None
+        self._latest: datetime | None = None
+        self._known = False
 
-    def _read(self, spark: SparkSession, table: tables.Table) -> DataFrame:
-        return spark.read.format("delta").load(self.paths[table.name])
+    def latest(self, spark: SparkSession) -> datetime | None:
+        """The newest on-time event time silver holds (from the table after a (re)start)."""
+        if not self._known:
+            self._latest = (spark.read.format("delta").load(self.events).where(~F.col("late"))
+                            .agg(F.max("event_time")).first()[0])
+            self._known = True
+        return self._latest
 
-    def _app_id(self) -> str:
-        """The gold query's id (from its checkpoint), or an id of this handler's own when it is
-        called directly (a test, a notebook) and no query has started."""
-        started = (self.checkpoint / "metadata").exists()
-        return "gold-" + (query_id(self.checkpoint) if started else self._own_id)
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        spark, app, now = batch.sparkSession, self.app_id(), datetime.now(UTC)
+        watermark = event_watermark(self.latest(spark), self.s.stream.watermark_delay)
+        parsed = batch.persist()
+        try:
+            events = parsed.transform(valid_events).transform(to_silver(watermark))
+            rejected = parsed.transform(quarantined)
+            checks = self.quality.counts(now) if self.quality else []
+            stats = events.agg(F.count(F.lit(1)).alias("_rows"), F.count_if("late").alias("_late"),
+                               F.max(F.when(~F.col("late"), F.col("event_time"))).alias("_latest"),
+                               *checks).first()
+            if self.quality is not None:  # the GX suite; may raise QualityFailure ("fail" policy)
+                events, dropped = self.quality.apply(events, Commit(app, batch_id, self.ledger), stats, now)
+                if dropped is not None:
+                    rejected = rejected.unionByName(dropped_to_quarantine(dropped))
+            if stats["_rows"]:
+                self._append_events(events, app, batch_id, stats["_latest"])
+            if not rejected.isEmpty():
+                sinks.append_batch(rejected, self.quarantine, app, batch_id, self.ledger)
+            if stats["_late"]:
+                log.info("silver batch %d: %d events at or behind the watermark %s", batch_id,
+                         stats["_late"], watermark)
+        finally:
+            parsed.unpersist()
+
+    def _append_events(self, events: DataFrame, app: str, batch_id: int, latest: datetime | None) -> None:
+        if sinks.append_batch(events, self.events, app, batch_id, self.ledger):
+            if latest is not None and (self._latest is None or latest > self._latest):
+                self._latest = latest
+        else:
+            self._known = False  # a replay: the table knows better than this process
+
+
+def start_silver(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
+    """Landing files (or Kafka) -> parse -> dedupe -> ``silver/events`` and the quarantine."""
+    rows = (_source(spark, s).transform(to_bronze).transform(parse)
+            .transform(dedupe_stream(s.stream.watermark_delay)))
+    return _writer(rows, "silver", s, available_now).foreachBatch(SilverBatch(spark, s)).start()
+
+
+class GoldBatch(Handler):
+    """``foreachBatch`` body for the gold processors' changes -> every gold table.
+
+    Sessions first (the freshest table), then the aggregates their signed rows change, then
+    the windows this batch's watermark closed (judged for drop-off alerts), then reminders,
+    fraud flags and offers. Each table gets one delta-rs commit marked with the batch, or none
+    when nothing in it changed. The batch's watermark comes from the query's offset log, so a
+    restarted job judges exactly what an uninterrupted one would.
+    """
+
+    def __init__(self, spark: SparkSession, s: Settings):
+        super().__init__(s, "gold")
+        self.paths = {t.name: T.ensure(spark, s.lake, t) for t in T.GOLD}
+        T.ensure(spark, s.lake, T.QUALITY_RESULTS)
+        self.quality = Quality(s.lake, "campaign_funnel", s.quality, "gold") if s.quality.enabled else None
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         with lease(self.s.lake, who=f"gold batch {batch_id}"):  # a backfill may be rebuilding
-            self._batch(batch, batch_id)
+            self._apply(batch, batch_id)
 
-    def _batch(self, batch: DataFrame, batch_id: int) -> None:
-        spark, s = batch.sparkSession, self.s
-        keys = batch.select("tracking_id", "late").persist()  # the micro-batch is scanned once
-        late = keys.where(F.col("late")).count()
-        self.late_rows_skipped += late
-        journeys = keys.where(~F.col("late")).select("tracking_id").distinct().persist()
-        silver = spark.read.format("delta").load(self.silver)
-        watermark = self._watermark = build.event_watermark(silver, s)
-        if journeys.count():
-            sessions = self._sessions_and_funnel(spark, journeys, batch_id)
-            sinks.overwrite(sessions.transform(build.performance_rows(s)),
-                            self.paths[tables.CAMPAIGN_PERFORMANCE.name])
-            sinks.overwrite(sessions.transform(build.product_rows(s)),
-                            self.paths[tables.PRODUCT_ABANDONMENT.name])
-            sessions.unpersist()
-        journeys.unpersist()
-        keys.unpersist()
-        self._alerts(spark, watermark)
-        self._reminders(spark, watermark)
-        self._offers(spark, watermark)
-        self._last_batch_wall = time.time()
-        if late:
-            log.info("gold batch %d: skipped %d late events", batch_id, late)
+    def _apply(self, batch: DataFrame, batch_id: int) -> None:
+        s, commit = self.s, Commit(self.app_id(), batch_id, self.ledger)
+        changes = batch.persist()
+        try:
+            kinds = {r["kind"]: r["count"] for r in changes.groupBy("kind").count().collect()}
+            if kinds.get("session") or kinds.get("closed"):
+                self._sessions(commit, changes, bool(kinds.get("session")))
+            watermark = batch_watermark(self.checkpoint, batch_id)
+            if watermark is not None:
+                self._close_windows(commit, changes.sparkSession, watermark)
+            for kind, table, rows in (
+                    ("reminder", T.CART_REMINDERS, lambda df: df.transform(
+                        to_session_rows(s.sessions.gap, None)).select(*reminder_columns())),
+                    ("flag", T.FRAUD_FLAGS, lambda df: df),
+                    ("offer", T.RETARGET_OFFERS, lambda df: df.transform(to_offer_rows()))):
+                if kinds.get(kind):
+                    new = changes.where(F.col("kind") == kind).transform(rows).transform(T.conform(table))
+                    apply.insert_new(commit, to_arrow(new, table), self.paths[table.name], table)
+        finally:
+            changes.unpersist()
 
-    def tick(self, spark: SparkSession, now: float | None = None) -> None:
-        """Quiet-input fallback, called by the continuous job between batches: when no gold
-        batch has run for a trigger interval, event time is taken to advance with the wall
-        clock from the last watermark, and the offers due by then go out."""
-        now = time.time() if now is None else now
-        quiet = now - self._last_batch_wall
-        if self._watermark is None or quiet < self.s.stream.trigger_interval.total_seconds():
+    def _sessions(self, commit: Commit, changes: DataFrame, signed: bool) -> None:
+        s, p = self.s, self.paths
+        rows = (changes.where(F.col("kind").isin("session", "closed"))
+                .transform(to_session_rows(s.sessions.gap, None)))
+        columns = [*T.SESSION_FUNNEL.columns, "kind", "sign"]
+        apply.sessions(commit, rows.select(*columns).toArrow(), p[T.SESSION_FUNNEL.name])
+        if not signed:
             return
-        with lease(self.s.lake, who="gold tick"):
-            self._offers(spark, self._watermark + timedelta(seconds=quiet))
+        signed_rows = rows.where(F.col("kind") == "session")
+        cells = signed_rows.transform(funnel_cells(s.funnel.window)).withColumns({
+            "closed": F.lit(False), "window_date": F.to_date("window_start")})
+        apply.cells(commit, cells.toArrow(), p[T.CAMPAIGN_FUNNEL.name])
+        apply.campaign_performance(commit, signed_rows.transform(campaign_totals()).toArrow(),
+                                   p[T.CAMPAIGN_PERFORMANCE.name])
+        apply.products(commit, signed_rows.transform(product_counts()).toArrow(),
+                       p[T.PRODUCT_ABANDONMENT.name])
 
-    def _offers(self, spark: SparkSession, clock: datetime | None) -> None:
-        """Retargeting offers due in (last clock, clock]: the event-time timer of the rule.
-        Insert-only by offer id; the cooldown reads the offers already sent."""
-        with self._offer_lock:
-            if clock is None or (self._offered_until and clock <= self._offered_until):
-                return
-            after, wait = self._offered_until, self.s.retarget.wait
-            events = spark.read.format("delta").load(self.silver).where(~F.col("late"))
-            if after is not None:
-                events = events.where((F.col("event_time") > F.lit(after - wait))
-                                      & (F.col("event_date") >= F.lit((after - wait).date())))
-            events = events.where(F.col("event_time") <= F.lit(clock))
-            sent = self._read(spark, tables.RETARGET_OFFERS)
-            new = build.offer_rows(events, sent, self.s, after, clock)
-            sinks.insert_new(new, self.paths[tables.RETARGET_OFFERS.name], "offer_id")
-            self._offered_until = clock
-
-    def _reminders(self, spark: SparkSession, watermark: datetime | None) -> None:
-        """Cart reminders for sessions the watermark has closed; insert-only by session."""
-        if watermark is None:
+    def _close_windows(self, commit: Commit, spark: SparkSession, watermark: datetime) -> None:
+        """Check and judge the windows this watermark closed, then mark them closed."""
+        path = self.paths[T.CAMPAIGN_FUNNEL.name]
+        closing = apply.closing_cells(path, watermark, self.s.sessions.gap)
+        if closing.num_rows == 0:
             return
-        reminders = self._read(spark, tables.SESSION_FUNNEL).where(
-            F.col("adds") >= self.s.reminders.min_adds).transform(build.reminder_rows(self.s, watermark))
-        sinks.insert_new(reminders, self.paths[tables.CART_REMINDERS.name], "reminder_id")
+        cells = spark.createDataFrame(closing.cast(arrow_schema(T.CAMPAIGN_FUNNEL)))
+        if self.quality is not None:  # the funnel suite, on each window as it closes
+            self.quality.apply(cells, commit)
+        alerts = cells.transform(alert_rows(self.s, watermark))
+        apply.insert_new(commit, to_arrow(alerts, T.ALERTS), self.paths[T.ALERTS.name], T.ALERTS)
+        apply.mark_closed(commit, closing, path)
 
-    def _alerts(self, spark: SparkSession, watermark: datetime | None) -> None:
-        """Judge the windows that closed since the last time (closed windows never change:
-        what could change them is behind the watermark, so skipped)."""
-        if watermark is None or (self._judged_until and self._closed(watermark) <= self._judged_until):
-            return
-        alerts = self._read(spark, tables.CAMPAIGN_FUNNEL).transform(build.alert_rows(self.s, watermark))
-        sinks.insert_new(alerts, self.paths[tables.ALERTS.name], "alert_id")
-        self._judged_until = self._closed(watermark)
 
-    def _closed(self, watermark: datetime) -> datetime:
-        """The end of the last window the watermark has closed."""
-        window = self.s.funnel.window
-        edge = watermark - self.s.sessions.gap
-        return edge - (edge - datetime(1970, 1, 1, tzinfo=edge.tzinfo)) % window
-
-    def _sessions_and_funnel(self, spark: SparkSession, journeys: DataFrame, batch_id: int) -> DataFrame:
-        """Steps 1 and 2; returns all sessions after the update, persisted."""
-        s = self.s
-        silver = spark.read.format("delta").load(self.silver).where(~F.col("late"))
-        events = silver.join(F.broadcast(journeys), "tracking_id", "left_semi")
-        new = events.transform(build.session_rows(s)).persist()
-        old = self._read(spark, tables.SESSION_FUNNEL).join(
-            F.broadcast(journeys), "tracking_id", "left_semi").persist()
-        old.count()  # pin the rows as they are before the MERGE
-        sinks.replace_rows(new, old, self.paths[tables.SESSION_FUNNEL.name], ["session_id"])
-
-        cells = (new.select("campaign_id", "session_start").unionByName(
-                    old.select("campaign_id", "session_start"))
-                 .where(F.col("campaign_id").isNotNull())
-                 .select("campaign_id", build.window_of("session_start", s).alias("window_start"))
-                 .distinct().persist())
-        sessions = self._read(spark, tables.SESSION_FUNNEL).persist()
-        in_cells = (sessions.withColumn("window_start", build.window_of("session_start", s))
-                    .join(F.broadcast(cells), ["campaign_id", "window_start"], "left_semi")
-                    .drop("window_start"))
-        funnel_old = self._read(spark, tables.CAMPAIGN_FUNNEL).join(
-            F.broadcast(cells), ["campaign_id", "window_start"], "left_semi").persist()
-        funnel_old.count()
-        funnel = in_cells.transform(build.funnel_rows(s)).persist()
-        if self.quality is not None:  # batch-level checks: warn or fail
-            self.quality.validate(funnel, batch_id, self._app_id())
-        sinks.replace_rows(funnel, funnel_old,
-                           self.paths[tables.CAMPAIGN_FUNNEL.name], ["campaign_id", "window_start"])
-        for df in (new, old, cells, funnel_old, funnel):
-            df.unpersist()
-        return sessions
+def gold_changes(events: DataFrame, s: Settings) -> DataFrame:
+    """On-time silver events -> the processors' changes, one stream: signed and closed
+    sessions, reminders, fraud flags and offers, told apart by ``kind``."""
+    watermarked = events.where(~F.col("late")).withWatermark(
+        "event_time", spark_interval(s.stream.watermark_delay))
+    return stateful.run(watermarked, [sessions.processor(s), fraud.processor(s.fraud),
+                                      offers.processor(s.retarget)])
 
 
 def start_gold(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
-    writer = _writer(_stream_of(spark, s, tables.SILVER_EVENTS), "gold", s, available_now)
-    handler = GoldBatch(spark, s)
-    query = writer.foreachBatch(handler).start()
-    query.tick = lambda: handler.tick(spark)  # the continuous job's quiet-input fallback
-    return query
+    """``silver/events`` -> every gold table. Silver's commits are read whole (no
+    ``maxFilesPerTrigger``), so this query's watermark never passes an event silver kept as
+    on time."""
+    path = T.ensure(spark, s.lake, T.SILVER_EVENTS)
+    events = sources.read_table(spark, path, streaming=True)
+    return _writer(gold_changes(events, s), "gold", s, available_now).foreachBatch(
+        GoldBatch(spark, s)).start()
 
 
-def start_fraud(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
-    """Silver -> ``gold/fraud_flags``: the stateful velocity rules (see ``stateful/fraud.py``).
-    Flags are inserted by ``flag_id`` (insert-only MERGE): a replayed batch, or a flag a
-    backfill already wrote, adds nothing."""
-    path = tables.ensure(spark, s.lake, tables.FRAUD_FLAGS)
-    events = _stream_of(spark, s, tables.SILVER_EVENTS).where(~F.col("late"))
-    flags = fraud_flags_stream(events, s.fraud, spark_interval(s.stream.watermark_delay))
-    writer = _writer(flags, "fraud", s, available_now).outputMode("append")
-    return writer.foreachBatch(lambda batch, _: _insert_flags(batch, path)).start()
-
-
-def _insert_flags(batch: DataFrame, path: str) -> None:
-    """Most fraud batches close no burst: skip their MERGE (and its commit). The batch is
-    cached so the stateful plan runs once, not once per MERGE pass."""
-    batch = batch.persist()
-    try:
-        if not batch.isEmpty():
-            sinks.insert_new(batch, path, "flag_id")
-    finally:
-        batch.unpersist()
-
-
-LAYERS = {"bronze": start_bronze, "silver": start_silver, "gold": start_gold, "fraud": start_fraud}
+LAYERS = {"bronze": start_bronze, "silver": start_silver, "gold": start_gold}

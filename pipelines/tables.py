@@ -2,6 +2,10 @@
 
 Writers create tables from here before a stream starts, so a MERGE target always exists and
 a schema never drifts; ``docs/tables.md`` documents the same columns (a test keeps them equal).
+
+Every table checkpoints its Delta log every ``CHECKPOINT_INTERVAL`` commits instead of Delta's
+default 10: a streaming table commits about once a second, and a Delta checkpoint (written
+inside the commit that triggers it) took 4-11 s here, which a micro-batch would wait for.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from pyspark.sql.types import (
 )
 
 from pipelines.contract import STEPS
-from pipelines.stateful.fraud import FLAG_SCHEMA
+
+CHECKPOINT_INTERVAL = 100
 
 
 def _schema(*cols: tuple[str, object]) -> StructType:
@@ -38,6 +43,7 @@ class Table:
     name: str  # path under the lake root, e.g. "silver/events"
     schema: StructType
     partition_by: tuple[str, ...] = ()
+    key: tuple[str, ...] = ()  # the columns that identify a row (MERGE keys), if any
 
     @property
     def columns(self) -> list[str]:
@@ -72,55 +78,63 @@ SESSION_FUNNEL = Table("gold/session_funnel", _schema(
     ("session_id", STR), ("tracking_id", STR), ("session_start", TS), ("session_end", TS),
     ("user_id", STR), ("campaign_id", STR), ("funnel_level", INT), ("event_count", LONG),
     ("clicks", LONG), ("adds", LONG), ("purchases", LONG), ("items", LONG), ("revenue", DBL),
-    ("added_products", STRS), ("purchased_products", STRS), *_TO_STEP, ("session_date", DATE),
-), partition_by=("session_date",))
+    ("added_products", STRS), ("purchased_products", STRS), *_TO_STEP, ("is_open", BOOL),
+    ("session_date", DATE),
+), partition_by=("session_date", "is_open"), key=("session_id",))
 
 CAMPAIGN_FUNNEL = Table("gold/campaign_funnel", _schema(
     ("campaign_id", STR), ("window_start", TS), ("window_end", TS), ("sessions", LONG),
     *((f"reached_{s}", LONG) for s in STEPS), *((f"conversion_{s}", DBL) for s in STEPS[1:]),
-))
+    ("closed", BOOL), ("window_date", DATE),
+), partition_by=("window_date",), key=("campaign_id", "window_start"))
 
+# Per campaign: totals (additive, kept up to date from each micro-batch's session changes)
+# and what follows from them across campaigns (conversion, the budget recommendation).
+PERFORMANCE_TOTALS = ("sessions", "clicks", "purchases", "revenue")
 CAMPAIGN_PERFORMANCE = Table("gold/campaign_performance", _schema(
     ("campaign_id", STR), ("sessions", LONG), ("clicks", LONG), ("purchases", LONG),
-    ("purchase_conversion", DBL), ("revenue", DBL), ("p50_seconds_to_add_to_cart", DBL),
-    ("p50_seconds_to_purchase", DBL), ("p90_seconds_to_purchase", DBL),
-    ("smoothed_conversion", DBL), ("current_budget_share", DBL),
-    ("recommended_budget_share", DBL), ("budget_change", DBL), ("budget_rule", STR),
-))
+    ("purchase_conversion", DBL), ("revenue", DBL), ("smoothed_conversion", DBL),
+    ("current_budget_share", DBL), ("recommended_budget_share", DBL), ("budget_change", DBL),
+    ("budget_rule", STR),
+), key=("campaign_id",))
 
 PRODUCT_ABANDONMENT = Table("gold/product_abandonment", _schema(
     ("product_id", STR), ("adds", LONG), ("purchases", LONG), ("direct_purchases", LONG),
     ("abandonment_rate", DBL),
-))
+), key=("product_id",))
 
 ALERTS = Table("gold/alerts", _schema(
     ("alert_id", STR), ("kind", STR), ("rule", STR), ("campaign_id", STR), ("window_start", TS),
     ("window_end", TS), ("metric", STR), ("value", DBL), ("threshold", DBL), ("volume", LONG),
     ("message", STR), ("created_at", TS),
-))
+), key=("alert_id",))
 
 CART_REMINDERS = Table("gold/cart_reminders", _schema(
     ("reminder_id", STR), ("user_id", STR), ("tracking_id", STR), ("session_start", TS),
     ("session_end", TS), ("adds", LONG), ("products", STRS), ("created_at", TS),
-))
+), key=("reminder_id",))
 
 RETARGET_OFFERS = Table("gold/retarget_offers", _schema(
     ("offer_id", STR), ("user_id", STR), ("campaign_id", STR), ("tracking_id", STR),
     ("click_time", TS), ("due_time", TS), ("created_at", TS),
-))
+), key=("offer_id",))
 
-FRAUD_FLAGS = Table("gold/fraud_flags", FLAG_SCHEMA)
+FLAG_SCHEMA = _schema(
+    ("flag_id", STR), ("rule", STR), ("entity_type", STR), ("entity_id", STR),
+    ("first_event_time", TS), ("last_event_time", TS), ("event_count", LONG), ("measure", STR),
+    ("measure_value", LONG), ("peak_value", LONG), ("threshold", LONG), ("window_seconds", DBL),
+    ("evidence_event_ids", STRS),
+)
+FRAUD_FLAGS = Table("gold/fraud_flags", FLAG_SCHEMA, key=("flag_id",))
 
 QUALITY_RESULTS = Table("quality/results", _schema(
     ("batch_id", LONG), ("query", STR), ("suite", STR), ("expectation", STR), ("policy", STR),
-    ("success", BOOL), ("unexpected_count", LONG), ("element_count", LONG), ("sampled", BOOL),
-    ("validated_at", TS),
+    ("success", BOOL), ("unexpected_count", LONG), ("element_count", LONG), ("validated_at", TS),
 ))
 
 GOLD: list[Table] = [SESSION_FUNNEL, CAMPAIGN_FUNNEL, CAMPAIGN_PERFORMANCE, PRODUCT_ABANDONMENT, ALERTS,
-                     CART_REMINDERS, RETARGET_OFFERS]
-DETECTORS: list[Table] = [FRAUD_FLAGS]
-ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD, *DETECTORS, QUALITY_RESULTS]
+                     CART_REMINDERS, RETARGET_OFFERS, FRAUD_FLAGS]
+ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD, QUALITY_RESULTS]
 
 
 def conform(table: Table) -> Callable[[DataFrame], DataFrame]:
@@ -137,5 +151,6 @@ def ensure(spark: SparkSession, lake: str, table: Table) -> str:
         .location(path)
         .addColumns(table.schema)
         .partitionedBy(*table.partition_by)
+        .property("delta.checkpointInterval", str(CHECKPOINT_INTERVAL))
         .execute())
     return path

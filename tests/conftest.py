@@ -29,7 +29,7 @@ def lake_settings(tmp_path: Path) -> Settings:
     """Settings for a fresh lake and landing folder under ``tmp_path``."""
     (tmp_path / "landing").mkdir()
     return load_settings(overrides={"lake": tmp_path / "lake", "input": tmp_path / "landing",
-                                    "spark": {"shuffle_partitions": 2}})
+                                    "spark": {"shuffle_partitions": 2}}, environ={})
 
 
 def copy_sample(dest: str | Path, files: slice = slice(None)) -> list[Path]:
@@ -47,7 +47,7 @@ def sample_lake(spark, tmp_path_factory) -> Settings:
     micro-batch (so several batches, out-of-order files and late events are exercised)."""
     root = tmp_path_factory.mktemp("sample")
     s = load_settings(overrides={"lake": root / "lake", "input": root / "landing",
-                                 "stream": {"max_files_per_trigger": 2}})
+                                 "stream": {"max_files_per_trigger": 2}}, environ={})
     copy_sample(s.input)
     run_available_now(spark, s)
     return s

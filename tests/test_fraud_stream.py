@@ -37,9 +37,11 @@ def test_stream_and_batch_flags_are_identical(spark, sample_lake):
 
 
 def _held_events(spark, s) -> list[int]:
-    """Event times held in the fraud operator's state, read with the state store reader.
-    value.groupState.pending is the bucket's open-burst events, column by column; [2] is t."""
-    state = spark.read.format("statestore").load(s.checkpoint("gold/fraud_flags")).collect()
+    """Event times held in the fraud processor's state, read with the state store reader. The
+    gold operator keys its state by (processor, bucket); value.groupState.pending is a fraud
+    bucket's open-burst events, column by column; [2] is t."""
+    state = (spark.read.format("statestore").load(s.checkpoint("gold"))
+             .where(F.col("key.proc") == "fraud").collect())
     assert len(state) <= s.fraud.buckets
     return [t for row in state for t in json.loads(row.value.groupState.pending)[2]]
 
@@ -56,12 +58,12 @@ def test_state_holds_only_bursts_still_open(spark, sample_lake):
 def test_state_empties_after_a_quiet_period(spark, lake_settings):
     s = lake_settings
     copy_sample(s.input)
-    run_available_now(spark, s, ["bronze", "silver", "fraud"])
+    run_available_now(spark, s, ["bronze", "silver", "gold"])
     assert len(_held_events(spark, s)) > 0
     # An hour of silence, then one page view: the watermark passes every open burst.
     later = {"event_id": "quiet-1", "event_type": "landing_page_view",
              "event_time": "2026-11-02T13:30:00.000Z", "user_id": "u9", "tracking_id": "t9"}
     (Path(s.input) / "events-000099.jsonl").write_text(json.dumps(later) + "\n")
-    run_available_now(spark, s, ["bronze", "silver", "fraud"])
+    run_available_now(spark, s, ["bronze", "silver", "gold"])
     assert _held_events(spark, s) == []
     assert read(spark, s, "gold/fraud_flags").count() == len(TRUTH["fraud_bursts"])

@@ -7,19 +7,24 @@ import pytest
 from pipelines.config import DropoffRule
 from pipelines.gold.abandonment import product_abandonment
 from pipelines.gold.alerts import dropoff_alerts
-from pipelines.gold.campaigns import campaign_performance
+from pipelines.gold.campaigns import add_totals, campaign_totals, performance
 
 T0 = datetime(2026, 11, 2, 10, 0, 0)
-SESSION_COLS = ("session_id string, campaign_id string, clicks long, purchases long, revenue double, "
-                "seconds_to_add_to_cart double, seconds_to_purchase double")
+SESSION_COLS = "session_id string, campaign_id string, clicks long, purchases long, revenue double"
+
+
+def _performance(spark, rows) -> dict:
+    totals = spark.createDataFrame(rows, SESSION_COLS).transform(campaign_totals()).toPandas()
+    return {r.campaign_id: r for r in performance(totals, prior_clicks=100).itertuples()}
 
 
 def test_the_briefs_example_moves_budget_to_the_better_converter(spark):
     # A: 10,000 clicks, 50 purchases (0.5%); B: 5,000 clicks, 100 purchases (2%).
-    rows = ([(f"a{i}", "A", 1, int(i < 50), 10.0 * (i < 50), None, None) for i in range(10_000)]
-            + [(f"b{i}", "B", 1, int(i < 100), 10.0 * (i < 100), None, None) for i in range(5_000)])
-    perf = {r.campaign_id: r for r in spark.createDataFrame(rows, SESSION_COLS)
-            .transform(campaign_performance(prior_clicks=100)).collect()}
+    rows = ([(f"a{i}", "A", 1, int(i < 50), 10.0 * (i < 50)) for i in range(10_000)]
+            + [(f"b{i}", "B", 1, int(i < 100), 10.0 * (i < 100)) for i in range(5_000)]
+            + [("o1", None, 1, 1, 5.0)])  # organic: no campaign to credit
+    perf = _performance(spark, rows)
+    assert set(perf) == {"A", "B"}
     a, b = perf["A"], perf["B"]
     assert (a.clicks, a.purchases, a.purchase_conversion) == (10_000, 50, 0.005)
     assert (b.clicks, b.purchases, b.purchase_conversion) == (5_000, 100, 0.02)
@@ -32,11 +37,18 @@ def test_the_briefs_example_moves_budget_to_the_better_converter(spark):
     assert b.budget_change == pytest.approx(0.6623 - 1 / 3, abs=1e-4)
 
 
-def test_time_to_convert_percentiles(spark):
-    rows = [(f"s{i}", "A", 1, 1, 1.0, float(i), float(10 * i)) for i in range(1, 11)]
-    [p] = spark.createDataFrame(rows, SESSION_COLS).transform(campaign_performance()).collect()
-    assert (p.p50_seconds_to_add_to_cart, p.p50_seconds_to_purchase, p.p90_seconds_to_purchase) == (
-        5.0, 50.0, 90.0)
+def test_signed_totals_retract_an_old_version(spark):
+    """The stream's form: a session counted with 0 purchases, then retracted and re-added with one."""
+    rows = [("s1", "A", 2, 0, 0.0, 1), ("s2", "A", 1, 1, 9.5, 1), ("s1", "A", 2, 0, 0.0, -1),
+            ("s1", "A", 2, 1, 30.0, 1)]
+    delta = spark.createDataFrame(rows, SESSION_COLS + ", sign int").transform(campaign_totals()).toPandas()
+    [a] = delta.itertuples()
+    assert (a.sessions, a.clicks, a.purchases, a.revenue) == (2, 3, 2, 39.5)
+    stored = delta.assign(sessions=10, clicks=100, purchases=4, revenue=100.0)
+    [total] = add_totals(stored, delta).itertuples()
+    assert (total.sessions, total.clicks, total.purchases, total.revenue) == (12, 103, 6, 139.5)
+    [p] = performance(add_totals(stored, delta)).itertuples()
+    assert (p.purchase_conversion, p.current_budget_share, p.recommended_budget_share) == (6 / 103, 1.0, 1.0)
 
 
 def test_product_abandonment(spark):

@@ -15,10 +15,13 @@ from conftest import read
 from pyspark.sql import Row
 from pyspark.sql import functions as F
 
+from pipelines import tables
 from pipelines.config import load_settings
+from pipelines.io.delta_rs import Commit
+from pipelines.io.ledger import Ledger
 from pipelines.jobs.backfill import run_backfill
 from pipelines.jobs.run import StreamFailed, run_available_now
-from pipelines.quality import Quality, QualityFailure
+from pipelines.quality import Quality, QualityFailure, silver_checks
 
 KINDS = ("price_in_range", "quantity_in_range", "event_time_not_future")
 
@@ -35,7 +38,7 @@ def violating(tmp_path_factory):
 
 def _settings(tmp_path, landing, policies=None):
     return load_settings(overrides={"lake": tmp_path / "lake", "input": landing,
-                                    "quality": {"policies": policies or {}}})
+                                    "quality": {"policies": policies or {}}}, environ={})
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +95,11 @@ def test_funnel_suite_fails_on_a_step_reached_by_more_sessions(spark, lake_setti
     rows = [Row(campaign_id="c1", reached_ad_impression=10, reached_ad_click=5,
                 reached_landing_page_view=7, reached_add_to_cart=1, reached_checkout_start=1,
                 reached_purchase=0)]
-    q = Quality(spark, lake_settings.lake, "campaign_funnel", lake_settings.quality, "test")
+    tables.ensure(spark, lake_settings.lake, tables.QUALITY_RESULTS)
+    q = Quality(lake_settings.lake, "campaign_funnel", lake_settings.quality, "test")
     expected = "funnel_landing_page_view_le_ad_click failed on campaign_funnel batch 7"
     with pytest.raises(QualityFailure, match=expected):
-        q.validate(spark.createDataFrame(rows), 7, "test")
+        q.apply(spark.createDataFrame(rows), Commit("test", 7, Ledger()))
     recorded = read(spark, lake_settings, "quality/results").where("NOT success").collect()
     assert [r["expectation"] for r in recorded] == ["funnel_landing_page_view_le_ad_click"]
 
@@ -104,7 +108,7 @@ def test_unknown_policy_name_is_a_clear_error(spark, lake_settings):
     s = lake_settings.model_copy(update={"quality": lake_settings.quality.model_copy(
         update={"policies": {"price_between": "drop"}})})
     with pytest.raises(ValueError, match="unknown expectation"):
-        Quality(spark, s.lake, "silver_events", s.quality, "test")
+        Quality(s.lake, "silver_events", s.quality, "test")
 
 
 def test_quality_report_and_docs_cli(spark, checked_lake):
@@ -124,9 +128,37 @@ def unchecked_lake(spark, violating, tmp_path_factory):
     """Bronze and silver streamed with quality off: the violations sit in silver."""
     landing, _ = violating
     root = tmp_path_factory.mktemp("unchecked")
-    s = load_settings(overrides={"lake": root / "lake", "input": landing, "quality": {"enabled": False}})
+    s = load_settings(overrides={"lake": root / "lake", "input": landing, "quality": {"enabled": False}},
+                      environ={})
     run_available_now(spark, s, ["bronze", "silver"])
     return root / "lake"
+
+
+def test_one_pass_counts_what_great_expectations_counts(spark, violating, unchecked_lake):
+    """Every silver check is counted by a Spark rule read from the GX expectation's own
+    configuration; GX, run on the same rows, must find the same number of unexpected rows."""
+    from datetime import UTC, datetime
+
+    import great_expectations as gx
+
+    silver = spark.read.format("delta").load(str(unchecked_lake / "silver" / "events"))
+    silver = silver.unionByName(silver.limit(3))  # three duplicate ids for the uniqueness check
+    now = datetime.now(UTC)
+    q = load_settings(environ={}).quality
+    ours = Quality(str(unchecked_lake), "silver_events", q, "test")
+    counts = silver.agg(*ours.counts(now)).first().asDict()
+    assert counts["price_in_range"] == counts["quantity_in_range"] == 4  # the injected ones
+    assert counts["event_id_unique"] == 3
+
+    context = gx.get_context(mode="ephemeral")
+    batch = (context.data_sources.add_spark("s").add_dataframe_asset("silver")
+             .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": silver}))
+    for check in silver_checks(q, now):
+        result = batch.validate(check.expectation, result_format="BASIC").result
+        theirs = result.get("unexpected_count", 0)
+        if check.name == "event_id_unique":  # GX counts every row of a duplicated id; we count the extra ones
+            theirs //= 2
+        assert counts[check.name] == theirs, check.name
 
 
 def _lake_copy(unchecked_lake, tmp_path, landing, policies=None):

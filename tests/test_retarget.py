@@ -1,17 +1,13 @@
-"""Retargeting offers: hand-built clicks and purchases, the sample's truth, and the
-quiet-input fallback."""
+"""Retargeting offers: hand-built clicks and purchases, and the sample's truth."""
 
 import json
 from datetime import datetime, timedelta
 
-import pytest
-from conftest import SAMPLE, copy_sample, read
+from conftest import SAMPLE, read
 from pyspark.sql import functions as F
 
 from pipelines.config import load_settings
 from pipelines.gold.build import offer_rows
-from pipelines.jobs.run import run_available_now
-from pipelines.streams import GoldBatch
 
 T0 = datetime(2026, 11, 2, 10, 0)
 COLS = "event_type string, event_time timestamp, user_id string, campaign_id string, tracking_id string"
@@ -20,9 +16,10 @@ NONE_SENT = "user_id string, campaign_id string, click_time timestamp"
 
 
 def _offers(spark, rows, clock=T0 + timedelta(days=3), sent=()):
+    """The offers due by ``clock``, through the batch path (the function the stream runs)."""
     s = load_settings(environ={})
     events = spark.createDataFrame(rows, COLS)
-    made = offer_rows(events, spark.createDataFrame(list(sent), NONE_SENT), s, None, clock)
+    made = events.transform(offer_rows(s, clock, spark.createDataFrame(list(sent), NONE_SENT)))
     return sorted((r.user_id, r.campaign_id, r.click_time) for r in made.collect())
 
 
@@ -73,22 +70,3 @@ def test_the_sample_offers_match_the_generators_truth(spark, sample_lake):
     expected = {o for o in expected if due(o[2])}
     assert got == expected
     assert len(expected) > 1000
-
-
-@pytest.mark.parametrize("quiet_minutes", [60])
-def test_offers_go_out_when_the_input_goes_quiet(spark, lake_settings, quiet_minutes):
-    s = lake_settings
-    copy_sample(s.input, slice(0, 4))
-    run_available_now(spark, s, ["bronze", "silver"])
-    handler = GoldBatch(spark, s)
-    handler(read(spark, s, "silver/events"), 0)  # one gold batch over everything so far
-    offers = read(spark, s, "gold/retarget_offers")
-    before = offers.count()
-    last_due = offers.agg(F.max("due_time")).first()[0]
-    handler.tick(spark, now=handler._last_batch_wall + 1)  # not quiet long enough: nothing
-    assert read(spark, s, "gold/retarget_offers").count() == before
-    handler.tick(spark, now=handler._last_batch_wall + quiet_minutes * 60)
-    after = read(spark, s, "gold/retarget_offers")
-    new = after.where(F.col("due_time") > F.lit(last_due))
-    assert after.count() > before and new.count() == after.count() - before
-    assert new.agg(F.max("due_time")).first()[0] <= handler._watermark + timedelta(minutes=quiet_minutes)

@@ -1,53 +1,74 @@
-"""Campaign performance and the budget recommendation."""
+"""Campaign performance and the budget recommendation.
+
+Two steps, so the stream can keep it current without re-reading sessions:
+1. ``campaign_totals``: signed sessions -> per campaign, additive totals (sessions, clicks,
+   purchases, revenue); the stream adds each micro-batch's totals to the stored ones;
+2. ``performance``: every campaign's totals -> conversion and budget shares. The shares depend
+   on all campaigns together, so this runs on the whole (small: one row per campaign) table.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.common import Transform
+from pipelines.common import Transform, require_columns
+from pipelines.tables import CAMPAIGN_PERFORMANCE, PERFORMANCE_TOTALS
 
+PRIOR_CLICKS = 100
 BUDGET_RULE = (
     "share ∝ clicks × smoothed conversion, where smoothed conversion = "
     "(purchases + {prior_clicks} × overall conversion) / (clicks + {prior_clicks})"
 )
 
 
-def campaign_performance(prior_clicks: int = 100) -> Transform:
-    """Sessions -> ``gold/campaign_performance``, one row per campaign.
-
-    ``purchases`` counts attributed sessions with a purchase (orders); ``revenue`` sums
-    price × quantity of their purchase events; ``purchase_conversion`` = purchases / clicks.
-    The budget today is taken as proportional to clicks (``current_budget_share``). The
-    recommendation re-weights it by conversion, shrunk toward the overall conversion by
-    ``prior_clicks`` pseudo-clicks so a small campaign is not over-trusted, then
-    normalises: spend moves from low- to high-converting campaigns.
-    Also: time-to-convert percentiles (seconds from impression) for cart and purchase.
-    """
+def campaign_totals() -> Transform:
+    """Signed sessions -> per campaign: ``sessions``, ``clicks`` (ad_click events),
+    ``purchases`` (sessions with a purchase: orders) and ``revenue``, each summed with the
+    session's ``sign``. Organic sessions are left out. Grain: campaign_id."""
     def _(sessions: DataFrame) -> DataFrame:
-        per = (sessions.where(F.col("campaign_id").isNotNull()).groupBy("campaign_id").agg(
-            F.count("*").alias("sessions"),
-            F.sum("clicks").cast("long").alias("clicks"),
-            F.count_if(F.col("purchases") > 0).cast("long").alias("purchases"),
-            F.sum("revenue").alias("revenue"),
-            F.percentile_approx("seconds_to_add_to_cart", 0.5).alias("p50_seconds_to_add_to_cart"),
-            F.percentile_approx("seconds_to_purchase", 0.5).alias("p50_seconds_to_purchase"),
-            F.percentile_approx("seconds_to_purchase", 0.9).alias("p90_seconds_to_purchase"),
-        ))
-        totals = per.agg(F.sum("clicks").alias("_clicks"), F.sum("purchases").alias("_purchases"))
-        per = per.crossJoin(F.broadcast(totals))
-        overall = F.col("_purchases") / F.col("_clicks")
-        smoothed = (F.col("purchases") + prior_clicks * overall) / (F.col("clicks") + prior_clicks)
-        per = per.withColumn("smoothed_conversion", smoothed).withColumn(
-            "_weight", F.col("clicks") * F.col("smoothed_conversion"))
-        per = per.crossJoin(F.broadcast(per.agg(F.sum("_weight").alias("_weights"))))
-        return (per
-                .withColumn("purchase_conversion", F.try_divide("purchases", "clicks"))
-                .withColumn("current_budget_share", F.col("clicks") / F.col("_clicks"))
-                .withColumn("recommended_budget_share",
-                            F.coalesce(F.col("_weight") / F.col("_weights"), F.col("current_budget_share")))
-                .withColumn("budget_change",
-                            F.col("recommended_budget_share") - F.col("current_budget_share"))
-                .withColumn("budget_rule", F.lit(BUDGET_RULE.format(prior_clicks=prior_clicks)))
-                .drop("_clicks", "_purchases", "_weight", "_weights"))
+        require_columns(sessions, "campaign_id", "clicks", "purchases", "revenue")
+        sign = F.col("sign") if "sign" in sessions.columns else F.lit(1)
+        return (sessions.where(F.col("campaign_id").isNotNull()).groupBy("campaign_id").agg(
+            F.sum(sign).cast("long").alias("sessions"),
+            F.sum(sign * F.col("clicks")).cast("long").alias("clicks"),
+            F.sum(F.when(F.col("purchases") > 0, sign).otherwise(0)).cast("long").alias("purchases"),
+            F.sum(sign * F.col("revenue")).cast("double").alias("revenue")))
     return _
+
+
+def performance(totals: pd.DataFrame, prior_clicks: int = PRIOR_CLICKS) -> pd.DataFrame:
+    """Per-campaign totals (``PERFORMANCE_TOTALS``) -> ``gold/campaign_performance`` rows.
+
+    ``purchase_conversion`` = purchases / clicks (10,000 clicks and 50 purchases is 0.5%). The
+    budget today is taken as proportional to clicks (``current_budget_share``). The
+    recommendation re-weights it by conversion, shrunk toward the overall conversion by
+    ``prior_clicks`` pseudo-clicks so a small campaign is not over-trusted, then normalises:
+    spend moves from low- to high-converting campaigns. Campaigns left with no session (all
+    retracted) are dropped.
+    """
+    out = totals[totals["sessions"] != 0].copy()
+    clicks = out["clicks"].to_numpy(np.float64)
+    purchases = out["purchases"].to_numpy(np.float64)
+    overall = purchases.sum() / clicks.sum() if clicks.sum() else np.nan
+    smoothed = (purchases + prior_clicks * overall) / (clicks + prior_clicks)
+    weight = clicks * smoothed
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["purchase_conversion"] = np.where(clicks > 0, purchases / clicks, np.nan)
+        out["current_budget_share"] = clicks / clicks.sum() if clicks.sum() else np.nan
+        recommended = weight / np.nansum(weight) if np.nansum(weight) else np.full(len(out), np.nan)
+    out["smoothed_conversion"] = smoothed
+    out["recommended_budget_share"] = np.where(np.isnan(recommended), out["current_budget_share"],
+                                               recommended)
+    out["budget_change"] = out["recommended_budget_share"] - out["current_budget_share"]
+    out["budget_rule"] = BUDGET_RULE.format(prior_clicks=prior_clicks)
+    return out[CAMPAIGN_PERFORMANCE.columns].sort_values("campaign_id", ignore_index=True)
+
+
+def add_totals(current: pd.DataFrame, delta: pd.DataFrame) -> pd.DataFrame:
+    """Stored totals plus a micro-batch's signed totals, per campaign."""
+    both = pd.concat([current[["campaign_id", *PERFORMANCE_TOTALS]],
+                      delta[["campaign_id", *PERFORMANCE_TOTALS]]])
+    return both.groupby("campaign_id", as_index=False).sum()

@@ -2,34 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from pipelines.common import Transform
 
 
-def cart_reminders(min_adds: int, gap: timedelta, watermark: datetime | None) -> Transform:
-    """Sessions -> ``gold/cart_reminders``: one reminder per session with ``adds >= min_adds``
-    and no purchase, once the session is over.
+def cart_reminders(min_adds: int) -> Transform:
+    """Closed sessions -> ``gold/cart_reminders``: one reminder per session with
+    ``adds >= min_adds`` and no purchase.
 
-    A session is over when the watermark passes ``session_end + gap`` (an on-time event
-    could no longer extend it, nor add the purchase that would cancel the reminder): the
-    event-time timer of this rule. ``reminder_id`` is the ``session_id``, so a session gets
-    at most one reminder however often it is judged.
+    Only closed sessions (``is_open`` false: the watermark has passed ``session_end + gap``,
+    so no on-time event can extend them, nor add the purchase that would cancel the reminder)
+    are judged: that is the rule's event-time timer. The stream's session processor emits each
+    session once as it closes; ``reminder_id`` is the ``session_id``, so a session is reminded
+    at most once however often it is judged.
     """
     def _(sessions: DataFrame) -> DataFrame:
-        if watermark is None:
-            return sessions.where(F.lit(False)).select(*_columns())
-        gap_interval = F.expr(f"INTERVAL {int(gap.total_seconds())} SECONDS")
-        over = F.col("session_end") + gap_interval <= F.lit(watermark)
-        due = sessions.where((F.col("adds") >= min_adds) & (F.col("purchases") == 0) & over)
-        return due.select(*_columns())
+        due = sessions.where(~F.col("is_open") & (F.col("adds") >= min_adds) & (F.col("purchases") == 0))
+        return due.select(*reminder_columns())
     return _
 
 
-def _columns() -> list:
+def reminder_columns() -> list[Column | str]:
     return [F.col("session_id").alias("reminder_id"), "user_id", "tracking_id", "session_start",
             "session_end", "adds", F.col("added_products").alias("products"),
             F.current_timestamp().alias("created_at")]

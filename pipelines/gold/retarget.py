@@ -5,6 +5,10 @@ candidate, due at ``click_time + wait``. Candidates of one user and campaign are
 click order; one becomes an offer unless an earlier offer to that user and campaign was for a
 click less than ``cooldown`` before it (greedy, so the result does not depend on how the
 clicks were batched).
+
+``due_offers`` is the rule, on pandas frames of one group of users: the streaming processor
+(``stateful/offers.py``) calls it on the clicks that came due, and a batch build
+(``batch_offers``) on all of them. Times are epoch milliseconds.
 """
 
 from __future__ import annotations
@@ -18,66 +22,102 @@ from pyspark.sql import functions as F
 
 from pipelines.common import Transform
 
+CLICK_COLUMNS = ["user_id", "campaign_id", "tracking_id", "click_time"]
+OFFER_COLUMNS = ["offer_id", "user_id", "campaign_id", "tracking_id", "click_time", "due_time"]
 OFFER_DDL = ("offer_id string, user_id string, campaign_id string, tracking_id string, "
-             "click_time timestamp, due_time timestamp")
+             "click_time long, due_time long")
 
 
-def _seconds(d: timedelta) -> F.Column:
-    return F.expr(f"INTERVAL {int(d.total_seconds())} SECONDS")
+def _ms(d: timedelta) -> int:
+    return int(d.total_seconds() * 1000)
 
 
-def candidates(wait: timedelta, due_after: datetime | None, due_until: datetime) -> Transform:
-    """Silver events -> clicks due in ``(due_after, due_until]`` that no purchase by the same
-    user followed within ``wait``. Columns of ``OFFER_DDL`` (but ``offer_id``)."""
+def due_offers(clicks: pd.DataFrame, purchases: pd.DataFrame, last_sent: pd.DataFrame,
+               wait: timedelta, cooldown: timedelta) -> pd.DataFrame:
+    """The offers among ``clicks`` (``CLICK_COLUMNS``, all due), given the users'
+    ``purchases`` (``user_id``, ``t``) and ``last_sent`` (``user_id``, ``campaign_id``,
+    ``click_time`` of the last offer per pair). Returns ``OFFER_COLUMNS``."""
+    if clicks.empty:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c.endswith("time") else object)
+                             for c in OFFER_COLUMNS})
+    clicks = clicks.sort_values(["click_time", "user_id", "campaign_id", "tracking_id"], ignore_index=True)
+    buys = purchases.sort_values("t")[["user_id", "t"]].astype({"t": "int64"})
+    nxt = pd.merge_asof(clicks[["click_time", "user_id"]].astype({"click_time": "int64"}), buys,
+                        left_on="click_time", right_on="t", by="user_id",
+                        direction="forward", allow_exact_matches=False)["t"]
+    bought = nxt.notna() & (nxt <= clicks["click_time"] + _ms(wait))
+    return _cooldown(clicks[~bought.to_numpy()], last_sent, cooldown, wait)
+
+
+def _cooldown(candidates: pd.DataFrame, last_sent: pd.DataFrame, cooldown: timedelta,
+              wait: timedelta) -> pd.DataFrame:
+    """Greedy in click order per (user, campaign): keep a candidate at least ``cooldown``
+    after the pair's last offer."""
+    last = {(r.user_id, r.campaign_id): r.click_time for r in last_sent.itertuples(index=False)}
+    limit = _ms(cooldown)
+    ordered = candidates.sort_values(["user_id", "campaign_id", "click_time", "tracking_id"],
+                                     ignore_index=True)
+    keep = np.zeros(len(ordered), bool)
+    for i, (user, campaign, click) in enumerate(zip(ordered["user_id"], ordered["campaign_id"],
+                                                    ordered["click_time"], strict=True)):
+        if (user, campaign) not in last or click - last[(user, campaign)] >= limit:
+            keep[i] = True
+            last[(user, campaign)] = click
+    made = ordered[keep].copy()
+    made["due_time"] = made["click_time"] + _ms(wait)
+    made["offer_id"] = (made["user_id"] + "|" + made["campaign_id"] + "|"
+                        + pd.to_datetime(made["click_time"], unit="ms").dt.strftime("%Y-%m-%dT%H:%M:%S.%f"))
+    return made[OFFER_COLUMNS]
+
+
+def offer_input(buckets: int) -> Transform:
+    """Silver events -> the clicks and purchases the rule reads, with a ``bucket`` of users."""
     def _(events: DataFrame) -> DataFrame:
-        clicks = (events.where((F.col("event_type") == "ad_click") & F.col("campaign_id").isNotNull())
-                  .select("user_id", "campaign_id", "tracking_id",
-                          F.col("event_time").alias("click_time"))
-                  .withColumn("due_time", F.col("click_time") + _seconds(wait))
-                  .where(F.col("due_time") <= F.lit(due_until)))
-        if due_after is not None:
-            clicks = clicks.where(F.col("due_time") > F.lit(due_after))
-        buys = events.where(F.col("event_type") == "purchase").select(
-            F.col("user_id").alias("buyer"), F.col("event_time").alias("bought_at"))
-        bought = ((F.col("buyer") == F.col("user_id")) & (F.col("bought_at") > F.col("click_time"))
-                  & (F.col("bought_at") <= F.col("due_time")))
-        return clicks.join(buys, bought, "left_anti")
+        wanted = ((F.col("event_type") == "ad_click") & F.col("campaign_id").isNotNull()) | (
+            F.col("event_type") == "purchase")
+        return events.where(wanted | F.col("event_time").isNull()).select(
+            "event_type", "user_id", "campaign_id", "tracking_id", "event_time",
+            F.unix_millis("event_time").alias("t"),
+            F.pmod(F.xxhash64("user_id"), F.lit(buckets)).alias("bucket"))
     return _
 
 
-def cooldown(candidates_pdf: pd.DataFrame, sent_pdf: pd.DataFrame, window: timedelta) -> pd.DataFrame:
-    """Greedy cooldown over one group of users: ``sent_pdf`` are offers already made (their
-    ``click_time``), ``candidates_pdf`` new candidates. Returns the candidates that become offers."""
-    if candidates_pdf.empty:
-        return candidates_pdf
-    limit = np.timedelta64(int(window.total_seconds() * 1e6), "us")
-    last_sent = sent_pdf.groupby(["user_id", "campaign_id"])["click_time"].max().to_dict()
-    keep = []
-    ordered = candidates_pdf.sort_values(["user_id", "campaign_id", "click_time", "tracking_id"])
-    for row in ordered.itertuples(index=False):
-        key = (row.user_id, row.campaign_id)
-        last = last_sent.get(key)
-        if last is None or np.datetime64(row.click_time) - np.datetime64(last) >= limit:
-            keep.append(row)
-            last_sent[key] = row.click_time
-    out = pd.DataFrame(keep, columns=ordered.columns)
-    out["offer_id"] = (out["user_id"] + "|" + out["campaign_id"] + "|"
-                       + pd.to_datetime(out["click_time"]).dt.strftime("%Y-%m-%dT%H:%M:%S.%f"))
-    return out
+def split(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows of ``offer_input`` -> (clicks as ``CLICK_COLUMNS``, purchases as user_id, t)."""
+    is_click = (events["event_type"] == "ad_click").to_numpy()
+    clicks = events[is_click].rename(columns={"t": "click_time"})[CLICK_COLUMNS]
+    return clicks, events[~is_click][["user_id", "t"]]
 
 
-def offers(candidate_rows: DataFrame, sent: DataFrame, window: timedelta, buckets: int) -> DataFrame:
-    """Candidates + offers already made -> new offers, grouped by a hash of the user."""
-    bucket = F.pmod(F.xxhash64("user_id"), F.lit(buckets)).alias("bucket")
-    new = candidate_rows.select(bucket, "user_id", "campaign_id", "tracking_id", "click_time", "due_time")
-    old = sent.select(bucket, "user_id", "campaign_id", "click_time")
+def to_offer_rows() -> Transform:
+    """Python's offers (times in ms) -> ``gold/retarget_offers`` columns."""
+    return lambda rows: rows.withColumns({
+        "click_time": F.timestamp_millis("click_time"), "due_time": F.timestamp_millis("due_time"),
+        "created_at": F.current_timestamp()})
 
-    def per_bucket(new_pdf: pd.DataFrame, old_pdf: pd.DataFrame) -> pd.DataFrame:
-        made = cooldown(new_pdf.drop(columns="bucket"), old_pdf, window)
-        return made[["offer_id", "user_id", "campaign_id", "tracking_id", "click_time", "due_time"]] \
-            if len(made) else pd.DataFrame({c: pd.Series(dtype=object) for c in
-                                            ["offer_id", "user_id", "campaign_id", "tracking_id"]}
-                                           | {"click_time": pd.Series(dtype="datetime64[us]"),
-                                              "due_time": pd.Series(dtype="datetime64[us]")})
 
-    return new.groupBy("bucket").cogroup(old.groupBy("bucket")).applyInPandas(per_bucket, OFFER_DDL)
+def batch_offers(wait: timedelta, cooldown: timedelta, buckets: int,
+                 watermark: datetime | None, sent: DataFrame | None = None) -> Transform:
+    """Silver events -> the offers due by ``watermark`` (``OFFER_DDL``), after the offers
+    already ``sent`` (``user_id``, ``campaign_id``, ``click_time``; for the cooldown)."""
+    due_until = None if watermark is None else int(watermark.timestamp() * 1000)
+
+    def per_bucket(events: pd.DataFrame, sent_pdf: pd.DataFrame) -> pd.DataFrame:
+        clicks, purchases = split(events)
+        if due_until is not None:
+            clicks = clicks[clicks["click_time"] + _ms(wait) <= due_until]
+        last = sent_pdf.groupby(["user_id", "campaign_id"], as_index=False)["click_time"].max()
+        return due_offers(clicks, purchases, last, wait, cooldown)
+
+    def _(events: DataFrame) -> DataFrame:
+        rows = events.transform(offer_input(buckets))
+        if due_until is None:
+            return rows.sparkSession.createDataFrame([], OFFER_DDL)
+        spark = events.sparkSession
+        old = sent if sent is not None else spark.createDataFrame(
+            [], "user_id string, campaign_id string, click_time timestamp")
+        old = old.select("user_id", "campaign_id", F.unix_millis("click_time").alias("click_time"),
+                         F.pmod(F.xxhash64("user_id"), F.lit(buckets)).alias("bucket"))
+        return (rows.groupBy("bucket").cogroup(old.groupBy("bucket"))
+                .applyInPandas(per_bucket, OFFER_DDL))
+    return _

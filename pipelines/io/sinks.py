@@ -1,4 +1,9 @@
-"""Writers: they own checkpoints, triggers, MERGE and idempotency. Transforms never write."""
+"""Spark writers: they own checkpoints, triggers, MERGE and idempotency. Transforms never write.
+
+Streaming appends (bronze, silver, quarantine) are plain Delta appends marked with their
+micro-batch (``io/ledger.py``), so a replayed batch adds nothing. Small per-batch gold writes
+go through delta-rs instead (``io/delta_rs.py``); the backfill's bulk rewrites are here.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ from typing import TypeVar
 from delta.exceptions import ConcurrentAppendException, ConcurrentDeleteReadException
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 from pyspark.sql.streaming import DataStreamWriter
+
+from pipelines.io.ledger import Ledger, marker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,34 +39,35 @@ def with_retry(action: Callable[[], T], attempts: int = 5, what: str = "write") 
     raise AssertionError("unreachable")
 
 
-def append_once(df: DataFrame, path: str, app_id: str, version: int) -> None:
-    """Append ``df`` to the Delta table at ``path`` exactly once per (app_id, version).
+def append_batch(df: DataFrame, path: str, app_id: str, batch_id: int, ledger: Ledger) -> bool:
+    """Append micro-batch ``batch_id`` of ``app_id`` to the Delta table at ``path`` once:
+    a replay of a batch the table already holds writes nothing. Returns whether it wrote."""
+    if ledger.has(path, app_id, batch_id):
+        log.info("batch %d is already in %s; not written again", batch_id, path)
+        return False
+    writer = df.write.format("delta").mode("append").option("userMetadata", marker(app_id, batch_id))
+    with_retry(lambda: writer.save(path), what=f"append to {path}")
+    ledger.record(path, app_id, batch_id)
+    return True
 
-    Delta skips a write whose ``txnAppId`` already committed this ``txnVersion``, so a
-    replayed micro-batch adds nothing.
-    """
-    writer = (df.write.format("delta").mode("append")
-              .option("txnAppId", app_id).option("txnVersion", version))
+
+def append(df: DataFrame, path: str) -> None:
+    """A plain append (a backfill's rows; not a stream's)."""
+    writer = df.write.format("delta").mode("append")
     with_retry(lambda: writer.save(path), what=f"append to {path}")
 
 
-def insert_new(df: DataFrame, path: str, key: str, prune: dict[str, list] | None = None) -> None:
-    """Insert rows of ``df`` whose ``key`` is not yet in the table (an insert-only MERGE).
+def replace_where(df: DataFrame, path: str, where: str) -> None:
+    """Atomically replace the rows matching ``where`` with ``df`` (whose rows must match it)."""
+    writer = df.write.format("delta").mode("overwrite").option("replaceWhere", where)
+    with_retry(lambda: writer.save(path), what=f"replace {where} in {path}")
 
-    ``prune`` maps a partition column to the values present in ``df``; the match is
-    restricted to them so the MERGE reads only those partitions. Replays insert nothing.
-    """
-    cond = f"t.{key} = s.{key}"
-    for col, values in (prune or {}).items():
-        literals = ", ".join(f"'{v}'" for v in values) or "NULL"
-        cond += f" AND t.{col} IN ({literals})"
+
+def insert_new(df: DataFrame, path: str, key: str) -> None:
+    """Insert rows of ``df`` whose ``key`` is not yet in the table (an insert-only MERGE)."""
     target = DeltaTable.forPath(df.sparkSession, path)
-    merge = target.alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll()
+    merge = target.alias("t").merge(df.alias("s"), f"t.{key} = s.{key}").whenNotMatchedInsertAll()
     with_retry(merge.execute, what=f"merge into {path}")
-
-
-def distinct_values(df: DataFrame, col: str) -> list:
-    return sorted(r[0] for r in df.select(col).distinct().collect() if r[0] is not None)
 
 
 def stream_writer(df: DataFrame, name: str, checkpoint: str, available_now: bool,
@@ -69,34 +76,3 @@ def stream_writer(df: DataFrame, name: str, checkpoint: str, available_now: bool
     writer = df.writeStream.queryName(name).option("checkpointLocation", checkpoint)
     return writer.trigger(availableNow=True) if available_now else writer.trigger(
         processingTime=interval)
-
-
-def max_value(path: str, df: DataFrame, col: str):
-    """The largest ``col`` in the Delta table at ``path`` (answered from file stats)."""
-    return df.sparkSession.read.format("delta").load(path).agg(F.max(col)).first()[0]
-
-
-def replace_rows(new: DataFrame, old: DataFrame, path: str, keys: list[str]) -> None:
-    """Make the table's rows for a set of keys equal ``new``, in one MERGE.
-
-    ``old`` holds the table's current rows for the affected keys (read *before* the call):
-    rows of ``new`` are upserted, and rows of ``old`` whose key is not in ``new`` (a session
-    that merged into another, a window that lost its last session) are deleted. Running it
-    again with the same input changes nothing.
-    """
-    tombstones = old.select(*keys).join(new.select(*keys), keys, "left_anti").withColumn(
-        "_delete", F.lit(True))
-    source = new.withColumn("_delete", F.lit(False)).unionByName(tombstones, allowMissingColumns=True)
-    on = " AND ".join(f"t.{k} <=> s.{k}" for k in keys)
-    values = {c: F.col(f"s.{c}") for c in new.columns}
-    merge = (DeltaTable.forPath(new.sparkSession, path).alias("t").merge(source.alias("s"), on)
-             .whenMatchedDelete(condition="s._delete")
-             .whenMatchedUpdate(condition="NOT s._delete", set=values)
-             .whenNotMatchedInsert(condition="NOT s._delete", values=values))
-    with_retry(merge.execute, what=f"merge into {path}")
-
-
-def overwrite(df: DataFrame, path: str) -> None:
-    """Replace the whole (small, derived) table atomically."""
-    writer = df.write.format("delta").mode("overwrite")
-    with_retry(lambda: writer.save(path), what=f"overwrite {path}")

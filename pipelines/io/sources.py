@@ -10,7 +10,9 @@ from pipelines.config import KafkaSettings
 
 def read_landing(spark: SparkSession, path: str, streaming: bool,
                  max_files_per_trigger: int | None = None) -> DataFrame:
-    """JSON-lines files in the landing folder as ``raw`` text plus ``source_file``.
+    """JSON-lines files in the landing folder as ``raw`` text plus ``source_file`` and
+    ``ingest_time``: when the file landed (its modification time), so every query that reads
+    the file, and a replay, stamps a line alike.
 
     Lines are read as text, not JSON, so a malformed line is still a row (bronze keeps it).
     Files whose names start with ``.`` or ``_`` are skipped (they are being written).
@@ -22,11 +24,13 @@ def read_landing(spark: SparkSession, path: str, streaming: bool,
         df = reader.load(path)
     else:
         df = spark.read.format("text").load(path)
-    return df.select(F.col("value").alias("raw"), F.col("_metadata.file_path").alias("source_file"))
+    return df.select(F.col("value").alias("raw"), F.col("_metadata.file_path").alias("source_file"),
+                     F.col("_metadata.file_modification_time").alias("ingest_time"))
 
 
 def read_kafka(spark: SparkSession, kafka: KafkaSettings, streaming: bool) -> DataFrame:
-    """Kafka messages as ``raw`` (the value as UTF-8) plus topic, partition, offset and time."""
+    """Kafka messages as ``raw`` (the value as UTF-8) plus topic, partition, offset and time;
+    ``ingest_time`` is the record's timestamp (when it reached the broker, by default)."""
     reader = spark.readStream if streaming else spark.read
     reader = (reader.format("kafka")
               .option("kafka.bootstrap.servers", kafka.bootstrap_servers)
@@ -42,12 +46,12 @@ def read_kafka(spark: SparkSession, kafka: KafkaSettings, streaming: bool) -> Da
         F.col("offset").alias("kafka_offset"),
         F.col("timestamp").alias("kafka_timestamp"),
         F.col("key").cast("string").alias("kafka_key"),
+        F.col("timestamp").alias("ingest_time"),
     )
 
 
 def read_archive(spark: SparkSession, path: str) -> DataFrame:
-    """Every landing file under ``path`` (a batch read), as ``read_landing`` gives them plus
-    ``ingest_time``: the file's modification time, i.e. when it landed."""
+    """Every landing file under ``path`` (a batch read), as ``read_landing`` gives them."""
     return spark.read.format("text").option("recursiveFileLookup", "true").load(path).select(
         F.col("value").alias("raw"), F.col("_metadata.file_path").alias("source_file"),
         F.col("_metadata.file_modification_time").alias("ingest_time"))

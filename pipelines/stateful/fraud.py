@@ -26,38 +26,17 @@ import pandas as pd
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
-from pyspark.sql.types import (
-    ArrayType,
-    DoubleType,
-    LongType,
-    StringType,
-    StructField,
-    StructType,
-    TimestampType,
-)
+from pyspark.sql.streaming.state import GroupState
+from pyspark.sql.types import StringType, StructField, StructType
 
 from pipelines.common import Transform
 from pipelines.config import FraudRule, FraudSettings
+from pipelines.stateful.gold import Processor
+from pipelines.tables import FLAG_SCHEMA
 
 # Rule events as the processor sees them: t is the event time in epoch milliseconds.
 EVENT_COLUMNS = ["rule", "entity_id", "t", "value", "event_id"]
 
-FLAG_SCHEMA = StructType([
-    StructField("flag_id", StringType()),
-    StructField("rule", StringType()),
-    StructField("entity_type", StringType()),
-    StructField("entity_id", StringType()),
-    StructField("first_event_time", TimestampType()),
-    StructField("last_event_time", TimestampType()),
-    StructField("event_count", LongType()),
-    StructField("measure", StringType()),
-    StructField("measure_value", LongType()),
-    StructField("peak_value", LongType()),
-    StructField("threshold", LongType()),
-    StructField("window_seconds", DoubleType()),
-    StructField("evidence_event_ids", ArrayType(StringType())),
-])
 STATE_SCHEMA = StructType([StructField("pending", StringType())])
 
 
@@ -176,8 +155,7 @@ def fraud_processor(settings: FraudSettings):
 
     def process(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
         held = [_decode(state.get[0])] if state.exists else []
-        new = [b[EVENT_COLUMNS] for b in batches]
-        frames = held + new
+        frames = [f for f in held + [b[EVENT_COLUMNS] for b in batches] if len(f)]
         events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EVENT_COLUMNS)
         watermark = state.getCurrentWatermarkMs()
         flags, still_open = find_bursts(events, rules, watermark, cap)
@@ -189,18 +167,15 @@ def fraud_processor(settings: FraudSettings):
             closes_at = (last["t"] + last["rule"].map(window_ms)).min()
             state.setTimeoutTimestamp(int(max(closes_at, watermark)) + 1)
         if not flags.empty:
-            yield flags
+            yield flags.assign(kind="flag")
     return process
 
 
-def fraud_flags_stream(events: DataFrame, settings: FraudSettings, watermark_delay: str) -> DataFrame:
-    """Streaming silver events -> ``gold/fraud_flags`` rows, emitted as bursts close."""
-    # The watermark sits before the rule filter: every event, not just the rules', moves it.
-    rows = events.withWatermark("event_time", watermark_delay).transform(
-        rule_events(settings.rules, settings.buckets))
-    return (rows.groupBy("bucket")
-            .applyInPandasWithState(fraud_processor(settings), FLAG_SCHEMA, STATE_SCHEMA, "append",
-                                    GroupStateTimeout.EventTimeTimeout))
+def processor(settings: FraudSettings) -> Processor:
+    """Watermarked silver events -> ``gold/fraud_flags`` rows (``kind`` 'flag'), emitted as
+    bursts close. The watermark sits before the rule filter: every event moves it."""
+    return Processor("fraud", rule_events(settings.rules, settings.buckets), fraud_processor(settings),
+                     STATE_SCHEMA, StructType([StructField("kind", StringType()), *FLAG_SCHEMA.fields]))
 
 
 def fraud_flags_batch(events: DataFrame, settings: FraudSettings,

@@ -1,0 +1,135 @@
+"""How one gold micro-batch's changes land in each gold table.
+
+The stream's processors emit changes, not tables: signed session rows (``-1`` as it was,
+``+1`` as it is), sessions the watermark closed, reminders, flags and offers. Each function
+here applies one kind to one table in one delta-rs commit (``io/delta_rs.py``), touching only
+the rows the changes name:
+
+- ``gold/session_funnel``: open sessions are upserted (partition ``is_open=true``); a
+  session that merged into another is deleted; a closed session moves to ``is_open=false``.
+  Only the open partition is ever rewritten: its size is the open state, not the history.
+- ``gold/campaign_funnel`` and ``gold/product_abandonment``: the signed counts are *added*
+  to the stored ones (MERGE ``t.n + s.n``), conversions recomputed from the sums; a cell or
+  product left with nothing is deleted. The funnel MERGE is pruned to the cells' dates.
+- ``gold/campaign_performance``: one row per campaign; totals added, then the budget shares
+  recomputed over all campaigns (they depend on each other).
+- alerts, reminders, flags, offers: inserted when their id is new.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import tables as T
+from pipelines.gold.abandonment import COUNTS as PRODUCT_COUNTS
+from pipelines.gold.abandonment import abandonment_rate
+from pipelines.gold.campaigns import add_totals, performance
+from pipelines.gold.funnel import COUNTS as CELL_COUNTS
+from pipelines.gold.funnel import conversions
+from pipelines.io.delta_rs import Commit, arrow_schema, read
+
+
+def _slot(column: str) -> str:
+    """A ``str.format`` slot for ``column``: derived SQL is written once, then filled with
+    ``t.c + s.c`` (an update) or ``s.c`` (an insert)."""
+    return "{" + column + "}"
+
+
+def _sql_in(values: list) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+def sessions(commit: Commit, changes: pa.Table, path: str) -> None:
+    """Signed and closed session rows (``gold/session_funnel`` columns plus ``kind`` and
+    ``sign``) -> one MERGE keyed on (``session_id``, ``is_open``) over the open partition."""
+    kind, sign = changes["kind"], changes["sign"]
+    upsert = changes.filter(pc.and_(pc.equal(kind, "session"), pc.equal(sign, 1)))
+    retracted = changes.filter(pc.and_(pc.equal(kind, "session"), pc.equal(sign, -1)))
+    gone = retracted.filter(pc.invert(pc.is_in(retracted["session_id"], value_set=upsert["session_id"])))
+    closed = changes.filter(pc.equal(kind, "closed"))
+    columns = T.SESSION_FUNNEL.columns
+    parts = [_action(upsert, "upsert", True), _action(gone, "delete", True),
+             _action(closed, "delete", True), _action(closed, "insert", False)]
+    source = pa.concat_tables([p.select([*columns, "_action"]) for p in parts])
+    values = {c: f"s.{c}" for c in columns}
+    commit.merge(
+        source, path, T.SESSION_FUNNEL,
+        "t.session_id = s.session_id AND t.is_open = s.is_open AND t.is_open = true",
+        lambda m: (m.when_matched_delete(predicate="s._action = 'delete'")
+                   .when_matched_update(updates=values, predicate="s._action = 'upsert'")
+                   .when_not_matched_insert(updates=values, predicate="s._action <> 'delete'")))
+
+
+def _action(rows: pa.Table, action: str, is_open: bool) -> pa.Table:
+    rows = rows.set_column(rows.schema.get_field_index("is_open"), "is_open",
+                           pa.array([is_open] * rows.num_rows, pa.bool_()))
+    return rows.append_column("_action", pa.array([action] * rows.num_rows, pa.string()))
+
+
+def add_counts(commit: Commit, deltas: pa.Table, path: str, table: T.Table, counts: list[str],
+               derived: dict[str, str], extra_predicate: str = "") -> None:
+    """MERGE signed ``counts`` into ``table`` on its key: add to a stored row (and recompute
+    the ``derived`` SQL over the sums), insert a new one, delete a row left with zero."""
+    key = " AND ".join(f"t.{k} = s.{k}" for k in table.key)
+    total = {c: f"(t.{c} + s.{c})" for c in counts}
+    updates = {**{c: total[c] for c in counts},
+               **{name: sql.format(**total) for name, sql in derived.items()}}
+    inserts = {c: f"s.{c}" for c in table.columns if c not in derived}
+    inserts.update({name: sql.format(**{c: f"s.{c}" for c in counts}) for name, sql in derived.items()})
+    emptied = " AND ".join(f"{total[c]} = 0" for c in counts)
+    something = " OR ".join(f"s.{c} <> 0" for c in counts)
+    commit.merge(
+        deltas, path, table, key + extra_predicate,
+        lambda m: (m.when_matched_delete(predicate=emptied)
+                   .when_matched_update(updates=updates)
+                   .when_not_matched_insert(updates=inserts, predicate=something)))
+
+
+def cells(commit: Commit, deltas: pa.Table, path: str) -> None:
+    """Signed campaign-funnel counts per (campaign, window) -> ``gold/campaign_funnel``."""
+    dates = sorted({d.isoformat() for d in deltas["window_date"].to_pylist()})
+    derived = conversions(_slot)
+    add_counts(commit, deltas, path, T.CAMPAIGN_FUNNEL, CELL_COUNTS, derived,
+               f" AND t.window_date IN ({_sql_in(dates)})" if dates else "")
+
+
+def products(commit: Commit, deltas: pa.Table, path: str) -> None:
+    """Signed product counts -> ``gold/product_abandonment``."""
+    add_counts(commit, deltas, path, T.PRODUCT_ABANDONMENT, PRODUCT_COUNTS,
+               {"abandonment_rate": abandonment_rate(_slot)})
+
+
+def campaign_performance(commit: Commit, delta: pa.Table, path: str) -> None:
+    """Signed per-campaign totals -> ``gold/campaign_performance``, shares recomputed."""
+    current = read(path).to_pandas()
+    rows = performance(add_totals(current, delta.to_pandas()))
+    commit.overwrite(pa.Table.from_pandas(rows, schema=arrow_schema(T.CAMPAIGN_PERFORMANCE),
+                                          preserve_index=False), path, T.CAMPAIGN_PERFORMANCE)
+
+
+def closing_cells(path: str, watermark: datetime, gap: timedelta) -> pa.Table:
+    """The stored cells still open whose window the watermark has closed
+    (``window_end + gap <= watermark``)."""
+    open_cells = read(path, [("closed", "=", False)])
+    ends = pc.add(open_cells["window_end"], pa.scalar(gap, pa.duration("us")))
+    limit = pa.scalar(watermark, pa.timestamp("us", tz="UTC"))
+    return open_cells.filter(pc.less_equal(ends, limit))
+
+
+def mark_closed(commit: Commit, closed: pa.Table, path: str) -> None:
+    """Set ``closed`` on the given cells (after their alerts were judged)."""
+    keys = closed.select(["campaign_id", "window_start", "window_date"])
+    dates = sorted({d.isoformat() for d in keys["window_date"].to_pylist()})
+    commit.merge(keys, path, T.CAMPAIGN_FUNNEL,
+                 "t.campaign_id = s.campaign_id AND t.window_start = s.window_start"
+                 f" AND t.window_date IN ({_sql_in(dates)})",
+                 lambda m: m.when_matched_update(updates={"closed": "true"}))
+
+
+def insert_new(commit: Commit, rows: pa.Table, path: str, table: T.Table) -> None:
+    """Insert the rows whose key the table lacks (a backfill may have written some)."""
+    key = " AND ".join(f"t.{k} = s.{k}" for k in table.key)
+    commit.merge(rows, path, table, key, lambda m: m.when_not_matched_insert_all())

@@ -1,0 +1,244 @@
+"""Sessions and their six-step funnel, computed over many journeys at once with numpy.
+
+A session is the events of one ``tracking_id`` with no gap longer than ``gap``. Its funnel
+level is the length of the longest prefix of steps 1..6 that occurs in time order (other
+events may come in between; equal timestamps are ordered by step index): ClickHouse's
+``windowFunnel`` with the session as the window.
+
+``sessionize`` is the one definition of a session. The streaming processor
+(``stateful/sessions.py``) calls it on the open events of the journeys a micro-batch touches,
+and a batch build calls it on every event (``spark_sessions``), so the stream and a backfill
+get the same rows by construction. It is vectorised: one sort, then array operations over
+all sessions; its cost is linear in the events given.
+
+Times are epoch milliseconds (``t``); the Spark wrappers convert them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from pipelines.common import Transform
+from pipelines.contract import STEPS
+
+# What sessionize reads, per event. ``step`` is the event type's funnel index (1-6);
+# ``journey`` and ``tie`` are 64-bit hashes of ``tracking_id`` and ``event_id`` (Spark's
+# xxhash64): integer keys sort fast, and ``tie`` orders equal (time, step) pairs the same way
+# however the events were batched.
+EVENT_COLUMNS = ["journey", "tracking_id", "t", "step", "tie", "user_id", "campaign_id",
+                 "product_id", "price", "quantity"]
+AD, CLICK, CART, PURCHASE = 1, 2, 4, 6
+TO_STEP = [f"seconds_to_{s}" for s in STEPS[1:]]
+SESSION_COLUMNS = ["tracking_id", "session_start", "session_end", "user_id", "campaign_id",
+                   "funnel_level", "event_count", "clicks", "adds", "purchases", "items",
+                   "revenue", "added_products", "purchased_products", *TO_STEP]
+
+
+def order(events: pd.DataFrame) -> np.ndarray:
+    """The row order that groups events by journey, each journey in time order (equal times
+    in step order, then by ``tie``, so the order never depends on how events were batched)."""
+    journey = pd.factorize(events["journey"].to_numpy(np.int64))[0]
+    tid = events["tracking_id"].to_numpy()
+    t = events["t"].to_numpy(np.int64)
+    rows = _order(journey, t, events["step"].to_numpy(np.int64), events["tie"].to_numpy(np.int64))
+    same_hash = journey[rows][1:] == journey[rows][:-1]
+    if (same_hash & (tid[rows][1:] != tid[rows][:-1])).any():  # two journeys share a hash
+        exact = pd.factorize(tid)[0]
+        rows = _order(exact, t, events["step"].to_numpy(np.int64), events["tie"].to_numpy(np.int64))
+    return rows
+
+
+_TIME_BITS = 41  # 2**41 ms is 69 years: a batch's time span fits below the journey code
+
+
+def _order(journey: np.ndarray, t: np.ndarray, step: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    """Sort by (journey, t, step, tie): one argsort of journey and time packed in an int64,
+    then a full lexsort only if some journey has two events in the same millisecond."""
+    span = int(t.max() - t.min()) if len(t) else 0
+    if span >= 2**_TIME_BITS or len(t) >= 2 ** (63 - _TIME_BITS):
+        return np.lexsort((tie, step, t, journey))
+    key = (journey.astype(np.int64) << _TIME_BITS) | (t - t.min())
+    rows = np.argsort(key, kind="stable")
+    if (key[rows][1:] == key[rows][:-1]).any():
+        rows = np.lexsort((tie, step, key))
+    return rows
+
+
+def session_bounds(tid: np.ndarray, t: np.ndarray, gap: timedelta) -> tuple[np.ndarray, np.ndarray]:
+    """First and last position of each session in ordered journey ids and times."""
+    new = np.ones(len(t), bool)
+    new[1:] = (tid[1:] != tid[:-1]) | (t[1:] - t[:-1] > int(gap.total_seconds() * 1000))
+    starts = np.flatnonzero(new)
+    return starts, np.append(starts[1:], len(t)) - 1
+
+
+def sessionize(events: pd.DataFrame, gap: timedelta, attribution: str = "first_touch",
+               mark: str | None = None) -> pd.DataFrame:
+    """Events (``EVENT_COLUMNS``, any order) -> one row per session (``SESSION_COLUMNS``).
+
+    ``session_start``/``session_end`` are epoch ms; ``campaign_id`` is that of the first
+    (``first_touch``) or last (``last_touch``) ad event naming one, else None (organic);
+    ``user_id`` is the first event's; ``seconds_to_<step>`` is the time from step 1 to the
+    event that raised the level to that step. ``purchases`` counts purchase events, ``items``
+    their quantities and ``revenue`` price x quantity (a missing quantity counts 1).
+    With ``mark`` (a boolean event column), ``marked`` says whether any event of the session
+    has it set.
+    """
+    if events.empty:
+        return empty_sessions(mark)
+    rows = order(events)
+    tid = events["tracking_id"].to_numpy()[rows]
+    t = events["t"].to_numpy(np.int64)[rows]
+    step = events["step"].to_numpy(np.int64)[rows]
+    starts, ends = session_bounds(tid, t, gap)
+    sid = np.repeat(np.arange(len(starts)), ends - starts + 1)
+    is_buy = step == PURCHASE
+    quantity = events["quantity"].to_numpy(np.float64)[rows]
+    price = events["price"].to_numpy(np.float64)[rows]
+    line = np.nan_to_num(price) * np.where(np.isnan(quantity), 1.0, quantity)
+    out = pd.DataFrame({
+        "tracking_id": tid[starts],
+        "session_start": t[starts],
+        "session_end": t[ends],
+        "user_id": events["user_id"].to_numpy()[rows[starts]],
+        "campaign_id": _touch(events["campaign_id"].to_numpy(), rows, step, starts, ends, attribution),
+        "event_count": (ends - starts + 1).astype(np.int64),
+        "clicks": np.add.reduceat(step == CLICK, starts).astype(np.int64),
+        "adds": np.add.reduceat(step == CART, starts).astype(np.int64),
+        "purchases": np.add.reduceat(is_buy, starts).astype(np.int64),
+        "items": np.add.reduceat(np.where(is_buy, np.nan_to_num(quantity), 0), starts).astype(np.int64),
+        "revenue": np.add.reduceat(np.where(is_buy, line, 0.0), starts),
+    })
+    level, reached = _walk(t, step, starts, ends)
+    out["funnel_level"] = level
+    for k, col in enumerate(TO_STEP, start=1):
+        out[col] = np.where(level > k, (reached[k] - reached[0]) / 1000.0, np.nan)
+    product = events["product_id"].to_numpy()
+    out["added_products"] = _products(product, rows, sid, step == CART, len(starts))
+    out["purchased_products"] = _products(product, rows, sid, is_buy, len(starts))
+    if mark is None:
+        return out[SESSION_COLUMNS]
+    out["marked"] = np.logical_or.reduceat(events[mark].to_numpy(bool)[rows], starts)
+    return out[[*SESSION_COLUMNS, "marked"]]
+
+
+def empty_sessions(mark: str | None = None) -> pd.DataFrame:
+    columns = [*SESSION_COLUMNS, "marked"] if mark else SESSION_COLUMNS
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+
+
+def _touch(campaign: np.ndarray, rows: np.ndarray, step: np.ndarray, starts: np.ndarray,
+           ends: np.ndarray, attribution: str) -> np.ndarray:
+    """The campaign of each session's first (or last) ad event that names one."""
+    campaign = campaign[rows]
+    named = (step <= CLICK) & pd.notna(campaign)
+    pos = np.arange(len(rows))
+    if attribution == "first_touch":
+        pick = np.minimum.reduceat(np.where(named, pos, len(rows)), starts)
+        found = pick <= ends
+    else:
+        pick = np.maximum.reduceat(np.where(named, pos, -1), starts)
+        found = pick >= starts
+    out = np.full(len(starts), None, dtype=object)
+    out[found] = campaign[pick[found]]
+    return out
+
+
+def _walk(t: np.ndarray, step: np.ndarray, starts: np.ndarray, ends: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """The greedy funnel walk over every session at once: step k is reached by the first
+    event of step k after (in order) the event that reached step k-1. Returns each session's
+    level and, per step, the time it was reached (meaningful where level > step index)."""
+    level = np.zeros(len(starts), np.int64)
+    cursor = starts - 1  # the row that reached the previous step
+    reached = np.zeros((len(STEPS), len(starts)), np.int64)
+    for k in range(1, len(STEPS) + 1):
+        rows = np.flatnonzero(step == k)
+        if rows.size == 0:
+            break
+        i = np.searchsorted(rows, cursor + 1)
+        cand = rows[np.minimum(i, rows.size - 1)]
+        hit = (level == k - 1) & (i < rows.size) & (cand <= ends)
+        level[hit] = k
+        cursor = np.where(hit, cand, cursor)
+        reached[k - 1] = np.where(hit, t[cand], 0)
+    return level, reached
+
+
+def _products(product: np.ndarray, rows: np.ndarray, sid: np.ndarray, mask: np.ndarray,
+              n: int) -> pd.arrays.ArrowExtensionArray:
+    """Per session, the sorted distinct product ids of the ordered rows in ``mask``, as an
+    Arrow list column built from offsets (no Python list per session)."""
+    keep = np.flatnonzero(mask)
+    keep = keep[pd.notna(product[rows[keep]])]
+    codes, names = pd.factorize(product[rows[keep]], sort=True)
+    pairs = np.unique(sid[keep].astype(np.int64) * max(len(names), 1) + codes)
+    session, code = np.divmod(pairs, max(len(names), 1))
+    offsets = np.searchsorted(session, np.arange(n + 1)).astype(np.int32)
+    values = pa.array(names[code] if len(names) else [], pa.string())
+    return pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(offsets, values))
+
+
+
+
+# --- Spark: the same function over a DataFrame -------------------------------------------
+
+# What Python returns per session (times as epoch ms); ``to_session_rows`` types it.
+SESSION_DDL = (
+    "tracking_id string, session_start long, session_end long, user_id string, "
+    "campaign_id string, funnel_level int, event_count long, clicks long, adds long, "
+    "purchases long, items long, revenue double, added_products array<string>, "
+    "purchased_products array<string>, " + ", ".join(f"{c} double" for c in TO_STEP)
+)
+
+
+def session_input(buckets: int) -> Transform:
+    """Silver events -> what ``sessionize`` reads (``EVENT_COLUMNS``) plus ``bucket``: journeys
+    are hashed into ``buckets`` groups, so the Python side sees a few fat groups, not one per
+    journey (a group costs about 1 ms whatever its size). ``event_time`` stays: a stream's
+    watermark filters on it."""
+    def _(events: DataFrame) -> DataFrame:
+        return events.select(
+            F.xxhash64("tracking_id").alias("journey"), "tracking_id",
+            F.unix_millis("event_time").alias("t"), F.col("step").cast("tinyint").alias("step"),
+            F.xxhash64("event_id").alias("tie"), "user_id", "campaign_id", "product_id",
+            "price", F.col("quantity").cast("double").alias("quantity"), "event_time",
+            F.pmod(F.xxhash64("tracking_id"), F.lit(buckets)).alias("bucket"))
+    return _
+
+
+def to_session_rows(gap: timedelta, watermark: datetime | None) -> Transform:
+    """Python's session rows -> ``gold/session_funnel`` columns: times typed, ``session_id``
+    (``<tracking_id>@<start in epoch ms>``), ``session_date`` and ``is_open`` (the watermark
+    has not yet passed ``session_end + gap``, so an on-time event may still change it).
+    Rows that already carry ``is_open`` (the stream's) keep it."""
+    def _(rows: DataFrame) -> DataFrame:
+        typed = rows.withColumns({
+            "session_id": F.concat_ws("@", "tracking_id", F.col("session_start").cast("string")),
+            "session_start": F.timestamp_millis("session_start"),
+            "session_end": F.timestamp_millis("session_end"),
+        })
+        if "is_open" not in rows.columns:
+            closes = F.col("session_end") + F.expr(f"INTERVAL {int(gap.total_seconds())} SECONDS")
+            is_open = F.lit(True) if watermark is None else closes > F.lit(watermark)
+            typed = typed.withColumn("is_open", is_open)
+        return typed.withColumn("session_date", F.to_date("session_start"))
+    return _
+
+
+def batch_sessions(gap: timedelta, attribution: str, buckets: int) -> Transform:
+    """Silver events -> one row per session (``SESSION_DDL``), computed by ``sessionize`` in
+    ``buckets`` groups: what a backfill uses, so it matches the stream row for row."""
+    def per_bucket(pdf: pd.DataFrame) -> pd.DataFrame:
+        return sessionize(pdf, gap, attribution)
+
+    def _(events: DataFrame) -> DataFrame:
+        return (events.transform(session_input(buckets)).groupBy("bucket")
+                .applyInPandas(per_bucket, SESSION_DDL))
+    return _

@@ -1,0 +1,153 @@
+"""Open sessions as streaming state: each micro-batch re-sessionizes only the journeys it
+touches and emits what changed, as a retract stream.
+
+State, per bucket of journeys (``applyInPandasWithState``): the events of its open sessions,
+as Arrow IPC bytes, each with ``closes`` (its session's ``session_end + gap``). A micro-batch's
+events are added to their journeys' held events; ``sessionize`` runs on those journeys alone,
+before and after, and the sessions that differ come out:
+
+- ``kind = 'session', sign = -1``: a session as it was (retracted: it grew, or merged into another);
+- ``kind = 'session', sign = +1``: a session as it is now (``is_open`` true);
+- ``kind = 'closed'``: a session the watermark has closed (``session_end + gap <= watermark``,
+  so no on-time event can change it any more), final; its events leave the state;
+- ``kind = 'reminder'``: a closed session with ``reminders.min_adds`` adds and no purchase.
+
+Signed rows make every aggregate incremental: a campaign cell or a product total adds
+``sign x`` each row's contribution. The event-time timer of a bucket is the earliest
+``closes`` it holds, so a quiet bucket still closes its sessions as the watermark moves.
+
+A micro-batch's cost is its own events plus the state of the buckets they touch (held
+events are filtered with Arrow, never converted unless their journey is touched); it does
+not depend on how much the lake holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql.streaming.state import GroupState
+from pyspark.sql.types import BinaryType, StructField, StructType, _parse_datatype_string
+
+from pipelines.config import Settings
+from pipelines.gold.sessions import (
+    EVENT_COLUMNS,
+    SESSION_COLUMNS,
+    SESSION_DDL,
+    session_bounds,
+    session_input,
+    sessionize,
+)
+from pipelines.stateful.gold import Processor
+
+_parse_ddl = _parse_datatype_string
+
+HELD = pa.schema([
+    ("journey", pa.int64()), ("tracking_id", pa.string()), ("t", pa.int64()), ("step", pa.int8()),
+    ("tie", pa.int64()), ("user_id", pa.string()), ("campaign_id", pa.string()),
+    ("product_id", pa.string()), ("price", pa.float64()), ("quantity", pa.float64()),
+    ("closes", pa.int64()),
+])
+STATE_SCHEMA = StructType([StructField("held", BinaryType())])
+CHANGE_DDL = "kind string, sign int, is_open boolean, " + SESSION_DDL
+
+
+def encode(held: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, HELD) as writer:
+        writer.write_table(held)
+    return sink.getvalue().to_pybytes()
+
+
+def decode(blob: bytes) -> pa.Table:
+    return pa.ipc.open_stream(blob).read_all()
+
+
+def closes_at(events: pd.DataFrame, gap: timedelta) -> pd.DataFrame:
+    """``events`` in session order with ``closes``: their session's ``session_end + gap`` (ms)."""
+    from pipelines.gold.sessions import order
+
+    ordered = events.take(order(events)).reset_index(drop=True)
+    starts, ends = session_bounds(ordered["tracking_id"].to_numpy(), ordered["t"].to_numpy(np.int64), gap)
+    end_t = ordered["t"].to_numpy(np.int64)[ends]
+    ordered["closes"] = np.repeat(end_t, ends - starts + 1) + int(gap.total_seconds() * 1000)
+    return ordered
+
+
+def _changes(sessions: pd.DataFrame, kind: str, sign: int, is_open: bool) -> pd.DataFrame:
+    """Session rows as changes of ``kind``. Product lists become object arrays: the state
+    operator's serializer pads output with null rows, which Arrow-backed columns cannot take."""
+    out = sessions[SESSION_COLUMNS].copy()
+    for col in ("added_products", "purchased_products"):
+        values = out[col].array
+        if isinstance(values, pd.arrays.ArrowExtensionArray):
+            out[col] = pd.Series(values._pa_array.to_numpy(zero_copy_only=False), index=out.index)
+    out.insert(0, "is_open", is_open)
+    out.insert(0, "sign", sign)
+    out.insert(0, "kind", kind)
+    return out
+
+
+def session_processor(s: Settings):
+    """The ``applyInPandasWithState`` function for one bucket of journeys."""
+    gap, attribution, min_adds = s.sessions.gap, s.sessions.attribution, s.reminders.min_adds
+
+    def process(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
+        held = decode(state.get[0]) if state.exists else HELD.empty_table()
+        new = pd.concat([b[EVENT_COLUMNS] for b in batches if len(b)], ignore_index=True) \
+            if not state.hasTimedOut else pd.DataFrame(columns=EVENT_COLUMNS)
+        out: list[pd.DataFrame] = []
+        if len(new):
+            held, changed = _touch(held, new, gap, attribution)
+            out += changed
+        watermark = state.getCurrentWatermarkMs()
+        if watermark > 0 and held.num_rows:
+            done = pc.less_equal(held["closes"], watermark)
+            if pc.any(done).as_py():
+                closed = sessionize(held.filter(done).to_pandas(), gap, attribution)
+                out.append(_changes(closed, "closed", 1, False))
+                due = closed[(closed["adds"] >= min_adds) & (closed["purchases"] == 0)]
+                if len(due):
+                    out.append(_changes(due, "reminder", 1, False))
+                held = held.filter(pc.invert(done))
+        if held.num_rows:
+            state.update((encode(held),))
+            state.setTimeoutTimestamp(max(pc.min(held["closes"]).as_py() - 1, watermark + 1))
+        else:
+            state.remove()
+        for frame in out:
+            if len(frame):
+                yield frame
+    return process
+
+
+def _touch(held: pa.Table, new: pd.DataFrame, gap: timedelta, attribution: str
+           ) -> tuple[pa.Table, list[pd.DataFrame]]:
+    """Add ``new`` events to their journeys; return the new held events and the changes."""
+    touched = pc.is_in(held["journey"], value_set=pa.array(new["journey"].unique(), pa.int64()))
+    before = held.filter(touched).to_pandas()
+    before["is_new"] = False
+    fresh = new.assign(is_new=True)
+    events = pd.concat([before.drop(columns="closes"), fresh], ignore_index=True)
+    old = sessionize(before, gap, attribution)
+    now = sessionize(events, gap, attribution, mark="is_new")
+    unchanged = now.loc[~now["marked"].astype(bool), ["tracking_id", "session_start"]]
+    kept = old.merge(unchanged, on=["tracking_id", "session_start"], how="left", indicator=True)
+    retracted = old[(kept["_merge"] == "left_only").to_numpy()]
+    added = now[now["marked"].astype(bool)]
+    rest = held.filter(pc.invert(touched))
+    again = pa.Table.from_pandas(closes_at(events.drop(columns="is_new"), gap)[HELD.names],
+                                 schema=HELD, preserve_index=False)
+    return pa.concat_tables([rest, again]), [_changes(retracted, "session", -1, True),
+                                            _changes(added, "session", 1, True)]
+
+
+def processor(s: Settings) -> Processor:
+    """Watermarked on-time silver events -> the retract stream of sessions (``CHANGE_DDL``;
+    times in epoch ms)."""
+    return Processor("sessions", session_input(s.gold.buckets), session_processor(s), STATE_SCHEMA,
+                     _parse_ddl(CHANGE_DDL))
