@@ -24,20 +24,14 @@ _JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": C.CORRUPT}
 
 
 def parse(df: DataFrame) -> DataFrame:
-    """Add ``p`` (the line parsed with ``RAW_EVENT_SCHEMA``) and ``reason`` (null when valid).
+    """Bronze rows -> every row typed as ``silver/events`` types it, plus ``reason`` (the first
+    contract rule it breaks; null when valid) and the source columns the quarantine keeps.
 
-    Input: bronze rows (``raw``, ``ingest_time`` and source columns). Grain: unchanged.
+    One projection: the line is parsed once and each typed value serves both the row and its
+    checks (Spark computes the shared expressions once). ``raw`` is kept only for rejected
+    rows; a valid row's text is in bronze. Grain: unchanged.
     """
     require_columns(df, *BRONZE_EVENTS.columns)
-    parsed = df.withColumn("p", F.from_json("raw", C.RAW_EVENT_SCHEMA, _JSON_OPTIONS))
-    return parsed.withColumn("reason", C.rejection_reason(F.col("p")))
-
-
-def valid_events(df: DataFrame) -> DataFrame:
-    """Parsed rows without a reason, typed as ``silver/events``. ``late`` starts false.
-
-    Grain: one row per delivery; ``dedupe`` then keeps one per ``event_id``.
-    """
     p = F.col("p")
     event_time = C.parse_event_time(p["event_time"])
     typed: dict[str, Column] = {
@@ -58,8 +52,19 @@ def valid_events(df: DataFrame) -> DataFrame:
         "ingest_time": F.col("ingest_time"),
         "late": F.lit(False),
     }
-    out = df.where(F.col("reason").isNull()).select(*[v.alias(k) for k, v in typed.items()])
-    return out.transform(conform(SILVER_EVENTS))
+    reason = C.rejection_reason(p)
+    keep = ["source_file", "kafka_topic", "kafka_partition", "kafka_offset"]
+    parsed = df.withColumn("p", F.from_json("raw", C.RAW_EVENT_SCHEMA, _JSON_OPTIONS))
+    return parsed.select(*[v.alias(k) for k, v in typed.items()], reason.alias("reason"),
+                         F.when(reason.isNotNull(), F.col("raw")).alias("raw"), *keep)
+
+
+def valid_events(df: DataFrame) -> DataFrame:
+    """Parsed rows without a reason, as ``silver/events`` (``late`` false).
+
+    Grain: one row per delivery; ``dedupe`` then keeps one per ``event_id``.
+    """
+    return df.where(F.col("reason").isNull()).transform(conform(SILVER_EVENTS))
 
 
 def quarantined(df: DataFrame) -> DataFrame:
@@ -83,7 +88,7 @@ def dedupe_stream(window: timedelta) -> Transform:
     ``dropDuplicatesWithinWatermark``, keyed on ``ingest_time`` so late events still reach
     silver). Rejected rows are never dropped: each gets a key of its own."""
     def _(parsed: DataFrame) -> DataFrame:
-        key = F.when(F.col("reason").isNull(), F.concat(F.lit("e:"), F.col("p.event_id"))).otherwise(
+        key = F.when(F.col("reason").isNull(), F.concat(F.lit("e:"), F.col("event_id"))).otherwise(
             F.concat(F.lit("q:"), F.expr("uuid()")))
         return (parsed.withColumn("_key", key)
                 .withWatermark("ingest_time", f"{int(window.total_seconds())} seconds")

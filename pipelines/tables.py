@@ -44,6 +44,7 @@ class Table:
     schema: StructType
     partition_by: tuple[str, ...] = ()
     key: tuple[str, ...] = ()  # the columns that identify a row (MERGE keys), if any
+    stats: tuple[str, ...] = ()  # columns Delta keeps file statistics for (default: the first 32)
 
     @property
     def columns(self) -> list[str]:
@@ -57,19 +58,20 @@ BRONZE_EVENTS = Table("bronze/events", _schema(
     ("raw", STR), ("source_file", STR), ("kafka_topic", STR), ("kafka_partition", INT),
     ("kafka_offset", LONG), ("kafka_timestamp", TS), ("kafka_key", STR),
     ("ingest_time", TS), ("ingest_date", DATE),
-), partition_by=("ingest_date",))
+), partition_by=("ingest_date",), stats=("ingest_time", "kafka_partition", "kafka_offset"))
 
 SILVER_EVENTS = Table("silver/events", _schema(
     ("event_id", STR), ("event_type", STR), ("step", INT), ("event_time", TS), ("user_id", STR),
     ("tracking_id", STR), ("campaign_id", STR), ("ad_id", STR), ("product_id", STR), ("price", DBL),
     ("quantity", INT), ("ip", STR), ("user_agent", STR), ("event_date", DATE), ("ingest_time", TS),
     ("late", BOOL),
-), partition_by=("event_date",))
+), partition_by=("event_date",), key=("event_id",),
+   stats=("event_time", "ingest_time", "event_type", "tracking_id", "user_id"))
 
 SILVER_QUARANTINE = Table("silver/quarantine", _schema(
     ("raw", STR), ("reason", STR), ("ingest_time", TS), ("source_file", STR), ("kafka_topic", STR),
     ("kafka_partition", INT), ("kafka_offset", LONG), ("quarantine_time", TS), ("ingest_date", DATE),
-), partition_by=("ingest_date",))
+), partition_by=("ingest_date",), stats=("reason", "ingest_time", "quarantine_time"))
 
 STRS = ArrayType(StringType())
 _TO_STEP = tuple((f"seconds_to_{s}", DBL) for s in STEPS[1:])
@@ -147,10 +149,10 @@ def conform(table: Table) -> Callable[[DataFrame], DataFrame]:
 def ensure(spark: SparkSession, lake: str, table: Table) -> str:
     """Create ``table`` under the ``lake`` root unless it exists; return its path."""
     path = f"{lake}/{table.name}"
-    (DeltaTable.createIfNotExists(spark)
-        .location(path)
-        .addColumns(table.schema)
-        .partitionedBy(*table.partition_by)
-        .property("delta.checkpointInterval", str(CHECKPOINT_INTERVAL))
-        .execute())
+    builder = (DeltaTable.createIfNotExists(spark).location(path).addColumns(table.schema)
+               .partitionedBy(*table.partition_by)
+               .property("delta.checkpointInterval", str(CHECKPOINT_INTERVAL)))
+    if table.stats:  # writing statistics for every column costs CPU no read gets back
+        builder = builder.property("delta.dataSkippingStatsColumns", ",".join(table.stats))
+    builder.execute()
     return path
