@@ -206,7 +206,8 @@ def backfill_silver(spark: SparkSession, s: Settings, start: date, end: date,
         return Changes(T.SILVER_EVENTS.name, 0, 0, 0, 0)
 
     def rows() -> DataFrame:  # the stream's chain: parse -> valid -> dedupe -> mark_late -> conform
-        return (bronze.transform(parse).transform(valid_events)
+        # The cutoff again: a stream appending to bronze re-caches ``bronze`` at its new version.
+        return (bronze.where(F.col("ingest_time") <= F.lit(cutoff)).transform(parse).transform(valid_events)
                 .where(F.col("event_date").between(F.lit(start), F.lit(end))).transform(dedupe)
                 .transform(to_silver(None)))
 

@@ -78,7 +78,7 @@ def test_spark_submit_on_a_standalone_cluster_matches_local(spark, cluster, samp
     apps = list(cluster.glob("app-*"))
     assert len(apps) == 1 and list(apps[0].glob("*/stderr")), "the job did not run on the worker"
 
-    for table in (tables.SILVER_EVENTS, tables.SILVER_QUARANTINE, *tables.GOLD, *tables.DETECTORS):
+    for table in (tables.SILVER_EVENTS, tables.SILVER_QUARANTINE, *tables.GOLD):
         keep = [c for c in table.columns if c not in ("created_at", "ingest_time", "quarantine_time",
                                                       "source_file", "ingest_date")]
         on_cluster = read(spark, s, table.name).select(keep)
