@@ -1,39 +1,56 @@
-"""``make bench``: throughput of each stage in events/s on generated data, beside a baseline
-measured in the same run (plain batch ``read.text`` + ``from_json`` -> Parquet, the figure
-FACTS.md gives as ~158,000 events/s on this machine)."""
+"""``make bench``: what the pipeline costs, beside a baseline measured in the same run.
+
+Four measurements, each printed as a table and all written to ``bench/results/<time>.json``:
+
+- ``throughput``: ``funnelhouse run --available-now`` (bronze, silver and gold) on 1M generated
+  events, beside plain Spark on the same files in the same JVM (``read.text`` + ``from_json``
+  -> Parquet). Both run warm: the baseline once untimed, the pipeline once on the sample.
+- ``growth``: the same 20k-event increment (later event times, ids of its own) on a lake
+  primed empty and on the lake the throughput run left (1M events; ``--big``: 10M).
+- ``freshness``: the job runs continuously while a feeder writes ``--rate`` events/s for
+  ``--seconds`` (landing files every 200 ms, or Kafka records), each with ``event_time`` =
+  its arrival. The delay from arrival to the commit that made it visible, read from each
+  table's Delta log. ``--alerts`` shrinks the window, gap and watermark delay so drop-off
+  alerts fire within the run, and measures each alert's lag behind the watermark that closed
+  its window.
+- ``quality``: silver micro-batches of ~100k events with the quality suite on and off.
+
+Memory: the JVM's peak resident size (``VmHWM``) and the Python driver's, at the end.
+"""
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
+import multiprocessing
+import os
+import random
+import resource
 import shutil
 import statistics
+import threading
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from delta.tables import DeltaTable
+import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from rich.console import Console
 from rich.table import Table
 
-from pipelines import tables
-from pipelines.config import Settings, load_settings
-from pipelines.contract import RAW_EVENT_SCHEMA
-from pipelines.generate import Profile, generate
-from pipelines.jobs.run import run_available_now
+from pipelines.config import REPO_ROOT, Settings, load_settings
+from pipelines.contract import RAW_EVENT_SCHEMA, STEPS
+from pipelines.generate import Profile, generate, land
+from pipelines.jobs.run import run_available_now, run_continuously
 from pipelines.session import build_spark
-from pipelines.streams import CHECKPOINTS, LAYERS
+from pipelines.streams import LAYERS
 
-_OUTPUTS = {
-    "bronze": [tables.BRONZE_EVENTS.name],
-    "silver": [tables.SILVER_EVENTS.name, tables.SILVER_QUARANTINE.name],
-    "gold": [t.name for t in tables.GOLD],
-    "fraud": [tables.FRAUD_FLAGS.name],
-}
-# What a re-timed layer must forget: its checkpoint and the tables it writes.
-RESET = {layer: [f"_checkpoints/{CHECKPOINTS[layer]}", *out] for layer, out in _OUTPUTS.items()}
+console = Console()
+RESULTS = REPO_ROOT / "bench" / "results"
 
 
 def _timed(action: Callable[[], object]) -> float:
@@ -42,127 +59,382 @@ def _timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def _table(title: str, columns: list[str], rows: list[list[object]]) -> Table:
+    out = Table(title=title)
+    for i, col in enumerate(columns):
+        out.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        out.add_row(*[f"{v:,.1f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+                      for v in row])
+    return out
+
+
+def _settings(lake: Path, landing: Path, **overrides: object) -> Settings:
+    return load_settings(overrides={"lake": lake, "input": landing, **overrides}, environ={})
+
+
+def _dataset(root: Path, events: int) -> tuple[Path, int, Profile]:
+    """The generated input of ``events`` (made once, reused by later runs)."""
+    profile = Profile.large(events)
+    landing = root / f"landing-{events}"
+    truth = landing.with_name(landing.name + ".truth.json")
+    if not truth.exists():
+        shutil.rmtree(landing, ignore_errors=True)
+        generate(profile, landing, truth)
+    return landing, json.loads(truth.read_text())["lines"], profile
+
+
+# -- throughput -------------------------------------------------------------------------------
+
 def baseline(spark: SparkSession, landing: Path, out: Path) -> float:
     """Batch read.text + from_json -> Parquet: the floor a JSON pipeline here starts from."""
     df = spark.read.text(str(landing)).select(F.from_json("value", RAW_EVENT_SCHEMA).alias("e"))
     return _timed(lambda: df.select("e.*").write.mode("overwrite").parquet(str(out)))
 
 
-def silver_batches(spark: SparkSession, s: Settings) -> list[tuple[int, float]]:
-    """Run the silver layer from scratch; (events, seconds) of each micro-batch after the first
-    (query start, GX context and JIT land in the first)."""
-    for path in RESET["silver"] + ["quality"]:
-        shutil.rmtree(Path(s.lake, path), ignore_errors=True)
-    query = LAYERS["silver"](spark, s, True)
-    query.awaitTermination()
-    return [(p.numInputRows, p.durationMs["triggerExecution"] / 1000)
-            for p in query.recentProgress[1:] if p.numInputRows]
-
-
-def quality_overhead(spark: SparkSession, s: Settings, rounds: int) -> Table:
-    """Per-batch silver time with the GX suite off, on, and on a 10% sample.
-
-    Bronze is written ``stream.max_files_per_trigger`` landing files (50k events each) per
-    commit and silver reads one commit per batch, so each timed batch holds that many events
-    (a smaller last one is left out). The
-    figure is the median over the batches of every round; variants alternate within a round."""
+def throughput(spark: SparkSession, root: Path, landing: Path, lines: int) -> dict:
+    baseline(spark, landing, root / "base")  # warm-up: JIT, file listing
+    base = baseline(spark, landing, root / "base")
+    warm = root / "warm"  # the pipeline's own warm-up: every code path, on the sample
+    shutil.rmtree(warm, ignore_errors=True)
+    run_available_now(spark, _settings(warm / "lake", REPO_ROOT / "data" / "sample" / "events"))
+    s = _settings(root / "lake", landing)
     shutil.rmtree(s.lake, ignore_errors=True)
-    run_available_now(spark, s, ["bronze"])
-    commits = (DeltaTable.forPath(spark, s.table(tables.BRONZE_EVENTS.name)).history()
-               .where("operation = 'STREAMING UPDATE'")
-               .select(F.expr("operationMetrics['numAddedFiles']").cast("int").alias("files"),
-                       F.expr("operationMetrics['numOutputRows']").cast("long").alias("rows"))
-               .orderBy(F.desc("rows")).first())
-    s = s.model_copy(update={"stream": s.stream.model_copy(update={"max_files_per_trigger": commits.files})})
-    variants = {"quality off (baseline)": {"enabled": False}, "quality on": {"enabled": True},
-                "quality on, sample_fraction 0.1": {"enabled": True, "sample_fraction": 0.1}}
-    seconds: dict[str, list[float]] = {v: [] for v in variants}
-    silver_batches(spark, s)  # warm-up: JIT, Python workers
-    for _ in range(rounds):
-        for name, q in variants.items():
-            quality = s.quality.model_copy(update=q)
-            seconds[name] += [t for n, t in silver_batches(spark, s.model_copy(update={"quality": quality}))
-                              if n == commits.rows]
-    base = statistics.median(seconds["quality off (baseline)"])
-    table = Table(title=f"silver micro-batches of {commits.rows:,} events, {rounds} round(s): "
-                        "median seconds per batch")
-    for col in ("variant", "batches", "s/batch", "events/s", "overhead"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
-    for name, values in seconds.items():
-        median = statistics.median(values)
-        table.add_row(name, str(len(values)), f"{median:.2f}", f"{commits.rows / median:,.0f}",
-                      "" if name.endswith("(baseline)") else f"{(median / base - 1) * 100:+.0f}%")
-    return table
+    layers = {}
+    for name in LAYERS:
+        layers[name] = _timed(lambda name=name: run_available_now(spark, s, [name]))
+    total = sum(layers.values())
+    rows = [["baseline: read.text + from_json -> parquet", base, lines / base, "100%"]]
+    rows += [[f"{n} query", t, lines / t, ""] for n, t in layers.items()]
+    rows += [["pipeline: all queries, end to end", total, lines / total, f"{base / total:.0%}"]]
+    console.print(_table(f"throughput: {lines:,} lines, --available-now, warm JVM",
+                         ["stage", "seconds", "events/s", "of baseline"], rows))
+    return {"lines": lines, "baseline_s": base, "layers_s": layers, "total_s": total,
+            "events_per_s": lines / total, "baseline_events_per_s": lines / base}
+
+
+# -- growth -----------------------------------------------------------------------------------
+
+def increment(root: Path, after: Profile) -> Path:
+    """20k events an hour after ``after``'s last, with ids of their own: one landing file."""
+    out = root / "increment"
+    if not out.exists():
+        start = after.start + timedelta(hours=after.hours + 1)
+        generate(Profile(events=20_000, start=start, id_prefix="inc-", seed=7, lines_per_file=50_000,
+                         bots_per_rule=1), out, root / "increment.truth.json", quiet=True)
+    return out
+
+
+def growth(spark: SparkSession, root: Path, full: tuple[Path, Path] | None, landing: Path,
+           profile: Profile, lines: int) -> dict:
+    """The increment's cost on a lake primed empty and on one holding ``landing`` (``full``:
+    that lake and its input, when the throughput run just built it). Each is timed twice, on
+    a fresh copy of the primed lake, with the increment landed beside the primed input."""
+    inc = sorted(increment(root, profile).glob("*.jsonl"))
+    empty_input = root / "growth-landing"
+    shutil.rmtree(empty_input, ignore_errors=True)
+    empty_input.mkdir()
+    lakes = {"empty": (root / "growth-empty", empty_input), f"{lines:,} events": full}
+    out = {}
+    for name, primed in lakes.items():
+        if primed is None or name == "empty":  # prime: tables, checkpoints, state, history
+            lake = root / f"growth-{'empty' if name == 'empty' else 'full'}"
+            primed = (lake, empty_input if name == "empty" else landing)
+            shutil.rmtree(lake, ignore_errors=True)
+            run_available_now(spark, _settings(*primed))
+        lake, source = primed
+        s = _settings(root / "growth-run", source)
+        seconds = []
+        for _ in range(2):
+            shutil.rmtree(s.lake, ignore_errors=True)
+            shutil.copytree(lake, s.lake)
+            landed = land(inc, source)
+            try:
+                seconds.append(_timed(lambda s=s: run_available_now(spark, s)))
+            finally:
+                for f in landed:
+                    f.unlink()
+        out[name] = statistics.median(seconds)
+    shutil.rmtree(root / "growth-run", ignore_errors=True)
+    empty, big = out.values()
+    console.print(_table("growth: the same 20k-event increment, --available-now (median of 2)",
+                         ["lake before", "seconds", "ratio"],
+                         [[k, v, f"{v / empty:.2f}x"] for k, v in out.items()]))
+    return {"seconds": out, "ratio": big / empty}
+
+
+# -- freshness --------------------------------------------------------------------------------
+
+def _journeys(rate: int, seconds: float, sink: Callable[[list[str]], None], tick: float = 0.2) -> int:
+    """Funnel journeys, every event stamped with the time it is sent: a new journey starts at
+    an impression and goes on a step every 1-4 s with a campaign's continuation odds. Campaign
+    ``weak`` turns 5% of clicks into carts (the ``click_to_cart`` rule fires on it)."""
+    rng = random.Random(11)
+    campaigns = [f"cmp_{i:02d}" for i in range(20)] + ["weak"]
+    pending: list[tuple[float, int, dict]] = []
+    start, sent, n = time.time(), 0, 0
+    while (now := time.time()) - start < seconds:
+        due = int((now - start) * rate)
+        while len(pending) < due - sent:  # keep enough journeys in flight to meet the rate
+            n += 1
+            camp = rng.choice(campaigns)
+            heapq.heappush(pending, (now, n, {"tracking_id": f"t{uuid.uuid4().hex[:16]}", "step": 0,
+                                              "campaign_id": camp, "user_id": f"u{rng.randrange(50_000)}"}))
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        lines = []
+        while pending and pending[0][0] <= now and sent < due:
+            _, k, j = heapq.heappop(pending)
+            step = STEPS[j["step"]]
+            ev = {"event_id": uuid.uuid4().hex, "event_type": step, "event_time": stamp,
+                  "user_id": j["user_id"], "tracking_id": j["tracking_id"], "ip": "10.1.2.3",
+                  "user_agent": "Mozilla/5.0 (X11; Linux) Chrome/131.0"}
+            if j["step"] < 2:
+                ev |= {"campaign_id": j["campaign_id"], "ad_id": "ad1"}
+            if j["step"] >= 3:
+                ev |= {"product_id": f"sku_{k % 400:04d}", "price": 19.5, "quantity": 1}
+            lines.append(json.dumps(ev))
+            sent += 1
+            go_on = 0.05 if (j["campaign_id"] == "weak" and j["step"] == 2) else 0.6
+            if j["step"] < 5 and rng.random() < go_on:
+                j["step"] += 1
+                heapq.heappush(pending, (now + rng.uniform(1, 4), k, j))
+        if lines:
+            sink(lines)
+        time.sleep(max(0.0, tick - (time.time() - now)))
+    return sent
+
+
+def feed(kind: str, target: str, rate: int, seconds: float) -> None:
+    """Run the feeder into a landing folder (``kind`` ``files``) or a Kafka topic."""
+    if kind == "files":
+        out, count = Path(target), [0]
+
+        def sink(lines: list[str]) -> None:
+            tmp = out / f".part-{count[0]:06d}.tmp"
+            tmp.write_text("\n".join(lines) + "\n")
+            tmp.rename(out / f"part-{count[0]:06d}.jsonl")
+            count[0] += 1
+    else:
+        from confluent_kafka import Producer
+        servers, topic = target.split("/", 1)
+        producer = Producer({"bootstrap.servers": servers, "linger.ms": 5})
+
+        def sink(lines: list[str]) -> None:
+            for line in lines:
+                producer.produce(topic, line.encode())
+            producer.poll(0)
+    _journeys(rate, seconds, sink)
+    if kind != "files":
+        producer.flush()
+
+
+def commits(table: Path) -> list[tuple[float, list[dict]]]:
+    """(commit time in s, the ``add`` actions) of each commit in a Delta table's log."""
+    out = []
+    for f in sorted((table / "_delta_log").glob("*.json")):
+        when, adds = None, []
+        for line in f.read_text().splitlines():
+            action = json.loads(line)
+            if "commitInfo" in action:
+                when = action["commitInfo"]["timestamp"] / 1000
+            if "add" in action:
+                adds.append(action["add"])
+        out.append((when or f.stat().st_mtime, adds))
+    return out
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def visible_delays(table: Path, column: str, arrivals: np.ndarray) -> np.ndarray:
+    """For each arrival time, the delay until the first commit whose data reaches it: the
+    table's frontier (the largest ``column``, from the files' statistics) at or after it.
+    Arrivals never made visible get ``inf``."""
+    times, frontier, top = [], [], -np.inf
+    for when, adds in commits(table):
+        for add in adds:
+            stats = json.loads(add.get("stats") or "{}")
+            if column in stats.get("maxValues", {}):
+                top = max(top, _ts(stats["maxValues"][column]))
+        times.append(when)
+        frontier.append(top)
+    times_a, frontier_a = np.array(times), np.array(frontier)
+    idx = np.searchsorted(frontier_a, arrivals - 0.001, side="left")  # event_time is in ms
+    out = np.full(len(arrivals), np.inf)
+    seen = idx < len(times_a)
+    out[seen] = times_a[idx[seen]] - arrivals[seen]
+    return out
+
+
+def freshness(spark: SparkSession, root: Path, rate: int, seconds: float, source: str,
+              alerts: bool, kafka_servers: str) -> dict:
+    """Run the job continuously under the feeder; delays per table, batch durations."""
+    run = root / "fresh"
+    shutil.rmtree(run, ignore_errors=True)
+    (run / "landing").mkdir(parents=True)
+    overrides: dict = {"source": source}
+    if source == "kafka":
+        topic = f"bench-{int(time.time())}"
+        overrides["kafka"] = {"bootstrap_servers": kafka_servers, "topic": topic,
+                              "starting_offsets": "earliest"}
+        from confluent_kafka.admin import AdminClient, NewTopic
+        AdminClient({"bootstrap.servers": kafka_servers}).create_topics(
+            [NewTopic(topic, 2, 1)])[topic].result()
+        target = f"{kafka_servers}/{topic}"
+    else:
+        target = str(run / "landing")
+    if alerts:
+        overrides |= {"funnel": {"window": "10 seconds", "dropoff_rules": [
+                          {"name": "click_to_cart", "from_step": "ad_click", "to_step": "add_to_cart",
+                           "min_conversion": 0.2, "min_volume": 20}]},
+                      "sessions": {"gap": "5 seconds"}, "stream": {"watermark_delay": "2 seconds"}}
+    s = _settings(run / "lake", run / "landing", **overrides)
+    stop = threading.Event()
+    job = threading.Thread(target=run_continuously, args=(spark, s), kwargs={"stop": stop})
+    ctx = multiprocessing.get_context("spawn")
+    job.start()
+    time.sleep(15)  # the queries start and take their first (empty) batches
+    warm = 20.0
+    feeder = ctx.Process(target=feed, args=(source, target, rate, warm + seconds))
+    began = time.time()
+    feeder.start()
+    feeder.join()
+    ended = time.time()
+    deadline = ended + 60
+    gold = Path(s.lake) / "gold" / "session_funnel"
+    while time.time() < deadline:  # drained: gold's frontier reached the last arrival
+        if gold.exists() and np.isfinite(visible_delays(gold, "session_end", np.array([ended - 1]))[0]):
+            break
+        time.sleep(0.5)
+    drain = time.time() - ended
+    progress = {q.name: [p for p in q.recentProgress if p["numInputRows"]] for q in spark.streams.active}
+    stop.set()
+    job.join()
+
+    arrivals = np.arange(began + warm, ended - 0.5, 0.01)  # uniform at the feeder's rate
+    rows, out = [], {"rate": rate, "seconds": seconds, "source": source, "drain_s": drain}
+    for table, column in (("silver/events", "event_time"), ("gold/session_funnel", "session_end")):
+        d = visible_delays(Path(s.lake) / table, column, arrivals)
+        p50, p99 = (float(np.percentile(d, q)) for q in (50, 99))
+        out[table] = {"p50_s": p50, "p99_s": p99, "never": int((~np.isfinite(d)).sum())}
+        rows.append([table, p50, p99])
+    for name, prog in progress.items():
+        last = prog[-30:]
+        if last:
+            med = statistics.median(p["durationMs"]["triggerExecution"] for p in last) / 1000
+            rows.append([f"{name} query: median batch (s), rows/batch", med,
+                         statistics.median(p["numInputRows"] for p in last)])
+            out[f"{name}_batch_s"] = med
+    rows.append(["drain after the feeder stopped (s)", drain, ""])
+    if alerts:
+        lags = alert_lags(Path(s.lake), s)
+        out["alert_lag_s"] = lags
+        if lags:
+            rows.append(["drop-off alert after its window closed (s): p50, max",
+                         float(np.percentile(lags, 50)), float(max(lags))])
+        else:
+            rows.append(["drop-off alerts", "none fired", ""])
+    console.print(_table(f"freshness: {rate:,} events/s for {seconds:.0f} s from {source}, "
+                         f"continuous, trigger {s.stream.trigger_interval}",
+                         ["arrival -> visible", "p50 s", "p99 s"], rows))
+    return out
+
+
+def alert_lags(lake: Path, s: Settings) -> list[float]:
+    """Each alert's commit time minus when its window closed: the wall time the watermark
+    passed ``window_end + gap`` (event time = arrival time, so that is ``window_end + gap +
+    watermark_delay``)."""
+    import pyarrow.parquet as pq
+    table = lake / "gold" / "alerts"
+    if not table.exists():
+        return []
+    close = (s.sessions.gap + s.stream.watermark_delay).total_seconds()
+    lags = []
+    for when, adds in commits(table):
+        for add in adds:
+            for end in pq.read_table(table / add["path"], columns=["window_end"]).column(0).to_pylist():
+                lags.append(when - (end.replace(tzinfo=UTC).timestamp() + close))
+    return lags
+
+
+# -- quality ----------------------------------------------------------------------------------
+
+def quality(spark: SparkSession, root: Path, landing: Path, rounds: int) -> dict:
+    """Median silver micro-batch of two landing files (~100k events), quality on and off."""
+    out: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(rounds + 1):  # the first round warms up
+        for variant in out:
+            s = _settings(root / "lake-quality", landing, stream={"max_files_per_trigger": 2},
+                          quality={"enabled": variant == "on"})
+            shutil.rmtree(s.lake, ignore_errors=True)
+            q = LAYERS["silver"](spark, s, True)
+            q.awaitTermination()
+            out[variant].append([p["durationMs"]["triggerExecution"] / 1000 for p in q.recentProgress
+                                 if p["numInputRows"] >= 90_000])
+    med = {v: statistics.median(t for r in runs[1:] for t in r) for v, runs in out.items()}
+    over = med["on"] / med["off"] - 1
+    console.print(_table("quality: silver micro-batch of ~100k events (median)",
+                         ["quality suite", "s/batch", "overhead"],
+                         [["off", med["off"], ""], ["on (every row)", med["on"], f"{over:+.0%}"]]))
+    return {"off_s": med["off"], "on_s": med["on"], "overhead": over}
+
+
+# -- memory, main -----------------------------------------------------------------------------
+
+def memory(spark: SparkSession) -> dict:
+    pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+    status = Path(f"/proc/{pid}/status").read_text()
+    jvm_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+    py_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    console.print(f"peak memory: driver JVM {jvm_kb / 2**20:.2f} GiB, Python driver {py_kb / 2**20:.2f} GiB")
+    return {"jvm_peak_gib": jvm_kb / 2**20, "python_peak_gib": py_kb / 2**20}
+
+
+ALL = ("throughput", "growth", "freshness", "quality")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--files-per-trigger", type=int, default=None,
-                        help="landing files (50k lines each) per micro-batch; default: all")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated, from {', '.join(ALL)}")
+    parser.add_argument("--events", type=int, default=1_000_000, help="throughput input (generated once)")
+    parser.add_argument("--big", action="store_true", help="growth on a 10M-event lake instead of the 1M one")
+    parser.add_argument("--rate", type=int, default=10_000, help="freshness: events/s fed")
+    parser.add_argument("--seconds", type=float, default=60, help="freshness: how long, after a 20 s warm-up")
+    parser.add_argument("--source", choices=("files", "kafka"), default="files", help="freshness: fed how")
+    parser.add_argument("--kafka", default="127.0.0.1:9092", help="freshness --source kafka: the broker")
+    parser.add_argument("--alerts", action="store_true",
+                        help="freshness: 10 s windows, 5 s gap, 2 s watermark delay; time the alerts")
+    parser.add_argument("--rounds", type=int, default=2, help="quality: timed rounds")
     parser.add_argument("--dir", type=Path, default=Path("data/bench"))
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--layers", default="bronze,silver,gold,fraud",
-                        help="comma-separated stream layers to time, in order")
-    parser.add_argument("--keep-lake", action="store_true",
-                        help="reuse the lake of the last run (time later layers alone)")
-    parser.add_argument("--warm", action="store_true",
-                        help="run each timed step once untimed first (JIT, Python workers, caches)")
-    parser.add_argument("--fraud-buckets", type=int, default=None,
-                        help="state groups of the fraud processor (a huge number ~ one per key)")
-    parser.add_argument("--quality", action="store_true",
-                        help="instead: the GX suite's overhead per silver micro-batch of ~100k events")
-    parser.add_argument("--rounds", type=int, default=2, help="with --quality: off/on/sample rounds")
     args = parser.parse_args(argv)
+    only = args.only.split(",")
 
-    landing = args.dir / f"landing-{args.events}"
-    truth_file = landing.with_name(landing.name + ".truth.json")
-    if not truth_file.exists():
-        shutil.rmtree(landing, ignore_errors=True)
-        generate(Profile.large(args.events), landing, truth_file)
-    lines = json.loads(truth_file.read_text())["lines"]
-
-    overrides: dict = {"lake": args.dir / "lake", "input": landing,
-                       "stream": {"max_files_per_trigger": args.files_per_trigger}}
-    if args.fraud_buckets:
-        overrides["fraud"] = {"buckets": args.fraud_buckets}
-    s: Settings = load_settings(overrides=overrides)
-    if args.quality:  # by default two landing files (2 x 50k events) per bronze commit
-        s = load_settings(overrides={**overrides, "lake": args.dir / "lake-quality",
-                                     "stream": {"max_files_per_trigger": args.files_per_trigger or 2}})
-        spark = build_spark(s.spark)
-        Console().print(quality_overhead(spark, s, args.rounds))
-        spark.stop()
-        return
-    layers = args.layers.split(",")
-    if not args.keep_lake:
-        shutil.rmtree(s.lake, ignore_errors=True)
-    for layer in layers:  # a re-timed layer starts from scratch: its checkpoint and outputs
-        for path in RESET[layer]:
-            shutil.rmtree(Path(s.lake, path), ignore_errors=True)
-    spark = build_spark(s.spark)
-    if args.warm:
-        baseline(spark, landing, args.dir / "base")
-    results = {"baseline: read.text + from_json -> parquet": baseline(spark, landing, args.dir / "base")}
-    for layer in layers:
-        if args.warm:
-            run_available_now(spark, s, [layer])
-            for path in RESET[layer]:
-                shutil.rmtree(Path(s.lake, path), ignore_errors=True)
-        seconds = _timed(lambda layer=layer: run_available_now(spark, s, [layer]))
-        results[f"{layer} stream (availableNow)"] = seconds
-
-    table = Table(title=f"{lines:,} input lines, {spark.sparkContext.master}, "
-                        f"files per trigger: {args.files_per_trigger or 'all'}, "
-                        f"{'warm' if args.warm else 'cold'} JVM")
-    for col in ("stage", "seconds", "events/s"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
-    for stage, seconds in results.items():
-        table.add_row(stage, f"{seconds:.1f}", f"{lines / seconds:,.0f}")
-    Console().print(table)
-    if args.json:
-        args.json.write_text(json.dumps({k: {"seconds": v, "events_per_s": lines / v}
-                                         for k, v in results.items()}, indent=1))
+    root = args.dir.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    spark = build_spark(_settings(root / "lake", root).spark)
+    landing, lines, profile = _dataset(root, args.events)
+    results: dict = {"started": datetime.now(UTC).isoformat(timespec="seconds"),
+                     "master": spark.sparkContext.master, "cores": os.cpu_count(), "args": vars(args) | {
+                         "dir": str(args.dir)}}
+    if "throughput" in only:
+        results["throughput"] = throughput(spark, root, landing, lines)
+    if "growth" in only:
+        full = (root / "lake", landing) if "throughput" in only and not args.big else None
+        if args.big:
+            landing, lines, profile = _dataset(root, 10_000_000)
+        results["growth"] = growth(spark, root, full, landing, profile, lines)
+    if "freshness" in only:
+        results["freshness"] = freshness(spark, root, args.rate, args.seconds, args.source, args.alerts,
+                                         args.kafka)
+    if "quality" in only:
+        results["quality"] = quality(spark, root, landing, args.rounds)
+    results["memory"] = memory(spark)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    out.write_text(json.dumps(results, indent=1, default=str))
+    console.print(f"results: {out.relative_to(REPO_ROOT)}")
     spark.stop()
 
 

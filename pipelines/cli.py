@@ -212,12 +212,25 @@ def quality_docs(
     console.print(f"data docs: {index}")
 
 
+def configure_logging(verbose: bool) -> None:
+    """Our progress lines at INFO (DEBUG with ``-v``); every other library at WARNING (INFO
+    with ``-v``). Logs go to stderr, so stdout holds only what a command prints."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("pipelines").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # one line per JVM call at INFO
+
+
+@app.callback()
+def _options(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="library logs too (INFO), "
+                                                   "and our own at DEBUG")] = False) -> None:
+    configure_logging(verbose)
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("py4j").setLevel(logging.WARNING)
+    configure_logging(False)
     app()
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # spark-submit pipelines/cli.py run ...
     main()

@@ -264,11 +264,14 @@ def load_settings(
     overrides: Mapping[str, Any] | None = None,
     conf_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    local: bool = True,
 ) -> Settings:
-    """Build the settings from the layers described in the module docstring."""
+    """Build the settings from the layers described in the module docstring. ``environ``
+    replaces the process environment; ``local=False`` skips ``conf/local.yaml`` (tests use
+    both, so a developer's own settings cannot leak into them)."""
     conf_dir = conf_dir or Path(os.environ.get("FUNNELHOUSE_CONF_DIR", REPO_ROOT / "conf"))
     data: dict[str, Any] = {}
-    for path in (conf_dir / "base.yaml", conf_dir / "local.yaml"):
+    for path in (conf_dir / "base.yaml", conf_dir / "local.yaml")[:2 if local else 1]:
         if path.exists():
             data = _deep_merge(data, _read_yaml(path))
     if config_file is not None:

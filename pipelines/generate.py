@@ -86,6 +86,8 @@ class Profile:
     lines_per_file: int = 2_000
     seed: int = 42
     violations: int = 0  # per kind: contract-valid events that break a quality expectation
+    start: datetime = START  # event times fall in [start, start + hours]
+    id_prefix: str = ""  # prepended to every generated id, so two runs can share a lake
 
     @staticmethod
     def sample() -> Profile:
@@ -152,7 +154,7 @@ class _World:
 
     def new_id(self, prefix: str) -> str:
         self.counter += 1
-        return f"{prefix}{self.counter:08x}{self.rng.getrandbits(24):06x}"
+        return f"{self.p.id_prefix}{prefix}{self.counter:08x}{self.rng.getrandbits(24):06x}"
 
     def user(self) -> tuple[str, str]:
         u = bisect.bisect_left(self.user_cum, self.rng.random() * self.user_cum[-1])
@@ -228,7 +230,7 @@ def _bots(w: _World, truth: Truth) -> list[dict[str, Any]]:
     rng, evs = w.rng, []
     for n in range(w.p.bots_per_rule):
         for rule in ("R1", "R2", "R3"):
-            t = START + w.span * rng.uniform(0.05, 0.9)
+            t = w.p.start + w.span * rng.uniform(0.05, 0.9)
             ip = f"172.16.{rng.randint(0, 255)}.{n + 1}"
             crowd = rng.randint(6, 8)
             count = {"R1": rng.randint(12, 30), "R2": 3, "R3": crowd}[rule]
@@ -299,7 +301,7 @@ def _events(w: _World, truth: Truth, progress: Progress) -> list[dict[str, Any]]
     evs: list[dict[str, Any]] = []
     while len(evs) < p.events:
         frac = rng.random()
-        t = START + w.span * frac
+        t = p.start + w.span * frac
         active = [c for c in w.campaigns if c.flight[0] <= frac < c.flight[1]]
         camp = None
         if rng.random() >= p.organic_share:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -160,4 +162,15 @@ def print_quality(spark: SparkSession, s: Settings, console: Console, last: int 
                       f"{r['unexpected_count']:,}",
                       f"{r['element_count']:,}",
                       r["validated_at"].strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)
+
+
+def print_backfill(console: Console, totals: dict, start: date, end: date) -> None:
+    """Rows read, written, added, removed and changed per table by a backfill."""
+    table = RichTable(title=f"Backfill {start} .. {end}")
+    for col in ("table", "rows read", "rows written", "added", "removed", "changed"):
+        table.add_column(col, justify="left" if col == "table" else "right")
+    for c in totals.values():
+        table.add_row(c.table, f"{c.read:,}", f"{c.written:,}", f"{c.added:,}", f"{c.removed:,}",
+                      f"{c.changed:,}")
     console.print(table)

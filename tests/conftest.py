@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pyspark.sql import DataFrame, SparkSession
+from helpers import copy_sample
+from pyspark.sql import SparkSession
 
-from pipelines.config import REPO_ROOT, Settings, SparkSettings, load_settings
-from pipelines.generate import land
+from pipelines.config import Settings, SparkSettings, load_settings
 from pipelines.jobs.run import run_available_now
 from pipelines.session import build_spark
-
-SAMPLE = REPO_ROOT / "data" / "sample"
 
 
 @pytest.fixture(scope="session")
@@ -29,16 +27,7 @@ def lake_settings(tmp_path: Path) -> Settings:
     """Settings for a fresh lake and landing folder under ``tmp_path``."""
     (tmp_path / "landing").mkdir()
     return load_settings(overrides={"lake": tmp_path / "lake", "input": tmp_path / "landing",
-                                    "spark": {"shuffle_partitions": 2}}, environ={})
-
-
-def copy_sample(dest: str | Path, files: slice = slice(None)) -> list[Path]:
-    """Land (some of) the committed sample's files into ``dest``, in arrival order."""
-    return land(sorted((SAMPLE / "events").glob("*.jsonl"))[files], Path(dest))
-
-
-def read(spark: SparkSession, s: Settings, table: str) -> DataFrame:
-    return spark.read.format("delta").load(s.table(table))
+                                    "spark": {"shuffle_partitions": 2}}, environ={}, local=False)
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +36,7 @@ def sample_lake(spark, tmp_path_factory) -> Settings:
     micro-batch (so several batches, out-of-order files and late events are exercised)."""
     root = tmp_path_factory.mktemp("sample")
     s = load_settings(overrides={"lake": root / "lake", "input": root / "landing",
-                                 "stream": {"max_files_per_trigger": 2}}, environ={})
+                                 "stream": {"max_files_per_trigger": 2}}, environ={}, local=False)
     copy_sample(s.input)
     run_available_now(spark, s)
     return s

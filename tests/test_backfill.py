@@ -7,10 +7,9 @@ import time
 from datetime import date
 
 import pytest
-from conftest import SAMPLE, copy_sample, read
 from delta.tables import DeltaTable
+from helpers import SAMPLE, assert_same_rows, copy_sample, read
 from pyspark.sql import functions as F
-from pyspark.testing import assertDataFrameEqual
 
 from pipelines import tables
 from pipelines.gold.build import build_gold
@@ -41,7 +40,7 @@ def test_backfill_adds_late_events_then_is_idempotent(spark, tmp_path):
     from pipelines.config import load_settings
 
     s = load_settings(overrides={"lake": tmp_path / "lake", "input": tmp_path / "landing",
-                                 "stream": {"max_files_per_trigger": 2}})
+                                 "stream": {"max_files_per_trigger": 2}}, environ={}, local=False)
     copy_sample(s.input)
     run_available_now(spark, s)
     late = read(spark, s, "silver/events").where("late").count()
@@ -56,11 +55,10 @@ def test_backfill_adds_late_events_then_is_idempotent(spark, tmp_path):
     batch = build_gold(silver, s)
     for table in (tables.SESSION_FUNNEL, tables.CAMPAIGN_FUNNEL, tables.CAMPAIGN_PERFORMANCE,
                   tables.PRODUCT_ABANDONMENT):
-        assertDataFrameEqual(read(spark, s, table.name), batch[table.name], checkRowOrder=False,
-                             rtol=1e-9)
+        assert_same_rows(read(spark, s, table.name), batch[table.name], precision=1e-6)
     watermark = silver.agg(F.max("event_time")).first()[0] - s.stream.watermark_delay
-    assertDataFrameEqual(read(spark, s, "gold/fraud_flags"),
-                         fraud_flags_batch(silver, s.fraud, watermark), checkRowOrder=False)
+    assert_same_rows(read(spark, s, "gold/fraud_flags"),
+                         fraud_flags_batch(silver, s.fraud, watermark), precision=None)
 
     second = run_backfill(spark, s, DAY, DAY, ["silver", "gold"])
     assert set(_changed(second).values()) == {0}, _changed(second)
@@ -86,7 +84,8 @@ def test_backfill_beside_a_running_stream_ends_with_correct_tables(spark, tmp_pa
     from pipelines.config import load_settings
 
     s = load_settings(overrides={"lake": tmp_path / "lake", "input": tmp_path / "landing",
-                                 "stream": {"max_files_per_trigger": 1, "trigger_interval": "1 second"}})
+                                 "stream": {"max_files_per_trigger": 1, "trigger_interval": "1 second"}},
+                      environ={}, local=False)
     copy_sample(s.input, slice(0, 3))
     stop = threading.Event()
     stream = threading.Thread(target=run_continuously, args=(spark, s), kwargs={"stop": stop})
@@ -121,12 +120,11 @@ def test_backfill_beside_a_running_stream_ends_with_correct_tables(spark, tmp_pa
     batch = build_gold(on_time, s)
     for table in (tables.SESSION_FUNNEL, tables.CAMPAIGN_FUNNEL, tables.CAMPAIGN_PERFORMANCE,
                   tables.PRODUCT_ABANDONMENT):
-        assertDataFrameEqual(read(spark, s, table.name), batch[table.name], checkRowOrder=False,
-                             rtol=1e-9)
+        assert_same_rows(read(spark, s, table.name), batch[table.name], precision=1e-6)
     flags = read(spark, s, "gold/fraud_flags")
     assert flags.count() == flags.select("flag_id").distinct().count()
     watermark = silver.agg(F.max("event_time")).first()[0] - s.stream.watermark_delay
-    assertDataFrameEqual(flags, fraud_flags_batch(on_time, s.fraud, watermark), checkRowOrder=False)
+    assert_same_rows(flags, fraud_flags_batch(on_time, s.fraud, watermark), precision=None)
 
 
 def test_backfill_from_the_landing_archive_rebuilds_lost_silver(spark, lake_settings):

@@ -3,7 +3,7 @@
 import json
 from datetime import datetime, timedelta
 
-from conftest import SAMPLE, read
+from helpers import SAMPLE, read
 from pyspark.sql import functions as F
 
 from pipelines.gold.reminders import cart_reminders

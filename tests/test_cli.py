@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE, copy_sample, read
+from helpers import SAMPLE, copy_sample, read
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -77,6 +77,11 @@ def test_continuous_run_picks_up_new_files_and_stops_on_sigterm(spark, tmp_path:
     assert proc.returncode == 0, output
     assert "stopped cleanly" in output
     assert _count(spark, settings_lake, "silver/quarantine") == TRUTH["malformed_lines"]
+    # Quiet by default: our own INFO lines, nothing at INFO from a library (Python or JVM),
+    # and no Python warning (the workers' stderr reaches this output too).
+    info = [line for line in output.splitlines() if re.search(r"\bINFO\b", line)]
+    assert info and all(" INFO pipelines." in line for line in info), info
+    assert "Warning" not in output, output
 
 
 def _count(spark, s, table: str) -> int:

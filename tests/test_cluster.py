@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import copy_sample, read
-from pyspark.testing import assertDataFrameEqual
+from helpers import assert_same_rows, copy_sample, read
 
 from pipelines import tables
 from pipelines.config import REPO_ROOT, load_settings
@@ -63,14 +62,15 @@ def cluster(tmp_path_factory):
 
 def test_spark_submit_on_a_standalone_cluster_matches_local(spark, cluster, sample_lake, tmp_path):
     """``cluster`` is the worker's folder: each application it ran leaves an ``app-*`` there."""
-    s = load_settings(overrides={"lake": tmp_path / "lake", "input": tmp_path / "landing"})
+    s = load_settings(overrides={"lake": tmp_path / "lake", "input": tmp_path / "landing"},
+                      environ={}, local=False)
     copy_sample(s.input)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
     env["PYSPARK_PYTHON"] = sys.executable
     submit = [BIN / "spark-submit", "--master", MASTER, "--deploy-mode", "client",
               "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.executor.memory=1g",
               "--jars", ",".join(jar_paths()),
-              REPO_ROOT / "pipelines" / "jobs" / "run.py",
+              REPO_ROOT / "pipelines" / "cli.py", "run",
               "--config", REPO_ROOT / "conf" / "demo.yaml",  # 2 files per trigger, like sample_lake
               "--input", s.input, "--lake", s.lake, "--available-now"]
     done = subprocess.run([str(a) for a in submit], env=env, capture_output=True, text=True, timeout=900)
@@ -85,4 +85,4 @@ def test_spark_submit_on_a_standalone_cluster_matches_local(spark, cluster, samp
         local = read(spark, sample_lake, table.name).select(keep)
         assert local.count() > 0, table.name
         # Sums of doubles may differ in the last bits with another partitioning: rtol.
-        assertDataFrameEqual(on_cluster, local, checkRowOrder=False, rtol=1e-9)
+        assert_same_rows(on_cluster, local, precision=1e-6)

@@ -4,9 +4,8 @@ and state that empties out."""
 import json
 from pathlib import Path
 
-from conftest import SAMPLE, copy_sample, read
+from helpers import SAMPLE, assert_same_rows, copy_sample, read
 from pyspark.sql import functions as F
-from pyspark.testing import assertDataFrameEqual
 
 from pipelines.jobs.run import run_available_now
 from pipelines.stateful.fraud import fraud_flags_batch
@@ -32,8 +31,8 @@ def test_every_injected_burst_is_flagged_and_nothing_else(spark, sample_lake):
 
 def test_stream_and_batch_flags_are_identical(spark, sample_lake):
     silver = read(spark, sample_lake, "silver/events").where(~F.col("late"))
-    assertDataFrameEqual(read(spark, sample_lake, "gold/fraud_flags"),
-                         fraud_flags_batch(silver, sample_lake.fraud), checkRowOrder=False)
+    assert_same_rows(read(spark, sample_lake, "gold/fraud_flags"),
+                         fraud_flags_batch(silver, sample_lake.fraud), precision=None)
 
 
 def _held_events(spark, s) -> list[int]:

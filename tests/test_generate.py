@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from conftest import SAMPLE
+from helpers import SAMPLE
 
 from pipelines.generate import Profile, default_campaigns, generate
 

@@ -157,7 +157,7 @@ def test_spark_sessions_are_typed_rows_of_the_table(spark):
         [(r["event_id"], r["event_type"], r["step"], T0 + timedelta(milliseconds=r["t"] - MS0),
           r["user_id"], r["tracking_id"], r["campaign_id"], r["product_id"], r["price"], r["quantity"])
          for r in rows], SILVER_COLS)
-    s = load_settings(environ={})
+    s = load_settings(environ={}, local=False)
     watermark = T0 + timedelta(hours=1)  # closes the first session, not the second
     got = events.transform(session_rows(s, watermark)).select(
         "session_id", "session_start", "funnel_level", "adds", "added_products", "is_open", "session_date")

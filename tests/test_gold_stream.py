@@ -4,9 +4,8 @@ import json
 from pathlib import Path
 
 from chispa import assert_df_equality
-from conftest import SAMPLE, copy_sample, read
+from helpers import SAMPLE, assert_same_rows, copy_sample, read
 from pyspark.sql import functions as F
-from pyspark.testing import assertDataFrameEqual
 
 from pipelines import tables
 from pipelines.gold.build import build_gold
@@ -26,7 +25,7 @@ def test_micro_batches_and_one_batch_give_identical_gold_tables(spark, sample_la
         # created_at is when a row was written: the one column allowed to differ.
         streamed, expected = streamed.drop("created_at"), expected.drop("created_at")
         assert streamed.count() > 0, table.name
-        assertDataFrameEqual(streamed, expected, checkRowOrder=False, rtol=1e-9)
+        assert_same_rows(streamed, expected, precision=1e-6)
 
 
 def test_the_generators_weak_campaigns_are_the_ones_alerted(spark, sample_lake):

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE, read
+from helpers import SAMPLE, read
 from pyspark.sql import functions as F
 
 from pipelines.config import REPO_ROOT, load_settings
@@ -46,7 +46,7 @@ def _settings(tmp_path: Path, topic: str):
         "lake": tmp_path / "lake", "source": "kafka",
         "kafka": {"bootstrap_servers": f"127.0.0.1:{PORT}", "topic": topic,
                   "max_offsets_per_trigger": 4000},
-        "stream": {"trigger_interval": "1 second"}})
+        "stream": {"trigger_interval": "1 second"}}, environ={}, local=False)
 
 
 def _assert_exact(spark, s) -> None:

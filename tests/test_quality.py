@@ -11,7 +11,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from conftest import read
+from helpers import read
 from pyspark.sql import Row
 from pyspark.sql import functions as F
 
@@ -38,7 +38,7 @@ def violating(tmp_path_factory):
 
 def _settings(tmp_path, landing, policies=None):
     return load_settings(overrides={"lake": tmp_path / "lake", "input": landing,
-                                    "quality": {"policies": policies or {}}}, environ={})
+                                    "quality": {"policies": policies or {}}}, environ={}, local=False)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def unchecked_lake(spark, violating, tmp_path_factory):
     landing, _ = violating
     root = tmp_path_factory.mktemp("unchecked")
     s = load_settings(overrides={"lake": root / "lake", "input": landing, "quality": {"enabled": False}},
-                      environ={})
+                      environ={}, local=False)
     run_available_now(spark, s, ["bronze", "silver"])
     return root / "lake"
 
@@ -144,7 +144,7 @@ def test_one_pass_counts_what_great_expectations_counts(spark, violating, unchec
     silver = spark.read.format("delta").load(str(unchecked_lake / "silver" / "events"))
     silver = silver.unionByName(silver.limit(3))  # three duplicate ids for the uniqueness check
     now = datetime.now(UTC)
-    q = load_settings(environ={}).quality
+    q = load_settings(environ={}, local=False).quality
     ours = Quality(str(unchecked_lake), "silver_events", q, "test")
     counts = silver.agg(*ours.counts(now)).first().asDict()
     assert counts["price_in_range"] == counts["quantity_in_range"] == 4  # the injected ones

@@ -3,7 +3,7 @@
 import json
 from datetime import datetime, timedelta
 
-from conftest import SAMPLE, read
+from helpers import SAMPLE, read
 from pyspark.sql import functions as F
 
 from pipelines.config import load_settings
@@ -17,7 +17,7 @@ NONE_SENT = "user_id string, campaign_id string, click_time timestamp"
 
 def _offers(spark, rows, clock=T0 + timedelta(days=3), sent=()):
     """The offers due by ``clock``, through the batch path (the function the stream runs)."""
-    s = load_settings(environ={})
+    s = load_settings(environ={}, local=False)
     events = spark.createDataFrame(rows, COLS)
     made = events.transform(offer_rows(s, clock, spark.createDataFrame(list(sent), NONE_SENT)))
     return sorted((r.user_id, r.campaign_id, r.click_time) for r in made.collect())

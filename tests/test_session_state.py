@@ -19,7 +19,7 @@ from pipelines.gold.sessions import EVENT_COLUMNS, SESSION_COLUMNS, sessionize
 from pipelines.stateful.sessions import session_processor
 
 DELAY_MS = 10 * 60_000
-S = load_settings(environ={})
+S = load_settings(environ={}, local=False)
 GAP = S.sessions.gap
 
 

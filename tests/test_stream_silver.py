@@ -4,7 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import SAMPLE, copy_sample, read
+from helpers import SAMPLE, copy_sample, read
 from pyspark.sql import functions as F
 
 from pipelines.jobs.run import run_available_now

@@ -1,22 +1,21 @@
 """The backfill job: rebuild [from, to] day by day with the stream's own transforms.
 
-spark-submit entry: ``spark-submit --jars ... pipelines/jobs/backfill.py --from D --to D``.
+Started by ``funnelhouse backfill`` (``spark-submit ... pipelines/cli.py backfill ...``).
 """
 
 from __future__ import annotations
 
-import sys
 from collections import defaultdict
 from datetime import date
 
 from pyspark.sql import SparkSession
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from pipelines import tables as T
 from pipelines.backfill import LAYERS, SOURCES, Changes, Checks, days
 from pipelines.config import Settings
+from pipelines.report import print_backfill
 
 
 def run_backfill(spark: SparkSession, s: Settings, start: date, end: date, layers: list[str],
@@ -48,24 +47,5 @@ def run_backfill(spark: SparkSession, s: Settings, start: date, end: date, layer
     if checks is not None and checks.quarantined:
         name = T.SILVER_QUARANTINE.name
         totals[name] = Changes(name, 0, checks.quarantined, checks.quarantined, 0)
-    _print(console, totals, start, end)
+    print_backfill(console, dict(totals), start, end)
     return dict(totals)
-
-
-def _print(console: Console, totals: dict[str, Changes], start: date, end: date) -> None:
-    table = Table(title=f"Backfill {start} .. {end}")
-    for col in ("table", "rows read", "rows written", "added", "removed", "changed"):
-        table.add_column(col, justify="left" if col == "table" else "right")
-    for c in totals.values():
-        table.add_row(c.table, f"{c.read:,}", f"{c.written:,}", f"{c.added:,}", f"{c.removed:,}",
-                      f"{c.changed:,}")
-    console.print(table)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from pipelines.cli import app
-    app(["backfill", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    main()

@@ -1,13 +1,12 @@
 """The streaming job: bronze -> silver (-> gold) until interrupted, or until caught up.
 
-spark-submit entry: ``spark-submit --jars ... pipelines/jobs/run.py --input DIR --lake DIR``.
+Started by ``funnelhouse run`` (``spark-submit ... pipelines/cli.py run --input DIR --lake DIR``).
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -85,12 +84,3 @@ def stop_between_batches(query: StreamingQuery, timeout: float = 300) -> None:
     while query.isActive and query.status["isTriggerActive"] and time.monotonic() < deadline:
         time.sleep(0.2)
     query.stop()
-
-
-def main(argv: list[str] | None = None) -> None:
-    from pipelines.cli import app
-    app(["run", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    main()

@@ -9,6 +9,7 @@ state fields. Each processor stays a plain module of its own; this one only rout
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import reduce
@@ -20,6 +21,15 @@ from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
 from pyspark.sql.types import StructField, StructType
 
 from pipelines.common import Transform
+
+# PySpark's applyInPandasWithState serializer (pyspark/sql/pandas/serializers.py) pads each
+# Arrow batch with an all-None frame when a chunk has fewer output rows than state rows (or
+# the reverse) and concatenates it with pandas 2, which warns that such frames will count for
+# dtypes in pandas 3. The padding is PySpark's, not ours, and its rows are dropped on the JVM
+# side, so the dtype question never reaches a value. This module is imported by every Python
+# worker that runs the operator, so the filter is set exactly there, for that warning only.
+warnings.filterwarnings("ignore", message="The behavior of DataFrame concatenation with empty or all-NA",
+                        category=FutureWarning, module="pyspark.sql.pandas.serializers")
 
 Process = Callable[[tuple, Iterator[pd.DataFrame], GroupState], Iterator[pd.DataFrame]]
 

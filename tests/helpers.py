@@ -1,0 +1,34 @@
+"""What the tests share besides fixtures: the committed sample, landing it, reading a table,
+and comparing DataFrames (chispa, so a failure prints the differing rows)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chispa import assert_approx_df_equality, assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+
+from pipelines.config import REPO_ROOT, Settings
+from pipelines.generate import land
+
+SAMPLE = REPO_ROOT / "data" / "sample"
+
+
+def copy_sample(dest: str | Path, files: slice = slice(None)) -> list[Path]:
+    """Land (some of) the committed sample's files into ``dest``, in arrival order."""
+    return land(sorted((SAMPLE / "events").glob("*.jsonl"))[files], Path(dest))
+
+
+def read(spark: SparkSession, s: Settings, table: str) -> DataFrame:
+    return spark.read.format("delta").load(s.table(table))
+
+
+def assert_same_rows(actual: DataFrame, expected: DataFrame, precision: float | None = 1e-9) -> None:
+    """Same schema (nullability aside) and the same rows in any order; doubles equal within
+    ``precision`` (exactly when None)."""
+    if precision is None:
+        assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True,
+                           allow_nan_equality=True)
+    else:
+        assert_approx_df_equality(actual, expected, precision, ignore_row_order=True,
+                                  ignore_nullable=True, allow_nan_equality=True)
