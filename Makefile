@@ -38,13 +38,13 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
-## bench: throughput of each stage in events/s, beside a baseline from the same run
+## bench: throughput, growth, freshness, quality cost and memory (docs/performance.md)
 bench: setup
 	$(BIN)/python -m pipelines.bench $(BENCH_ARGS)
 
-## bench-quality: the GX suite's cost per silver micro-batch of 100k events, beside quality off
+## bench-quality: the quality suite's cost per silver micro-batch of 100k events, beside quality off
 bench-quality: setup
-	$(BIN)/python -m pipelines.bench --quality $(BENCH_ARGS)
+	$(BIN)/python -m pipelines.bench --only quality $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check pipelines tests

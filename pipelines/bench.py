@@ -21,17 +21,15 @@ Memory: the JVM's peak resident size (``VmHWM``) and the Python driver's, at the
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
-import multiprocessing
 import os
-import random
 import resource
 import shutil
 import statistics
+import subprocess
+import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,7 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.config import REPO_ROOT, Settings, load_settings
-from pipelines.contract import RAW_EVENT_SCHEMA, STEPS
+from pipelines.contract import RAW_EVENT_SCHEMA
 from pipelines.generate import Profile, generate, land
 from pipelines.jobs.run import run_available_now, run_continuously
 from pipelines.session import build_spark
@@ -125,108 +123,58 @@ def increment(root: Path, after: Profile) -> Path:
     return out
 
 
+def _silver_rows(lake: Path) -> int:
+    import pyarrow as pa
+    from deltalake import DeltaTable
+    adds = DeltaTable(str(lake / "silver" / "events")).get_add_actions(flatten=True)
+    return sum(pa.table(adds).column("num_records").to_pylist())
+
+
 def growth(spark: SparkSession, root: Path, full: tuple[Path, Path] | None, landing: Path,
            profile: Profile, lines: int) -> dict:
     """The increment's cost on a lake primed empty and on one holding ``landing`` (``full``:
     that lake and its input, when the throughput run just built it). Each is timed twice, on
-    a fresh copy of the primed lake, with the increment landed beside the primed input."""
+    a fresh copy of the primed lake, with the increment landed beside the primed input; each
+    run must add exactly the increment's events to silver."""
     inc = sorted(increment(root, profile).glob("*.jsonl"))
+    expected = json.loads((root / "increment.truth.json").read_text())["valid_unique_events"]
     empty_input = root / "growth-landing"
     shutil.rmtree(empty_input, ignore_errors=True)
     empty_input.mkdir()
-    lakes = {"empty": (root / "growth-empty", empty_input), f"{lines:,} events": full}
-    out = {}
-    for name, primed in lakes.items():
-        if primed is None or name == "empty":  # prime: tables, checkpoints, state, history
-            lake = root / f"growth-{'empty' if name == 'empty' else 'full'}"
-            primed = (lake, empty_input if name == "empty" else landing)
-            shutil.rmtree(lake, ignore_errors=True)
+    lakes = {"empty": None, f"{lines:,} events": full}
+    out: dict[str, dict[str, float]] = {}
+    for n, (name, primed) in enumerate(lakes.items()):
+        if primed is None:  # prime: tables, checkpoints, state, history
+            primed = (root / f"growth-primed-{n}", empty_input if name == "empty" else landing)
+            shutil.rmtree(primed[0], ignore_errors=True)
             run_available_now(spark, _settings(*primed))
         lake, source = primed
-        s = _settings(root / "growth-run", source)
-        seconds = []
-        for _ in range(2):
+        runs = []
+        for i in range(2):  # each on its own copy (a reused path confuses Delta's log cache)
+            s = _settings(root / f"growth-run-{n}-{i}", source)
             shutil.rmtree(s.lake, ignore_errors=True)
             shutil.copytree(lake, s.lake)
+            before = _silver_rows(Path(s.lake))
             landed = land(inc, source)
             try:
-                seconds.append(_timed(lambda s=s: run_available_now(spark, s)))
+                runs.append({q: _timed(lambda s=s, q=q: run_available_now(spark, s, [q])) for q in LAYERS})
             finally:
                 for f in landed:
                     f.unlink()
-        out[name] = statistics.median(seconds)
-    shutil.rmtree(root / "growth-run", ignore_errors=True)
-    empty, big = out.values()
-    console.print(_table("growth: the same 20k-event increment, --available-now (median of 2)",
-                         ["lake before", "seconds", "ratio"],
-                         [[k, v, f"{v / empty:.2f}x"] for k, v in out.items()]))
-    return {"seconds": out, "ratio": big / empty}
+            added = _silver_rows(Path(s.lake)) - before
+            if added != expected:
+                raise RuntimeError(f"the increment added {added} silver rows, not {expected}")
+            shutil.rmtree(s.lake, ignore_errors=True)
+        out[name] = {q: statistics.median(r[q] for r in runs) for q in LAYERS}
+        out[name]["total"] = statistics.median(sum(r.values()) for r in runs)
+    empty, big = (v["total"] for v in out.values())
+    console.print(_table(f"growth: the same {expected:,}-event increment, --available-now (median of 2)",
+                         ["lake before", *LAYERS, "total s", "ratio"],
+                         [[k, *v.values(), f"{v['total'] / empty:.2f}x"] for k, v in out.items()]))
+    return {"seconds": out, "ratio": big / empty, "increment_events": expected}
 
 
 # -- freshness --------------------------------------------------------------------------------
-
-def _journeys(rate: int, seconds: float, sink: Callable[[list[str]], None], tick: float = 0.2) -> int:
-    """Funnel journeys, every event stamped with the time it is sent: a new journey starts at
-    an impression and goes on a step every 1-4 s with a campaign's continuation odds. Campaign
-    ``weak`` turns 5% of clicks into carts (the ``click_to_cart`` rule fires on it)."""
-    rng = random.Random(11)
-    campaigns = [f"cmp_{i:02d}" for i in range(20)] + ["weak"]
-    pending: list[tuple[float, int, dict]] = []
-    start, sent, n = time.time(), 0, 0
-    while (now := time.time()) - start < seconds:
-        due = int((now - start) * rate)
-        while len(pending) < due - sent:  # keep enough journeys in flight to meet the rate
-            n += 1
-            camp = rng.choice(campaigns)
-            heapq.heappush(pending, (now, n, {"tracking_id": f"t{uuid.uuid4().hex[:16]}", "step": 0,
-                                              "campaign_id": camp, "user_id": f"u{rng.randrange(50_000)}"}))
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-        lines = []
-        while pending and pending[0][0] <= now and sent < due:
-            _, k, j = heapq.heappop(pending)
-            step = STEPS[j["step"]]
-            ev = {"event_id": uuid.uuid4().hex, "event_type": step, "event_time": stamp,
-                  "user_id": j["user_id"], "tracking_id": j["tracking_id"], "ip": "10.1.2.3",
-                  "user_agent": "Mozilla/5.0 (X11; Linux) Chrome/131.0"}
-            if j["step"] < 2:
-                ev |= {"campaign_id": j["campaign_id"], "ad_id": "ad1"}
-            if j["step"] >= 3:
-                ev |= {"product_id": f"sku_{k % 400:04d}", "price": 19.5, "quantity": 1}
-            lines.append(json.dumps(ev))
-            sent += 1
-            go_on = 0.05 if (j["campaign_id"] == "weak" and j["step"] == 2) else 0.6
-            if j["step"] < 5 and rng.random() < go_on:
-                j["step"] += 1
-                heapq.heappush(pending, (now + rng.uniform(1, 4), k, j))
-        if lines:
-            sink(lines)
-        time.sleep(max(0.0, tick - (time.time() - now)))
-    return sent
-
-
-def feed(kind: str, target: str, rate: int, seconds: float) -> None:
-    """Run the feeder into a landing folder (``kind`` ``files``) or a Kafka topic."""
-    if kind == "files":
-        out, count = Path(target), [0]
-
-        def sink(lines: list[str]) -> None:
-            tmp = out / f".part-{count[0]:06d}.tmp"
-            tmp.write_text("\n".join(lines) + "\n")
-            tmp.rename(out / f"part-{count[0]:06d}.jsonl")
-            count[0] += 1
-    else:
-        from confluent_kafka import Producer
-        servers, topic = target.split("/", 1)
-        producer = Producer({"bootstrap.servers": servers, "linger.ms": 5})
-
-        def sink(lines: list[str]) -> None:
-            for line in lines:
-                producer.produce(topic, line.encode())
-            producer.poll(0)
-    _journeys(rate, seconds, sink)
-    if kind != "files":
-        producer.flush()
-
 
 def commits(table: Path) -> list[tuple[float, list[dict]]]:
     """(commit time in s, the ``add`` actions) of each commit in a Delta table's log."""
@@ -292,14 +240,12 @@ def freshness(spark: SparkSession, root: Path, rate: int, seconds: float, source
     s = _settings(run / "lake", run / "landing", **overrides)
     stop = threading.Event()
     job = threading.Thread(target=run_continuously, args=(spark, s), kwargs={"stop": stop})
-    ctx = multiprocessing.get_context("spawn")
     job.start()
     time.sleep(15)  # the queries start and take their first (empty) batches
     warm = 20.0
-    feeder = ctx.Process(target=feed, args=(source, target, rate, warm + seconds))
     began = time.time()
-    feeder.start()
-    feeder.join()
+    subprocess.run([sys.executable, "-m", "pipelines.feeder", source, target, str(rate), str(warm + seconds)],
+                   check=True)
     ended = time.time()
     deadline = ended + 60
     gold = Path(s.lake) / "gold" / "session_funnel"

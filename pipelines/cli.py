@@ -129,9 +129,7 @@ def summary(config: ConfigOpt = None, lake: LakeOpt = None) -> None:
     """Print rows per layer, quarantine by reason and, once gold exists, the funnel."""
     from pipelines.report import print_summary
 
-    s = settings(config, lake=lake)
-    with spark_for(s) as spark:
-        print_summary(spark, s, console)
+    print_summary(settings(config, lake=lake), console)
 
 
 @app.command()
@@ -173,9 +171,7 @@ def report(config: ConfigOpt = None, lake: LakeOpt = None) -> None:
     """Print the funnel per campaign, the drop-off alerts and the budget recommendation."""
     from pipelines.report import print_report
 
-    s = settings(config, lake=lake)
-    with spark_for(s) as spark:
-        print_report(spark, s, console)
+    print_report(settings(config, lake=lake), console)
 
 
 quality_app = typer.Typer(help="Data-quality results (Great Expectations) of the lake.",
@@ -192,9 +188,7 @@ def quality_report(
     """Print the expectation results of the last N validated batches per suite."""
     from pipelines.report import print_quality
 
-    s = settings(config, lake=lake)
-    with spark_for(s) as spark:
-        print_quality(spark, s, console, last)
+    print_quality(settings(config, lake=lake), console, last)
 
 
 @quality_app.command("docs")

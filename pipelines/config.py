@@ -77,6 +77,7 @@ class SparkSettings(Strict):
     shuffle_partitions: int = Field(4, ge=1)
     ui: StrictBool = False
     driver_memory: str = "4g"
+    jvm_options: str = ""  # appended to the driver JVM's options, e.g. "-XX:TieredStopAtLevel=1"
     conf: dict[str, str] = Field(default_factory=dict)
 
 

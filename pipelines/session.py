@@ -61,6 +61,8 @@ def build_spark(settings: SparkSettings | None = None, **overrides: str) -> Spar
         "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
         "spark.ui.enabled": str(settings.ui).lower(),
         "spark.driver.memory": settings.driver_memory,
+        "spark.driver.extraJavaOptions":
+            f"{BASE_CONF['spark.driver.extraJavaOptions']} {settings.jvm_options}".strip(),
         **settings.conf,
         **overrides,
     }

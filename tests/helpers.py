@@ -3,6 +3,7 @@ and comparing DataFrames (chispa, so a failure prints the differing rows)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from chispa import assert_approx_df_equality, assert_df_equality
@@ -17,6 +18,16 @@ SAMPLE = REPO_ROOT / "data" / "sample"
 def copy_sample(dest: str | Path, files: slice = slice(None)) -> list[Path]:
     """Land (some of) the committed sample's files into ``dest``, in arrival order."""
     return land(sorted((SAMPLE / "events").glob("*.jsonl"))[files], Path(dest))
+
+
+def lake_copy(s: Settings, dest: Path) -> Settings:
+    """A private copy of a streamed lake and its landing folder under ``dest``, for a test that
+    changes it (the session's sample lake is shared). Good for batch work on the copy (reads,
+    backfills, a gold run over new silver rows); not for streaming the landing folder again:
+    the source checkpoint names the original files."""
+    shutil.copytree(s.lake, dest / "lake")
+    shutil.copytree(s.input, dest / "landing")
+    return s.model_copy(update={"lake": str(dest / "lake"), "input": str(dest / "landing")})
 
 
 def read(spark: SparkSession, s: Settings, table: str) -> DataFrame:

@@ -8,7 +8,7 @@ from datetime import date
 
 import pytest
 from delta.tables import DeltaTable
-from helpers import SAMPLE, assert_same_rows, copy_sample, read
+from helpers import SAMPLE, assert_same_rows, copy_sample, lake_copy, read
 from pyspark.sql import functions as F
 
 from pipelines import tables
@@ -26,6 +26,7 @@ def _changed(totals) -> dict[str, int]:
     return {name: c.changed for name, c in totals.items()}
 
 
+@pytest.mark.slow
 def test_backfill_over_what_the_stream_saw_whole_changes_nothing(spark, lake_settings):
     s = lake_settings  # all files in one micro-batch: nothing is behind the watermark
     copy_sample(s.input)
@@ -36,13 +37,8 @@ def test_backfill_over_what_the_stream_saw_whole_changes_nothing(spark, lake_set
     assert totals["silver/events"].read > 14_000
 
 
-def test_backfill_adds_late_events_then_is_idempotent(spark, tmp_path):
-    from pipelines.config import load_settings
-
-    s = load_settings(overrides={"lake": tmp_path / "lake", "input": tmp_path / "landing",
-                                 "stream": {"max_files_per_trigger": 2}}, environ={}, local=False)
-    copy_sample(s.input)
-    run_available_now(spark, s)
+def test_backfill_adds_late_events_then_is_idempotent(spark, sample_lake, tmp_path):
+    s = lake_copy(sample_lake, tmp_path)  # streamed two files per batch: some events were late
     late = read(spark, s, "silver/events").where("late").count()
     assert late > 0
 
@@ -127,12 +123,10 @@ def test_backfill_beside_a_running_stream_ends_with_correct_tables(spark, tmp_pa
     assert_same_rows(flags, fraud_flags_batch(on_time, s.fraud, watermark), precision=None)
 
 
-def test_backfill_from_the_landing_archive_rebuilds_lost_silver(spark, lake_settings):
+def test_backfill_from_the_landing_archive_rebuilds_lost_silver(spark, sample_lake, tmp_path):
     """Silver rows deleted by mistake come back from the landing files, with the ground
     truth's count; a second run changes nothing."""
-    s = lake_settings
-    copy_sample(s.input)
-    run_available_now(spark, s)
+    s = lake_copy(sample_lake, tmp_path)
     DeltaTable.forPath(spark, s.table("silver/events")).delete("event_type = 'purchase'")
     totals = run_backfill(spark, s, DAY, DAY, ["silver"], source="landing-archive")
     purchases = TRUTH["events_by_type"]["purchase"]
@@ -145,6 +139,7 @@ def test_backfill_from_the_landing_archive_rebuilds_lost_silver(spark, lake_sett
     assert again["silver/events"].changed == 0
 
 
+@pytest.mark.slow
 def test_a_gold_batch_waits_while_a_backfill_holds_the_lease(spark, lake_settings):
     s = lake_settings
     copy_sample(s.input, slice(0, 2))
@@ -160,6 +155,7 @@ def test_a_gold_batch_waits_while_a_backfill_holds_the_lease(spark, lake_setting
     assert read(spark, s, "gold/session_funnel").count() > 0
 
 
+@pytest.mark.slow
 def test_backfill_leaves_silver_rows_newer_than_its_bronze_snapshot(spark, lake_settings):
     """A row the stream inserted from bronze the backfill has not read (ingest_time after the
     snapshot's newest) is outside the backfill's replaceWhere, so it survives."""

@@ -2,13 +2,14 @@
 and state that empties out."""
 
 import json
-from pathlib import Path
+from datetime import date, datetime
 
-from helpers import SAMPLE, assert_same_rows, copy_sample, read
+from helpers import SAMPLE, assert_same_rows, lake_copy, read
 from pyspark.sql import functions as F
 
 from pipelines.jobs.run import run_available_now
 from pipelines.stateful.fraud import fraud_flags_batch
+from pipelines.tables import SILVER_EVENTS, conform
 
 TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
 
@@ -54,15 +55,16 @@ def test_state_holds_only_bursts_still_open(spark, sample_lake):
     assert held and all(t >= horizon - 10_000 for t in held)
 
 
-def test_state_empties_after_a_quiet_period(spark, lake_settings):
-    s = lake_settings
-    copy_sample(s.input)
-    run_available_now(spark, s, ["bronze", "silver", "gold"])
+def test_state_empties_after_a_quiet_period(spark, sample_lake, tmp_path):
+    s = lake_copy(sample_lake, tmp_path)
     assert len(_held_events(spark, s)) > 0
-    # An hour of silence, then one page view: the watermark passes every open burst.
-    later = {"event_id": "quiet-1", "event_type": "landing_page_view",
-             "event_time": "2026-11-02T13:30:00.000Z", "user_id": "u9", "tracking_id": "t9"}
-    (Path(s.input) / "events-000099.jsonl").write_text(json.dumps(later) + "\n")
-    run_available_now(spark, s, ["bronze", "silver", "gold"])
+    # An hour of silence, then one page view reaches silver: the watermark passes every open burst.
+    silver = read(spark, s, "silver/events")
+    later = (silver.limit(1).withColumns({
+        "event_id": F.lit("quiet-1"), "event_type": F.lit("landing_page_view"), "step": F.lit(3),
+        "event_time": F.lit(datetime(2026, 11, 2, 13, 30)), "event_date": F.lit(date(2026, 11, 2)),
+        "late": F.lit(False)}).transform(conform(SILVER_EVENTS)))
+    later.write.format("delta").mode("append").save(s.table("silver/events"))
+    run_available_now(spark, s, ["gold"])
     assert _held_events(spark, s) == []
     assert read(spark, s, "gold/fraud_flags").count() == len(TRUTH["fraud_bursts"])

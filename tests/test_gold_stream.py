@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from chispa import assert_df_equality
 from helpers import SAMPLE, assert_same_rows, copy_sample, read
 from pyspark.sql import functions as F
@@ -60,6 +61,7 @@ def forget_last_batches(checkpoint: Path, n: int) -> int:
     return batches[0]
 
 
+@pytest.mark.slow
 def test_replaying_gold_batches_changes_nothing(spark, lake_settings):
     s = lake_settings.model_copy(update={"stream": lake_settings.stream.model_copy(
         update={"max_files_per_trigger": 2})})

@@ -14,8 +14,10 @@ import pytest
 from helpers import read
 from pyspark.sql import Row
 from pyspark.sql import functions as F
+from typer.testing import CliRunner
 
 from pipelines import tables
+from pipelines.cli import app
 from pipelines.config import load_settings
 from pipelines.io.delta_rs import Commit
 from pipelines.io.ledger import Ledger
@@ -50,6 +52,7 @@ def checked_lake(spark, violating, tmp_path_factory):
     return s
 
 
+@pytest.mark.slow
 def test_drop_quarantines_each_violation_with_its_expectation(spark, violating, checked_lake):
     _, truth = violating
     s = checked_lake
@@ -71,6 +74,7 @@ def test_drop_quarantines_each_violation_with_its_expectation(spark, violating, 
     assert results.where("suite = 'campaign_funnel'").count() > 0
 
 
+@pytest.mark.slow
 def test_warn_records_and_keeps_the_rows(spark, violating, tmp_path):
     landing, truth = violating
     s = _settings(tmp_path, landing, {"price_in_range": "warn"})
@@ -83,6 +87,7 @@ def test_warn_records_and_keeps_the_rows(spark, violating, tmp_path):
     assert {r["policy"] for r in results.collect()} == {"warn"}
 
 
+@pytest.mark.slow
 def test_fail_stops_the_stream_naming_expectation_and_batch(spark, violating, tmp_path):
     landing, _ = violating
     s = _settings(tmp_path, landing, {"event_time_not_future": "fail"})
@@ -111,14 +116,15 @@ def test_unknown_policy_name_is_a_clear_error(spark, lake_settings):
         Quality(s.lake, "silver_events", s.quality, "test")
 
 
+@pytest.mark.slow
 def test_quality_report_and_docs_cli(spark, checked_lake):
     s = checked_lake
-    report = subprocess.run([sys.executable, "-m", "pipelines.cli", "quality", "report", "--lake", s.lake,
-                             "--last", "2"], capture_output=True, text=True, check=True).stdout
-    assert "price_in_range" in report and "silver_events" in report
-    docs = subprocess.run([sys.executable, "-m", "pipelines.cli", "quality", "docs", "--lake", s.lake],
-                          capture_output=True, text=True)
-    assert docs.returncode == 0, docs.stderr[-2000:]
+    runner = CliRunner()  # in this process: the commands reuse the tests' Spark session
+    report = runner.invoke(app, ["quality", "report", "--lake", s.lake, "--last", "2"], terminal_width=200)
+    assert report.exit_code == 0, report.output
+    assert "price_in_range" in report.output and "silver_events" in report.output
+    docs = runner.invoke(app, ["quality", "docs", "--lake", s.lake])
+    assert docs.exit_code == 0, docs.output
     index = Path(s.lake) / "_quality" / "docs" / "index.html"
     assert index.exists() and "silver_events" in index.read_text()
 
@@ -134,6 +140,7 @@ def unchecked_lake(spark, violating, tmp_path_factory):
     return root / "lake"
 
 
+@pytest.mark.slow
 def test_one_pass_counts_what_great_expectations_counts(spark, violating, unchecked_lake):
     """Every silver check is counted by a Spark rule read from the GX expectation's own
     configuration; GX, run on the same rows, must find the same number of unexpected rows."""
@@ -170,6 +177,7 @@ DAY = date(2026, 11, 2)  # the sample's day; the event_time_not_future violation
 ON_DAY = ("price_in_range", "quantity_in_range")
 
 
+@pytest.mark.slow
 def test_backfill_drops_what_the_suite_drops_and_quarantines_it_once(spark, violating, unchecked_lake,
                                                                       tmp_path):
     landing, truth = violating
@@ -197,6 +205,7 @@ def test_backfill_drops_what_the_suite_drops_and_quarantines_it_once(spark, viol
     assert funnel.count() > 0 and funnel.where("NOT success").count() == 0
 
 
+@pytest.mark.slow
 def test_fail_stops_a_backfill_before_it_writes(spark, violating, unchecked_lake, tmp_path):
     landing, _ = violating
     s = _lake_copy(unchecked_lake, tmp_path, landing, {"quantity_in_range": "fail"})

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from helpers import SAMPLE, copy_sample, read
 from pyspark.sql import functions as F
 
@@ -17,11 +18,8 @@ def _by_reason(spark, s) -> dict[str, int]:
     return {r["reason"]: r["count"] for r in rows}
 
 
-def test_sample_counts_match_the_ground_truth(spark, lake_settings):
-    s = lake_settings.model_copy(update={"stream": lake_settings.stream.model_copy(
-        update={"max_files_per_trigger": 2})})
-    copy_sample(s.input)
-    run_available_now(spark, s, ["bronze", "silver"])
+def test_sample_counts_match_the_ground_truth(spark, sample_lake):
+    s = sample_lake  # streamed two files per micro-batch
 
     assert read(spark, s, "bronze/events").count() == TRUTH["lines"]
     silver = read(spark, s, "silver/events")
@@ -37,6 +35,7 @@ def test_sample_counts_match_the_ground_truth(spark, lake_settings):
         TRUTH["late_event_ids"])
 
 
+@pytest.mark.slow
 def test_restart_adds_new_files_without_duplicates(spark, lake_settings):
     s = lake_settings
     copy_sample(s.input, slice(0, 3))
@@ -56,6 +55,7 @@ def test_restart_adds_new_files_without_duplicates(spark, lake_settings):
     assert read(spark, s, "bronze/events").count() == TRUTH["lines"]
 
 
+@pytest.mark.slow
 def test_a_replayed_batch_writes_nothing_twice(spark, lake_settings):
     """Crash after the sinks committed but before the checkpoint did: the batch replays."""
     s = lake_settings

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 from deltalake.table import TableMerger
@@ -44,6 +45,17 @@ def read(path: str, filters: list[tuple] | None = None) -> pa.Table:
     """Read (part of) a small table with delta-rs, without Spark. ``filters`` are pyarrow
     ``(column, op, value)`` conjunctions; partitions and file statistics prune what is read."""
     return DeltaTable(rs_uri(path)).to_pyarrow_table(filters=filters)
+
+
+def max_stat(path: str, column: str):
+    """The largest value of ``column`` in a table, from its files' statistics (no data read;
+    None when the table is empty or keeps no statistics for the column)."""
+    adds = pa.table(DeltaTable(rs_uri(path)).get_add_actions(flatten=True))
+    name = f"max.{column}"
+    if name not in adds.column_names or adds.num_rows == 0:
+        return None
+    value = pa.compute.max(adds.column(name)).as_py()
+    return value.replace(tzinfo=None) if hasattr(value, "tzinfo") and value is not None else value
 
 
 class Commit:

@@ -40,16 +40,21 @@ def _cause(err: Exception) -> str:
 
 
 def run_available_now(spark: SparkSession, s: Settings, layers: Iterable[str] = LAYERS) -> None:
-    """Process everything pending, one layer after the other (each layer reads what the one
-    before it wrote), then return."""
-    for name in layers:
-        query = LAYERS[name](spark, s, True)
-        try:
-            query.awaitTermination()
-        except StreamingQueryException as err:  # one clear line: the query and the cause
-            raise StreamFailed(f"query {name} failed: {_cause(err)}") from err
-        _check(query)
-        log.info("%s caught up", name)
+    """Process everything pending, then return. Bronze and silver both read the source, so
+    they run side by side; gold reads what silver wrote, so it starts when silver is done."""
+    layers = list(layers)
+    stages = [[n for n in layers if n != "gold"], [n for n in layers if n == "gold"]]
+    for stage in filter(None, stages):
+        queries = {name: LAYERS[name](spark, s, True) for name in stage}
+        for name, query in queries.items():
+            try:
+                query.awaitTermination()
+            except StreamingQueryException as err:  # one clear line: the query and the cause
+                for other in queries.values():
+                    other.stop()
+                raise StreamFailed(f"query {name} failed: {_cause(err)}") from err
+            _check(query)
+            log.info("%s caught up", name)
 
 
 def run_continuously(spark: SparkSession, s: Settings, layers: Iterable[str] = LAYERS,
