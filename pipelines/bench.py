@@ -271,7 +271,12 @@ def freshness(spark: SparkSession, root: Path, rate: int, seconds: float, source
             med = statistics.median(p["durationMs"]["triggerExecution"] for p in last) / 1000
             rows.append([f"{name} query: median batch (s), rows/batch", med,
                          statistics.median(p["numInputRows"] for p in last)])
+            total_rows = sum(p["numInputRows"] for p in prog)
+            busy = sum(p["durationMs"]["triggerExecution"] for p in prog) / 1000
+            rows.append([f"{name} query: processed rows/s while busy, fed events/s", total_rows / busy,
+                         rate * (3 if name == "gold" else 1)])
             out[f"{name}_batch_s"] = med
+            out[f"{name}_processed_rows_per_s"] = total_rows / busy
     rows.append(["drain after the feeder stopped (s)", drain, ""])
     if alerts:
         lags = alert_lags(Path(s.lake), s)

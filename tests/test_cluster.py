@@ -67,11 +67,11 @@ def test_spark_submit_on_a_standalone_cluster_matches_local(spark, cluster, samp
     copy_sample(s.input)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
     env["PYSPARK_PYTHON"] = sys.executable
+    env["FUNNELHOUSE__STREAM__MAX_FILES_PER_TRIGGER"] = "2"  # like sample_lake: the same late events
     submit = [BIN / "spark-submit", "--master", MASTER, "--deploy-mode", "client",
               "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.executor.memory=1g",
               "--jars", ",".join(jar_paths()),
               REPO_ROOT / "pipelines" / "cli.py", "run",
-              "--config", REPO_ROOT / "conf" / "demo.yaml",  # 2 files per trigger, like sample_lake
               "--input", s.input, "--lake", s.lake, "--available-now"]
     done = subprocess.run([str(a) for a in submit], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
