@@ -43,6 +43,7 @@ from rich.table import Table
 from pipelines.config import REPO_ROOT, Settings, load_settings
 from pipelines.contract import RAW_EVENT_SCHEMA
 from pipelines.generate import Profile, generate, land
+from pipelines.io.delta_rs import row_count
 from pipelines.jobs.run import run_available_now, run_continuously
 from pipelines.session import build_spark
 from pipelines.streams import LAYERS
@@ -124,10 +125,7 @@ def increment(root: Path, after: Profile) -> Path:
 
 
 def _silver_rows(lake: Path) -> int:
-    import pyarrow as pa
-    from deltalake import DeltaTable
-    adds = DeltaTable(str(lake / "silver" / "events")).get_add_actions(flatten=True)
-    return sum(pa.table(adds).column("num_records").to_pylist())
+    return row_count(str(lake / "silver" / "events"))
 
 
 def growth(spark: SparkSession, root: Path, full: tuple[Path, Path] | None, landing: Path,

@@ -17,6 +17,7 @@ from rich.table import Table as RichTable
 from pipelines import tables
 from pipelines.config import Settings
 from pipelines.contract import STEPS
+from pipelines.io.delta_rs import row_count
 from pipelines.io.ledger import rs_uri
 
 
@@ -46,8 +47,7 @@ def print_summary(s: Settings, console: Console) -> None:
     for t in tables.ALL:
         path = rs_uri(s.table(t.name))
         if DeltaTable.is_deltatable(path):
-            adds = pa.table(DeltaTable(path).get_add_actions(flatten=True))
-            counts.add_row(t.name, f"{sum(adds.column('num_records').to_pylist()):,}")
+            counts.add_row(t.name, f"{row_count(path):,}")
     console.print(counts)
 
     quarantine = _load(s, tables.SILVER_QUARANTINE)

@@ -47,6 +47,12 @@ def read(path: str, filters: list[tuple] | None = None) -> pa.Table:
     return DeltaTable(rs_uri(path)).to_pyarrow_table(filters=filters)
 
 
+def row_count(path: str) -> int:
+    """Rows in a table, from its files' statistics (no data read)."""
+    adds = pa.table(DeltaTable(rs_uri(path)).get_add_actions(flatten=True))
+    return sum(adds.column("num_records").to_pylist())
+
+
 def max_stat(path: str, column: str):
     """The largest value of ``column`` in a table, from its files' statistics (no data read;
     None when the table is empty or keeps no statistics for the column)."""
