@@ -16,8 +16,11 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
+from functools import reduce
 from pathlib import Path
 
+import pandas as pd
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
@@ -40,7 +43,7 @@ from pipelines.io.ledger import Ledger
 from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe_stream, event_watermark, parse, quarantined, to_silver, valid_events
 from pipelines.stateful import fraud, offers, sessions
-from pipelines.stateful import gold as stateful
+from pipelines.stateful.gold import Held, Processor, StateFiles, advance
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +54,6 @@ CHECKPOINTS = {"bronze": "bronze/events", "silver": "silver/events", "gold": "go
 def query_id(checkpoint: Path) -> str:
     """A streaming query's id: written in its checkpoint, the same across restarts."""
     return json.loads((checkpoint / "metadata").read_text())["id"]
-
-
-def batch_watermark(checkpoint: Path, batch_id: int) -> datetime | None:
-    """The event-time watermark micro-batch ``batch_id`` ran with, from the query's offset log
-    (written before the batch runs, so a replay reads the same value)."""
-    lines = (checkpoint / "offsets" / str(batch_id)).read_text().splitlines()
-    ms = json.loads(lines[1]).get("batchWatermarkMs", 0)
-    return datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None) if ms else None
 
 
 def _source(spark: SparkSession, s: Settings) -> DataFrame:
@@ -172,14 +167,44 @@ def start_silver(spark: SparkSession, s: Settings, available_now: bool) -> Strea
     return _writer(rows, "silver", s, available_now).foreachBatch(SilverBatch(spark, s)).start()
 
 
+def gold_processors(s: Settings) -> list[Processor]:
+    """The gold query's state: open sessions, open fraud bursts, pending offers."""
+    return [sessions.processor(s), fraud.processor(s.fraud), offers.processor(s.retarget)]
+
+
+def processor_rows(events: DataFrame, processors: list[Processor]
+                   ) -> tuple[dict[str, pd.DataFrame], int | None]:
+    """A micro-batch of silver events -> each processor's rows, collected in one Spark job,
+    and the batch's newest on-time event time (epoch ms; None when it holds none).
+
+    Late events are left out (silver counted them). The processors' inputs are unioned with
+    a ``proc`` column and collected once as Arrow; each gets its own columns back. The
+    sessions' input holds every on-time event, so the newest ``event_time`` over all rows is
+    the batch's (the watermark's input).
+    """
+    on_time = events.where(~F.col("late"))
+    inputs = [on_time.transform(p.input).withColumn("proc", F.lit(p.name)) for p in processors]
+    table = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), inputs).toArrow()
+    newest = pc.max(table["event_time"]).as_py() if table.num_rows else None
+    rows = {}
+    for p, df in zip(processors, inputs, strict=True):
+        columns = [c for c in df.columns if c not in ("proc", "bucket", "event_time")]
+        rows[p.name] = table.filter(pc.equal(table["proc"], p.name)).select(columns).to_pandas()
+    return rows, None if newest is None else _ms(newest.replace(tzinfo=None))
+
+
 class GoldBatch(Handler):
-    """``foreachBatch`` body for the gold processors' changes -> every gold table.
+    """``foreachBatch`` body: on-time silver events -> the processors -> every gold table.
+
+    The processors' state lives in the checkpoint (``stateful/gold.py``); the batch's
+    watermark is ``event_watermark`` of the newest event time seen so far, kept with it. So a
+    replayed or restarted batch sees exactly the state and watermark it saw the first time,
+    and the tables' ledger skips what it already wrote.
 
     Sessions first (the freshest table), then the aggregates their signed rows change, then
-    the windows this batch's watermark closed (judged for drop-off alerts), then reminders,
-    fraud flags and offers. Each table gets one delta-rs commit marked with the batch, or none
-    when nothing in it changed. The batch's watermark comes from the query's offset log, so a
-    restarted job judges exactly what an uninterrupted one would.
+    the windows the watermark closed (judged for drop-off alerts), then reminders, fraud
+    flags and offers. Each table gets one delta-rs commit marked with the batch, or none when
+    nothing in it changed.
     """
 
     def __init__(self, spark: SparkSession, s: Settings):
@@ -187,51 +212,69 @@ class GoldBatch(Handler):
         self.paths = {t.name: T.ensure(spark, s.lake, t) for t in T.GOLD}
         T.ensure(spark, s.lake, T.QUALITY_RESULTS)
         self.quality = Quality(s.lake, "campaign_funnel", s.quality, "gold") if s.quality.enabled else None
+        self.processors = gold_processors(s)
+        self.states = StateFiles(self.checkpoint, self.processors)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         with lease(self.s.lake, who=f"gold batch {batch_id}"):  # a backfill may be rebuilding
             self._apply(batch, batch_id)
 
     def _apply(self, batch: DataFrame, batch_id: int) -> None:
-        s, commit = self.s, Commit(self.app_id(), batch_id, self.ledger)
-        changes = batch.persist()
-        try:
-            kinds = {r["kind"]: r["count"] for r in changes.groupBy("kind").count().collect()}
-            if kinds.get("session") or kinds.get("closed"):
-                self._sessions(commit, changes, bool(kinds.get("session")))
-            watermark = batch_watermark(self.checkpoint, batch_id)
-            if watermark is not None:
-                self._close_windows(commit, changes.sparkSession, watermark)
-            for kind, table, rows in (
-                    ("reminder", T.CART_REMINDERS, lambda df: df.transform(
-                        to_session_rows(s.sessions.gap, None)).select(*reminder_columns())),
-                    ("flag", T.FRAUD_FLAGS, lambda df: df),
-                    ("offer", T.RETARGET_OFFERS, lambda df: df.transform(to_offer_rows()))):
-                if kinds.get(kind):
-                    new = changes.where(F.col("kind") == kind).transform(rows).transform(T.conform(table))
-                    apply.insert_new(commit, to_arrow(new, table), self.paths[table.name], table)
-        finally:
-            changes.unpersist()
+        spark, delay = batch.sparkSession, self.s.stream.watermark_delay
+        rows, newest = processor_rows(batch, self.processors)
+        held, latest = self.states.load(batch_id)
+        before = event_watermark(_time(latest), delay)
+        if newest is not None:
+            latest = max(latest or newest, newest)
+        watermark = event_watermark(_time(latest), delay)
+        out: dict[str, pd.DataFrame] = {}
+        for p in self.processors:
+            frames, held[p.name] = advance(p, rows[p.name], held.get(p.name, Held()),
+                                           _ms(before), _ms(watermark))
+            if frames:
+                out[p.name] = pd.concat(frames, ignore_index=True)
+        commit = Commit(self.app_id(), batch_id, self.ledger)
+        outputs = {p.name: p.output for p in self.processors}
+        changes = {name: spark.createDataFrame(frame[outputs[name].fieldNames()], outputs[name])
+                   for name, frame in out.items()}
+        if "sessions" in changes:
+            self._sessions(commit, changes["sessions"])
+        if watermark is not None:  # a second commit to campaign_funnel: a ledger of its own
+            self._close_windows(Commit(f"{self.app_id()}/close", batch_id, self.ledger), spark, watermark)
+        if "sessions" in changes:
+            self._reminders(commit, changes["sessions"])
+        if "fraud" in changes:
+            self._insert(commit, changes["fraud"], T.FRAUD_FLAGS)
+        if "offers" in changes:
+            self._insert(commit, changes["offers"].transform(to_offer_rows()), T.RETARGET_OFFERS)
+        self.states.save(batch_id, held, latest)
 
-    def _sessions(self, commit: Commit, changes: DataFrame, signed: bool) -> None:
+    def _sessions(self, commit: Commit, changes: DataFrame) -> None:
+        """Signed and closed sessions -> ``gold/session_funnel``; the signed rows' counts ->
+        ``gold/campaign_funnel``, ``gold/campaign_performance``, ``gold/product_abandonment``."""
         s, p = self.s, self.paths
         rows = (changes.where(F.col("kind").isin("session", "closed"))
-                .transform(to_session_rows(s.sessions.gap, None)))
-        columns = [*T.SESSION_FUNNEL.columns, "kind", "sign"]
-        apply.sessions(commit, rows.select(*columns).toArrow(), p[T.SESSION_FUNNEL.name])
-        if not signed:
-            return
-        signed_rows = rows.where(F.col("kind") == "session")
-        cells = signed_rows.transform(funnel_cells(s.funnel.window)).withColumns({
-            "closed": F.lit(False), "window_date": F.to_date("window_start")})
-        apply.cells(commit, cells.toArrow(), p[T.CAMPAIGN_FUNNEL.name])
-        apply.campaign_performance(commit, signed_rows.transform(campaign_totals()).toArrow(),
-                                   p[T.CAMPAIGN_PERFORMANCE.name])
-        apply.products(commit, signed_rows.transform(product_counts()).toArrow(),
-                       p[T.PRODUCT_ABANDONMENT.name])
+                .transform(to_session_rows(s.sessions.gap, None))
+                .select(*T.SESSION_FUNNEL.columns, "kind", "sign")).persist()
+        try:
+            arrow = rows.toArrow()
+            apply.sessions(commit, arrow, p[T.SESSION_FUNNEL.name])
+            if not pc.any(pc.equal(arrow["kind"], "session")).as_py():
+                return
+            signed = rows.where(F.col("kind") == "session")
+            cells = signed.transform(funnel_cells(s.funnel.window)).withColumns({
+                "closed": F.lit(False), "window_date": F.to_date("window_start")})
+            apply.cells(commit, cells.toArrow(), p[T.CAMPAIGN_FUNNEL.name])
+            apply.campaign_performance(commit, signed.transform(campaign_totals()).toArrow(),
+                                       p[T.CAMPAIGN_PERFORMANCE.name])
+            apply.products(commit, signed.transform(product_counts()).toArrow(),
+                           p[T.PRODUCT_ABANDONMENT.name])
+        finally:
+            rows.unpersist()
 
     def _close_windows(self, commit: Commit, spark: SparkSession, watermark: datetime) -> None:
-        """Check and judge the windows this watermark closed, then mark them closed."""
+        """Check and judge the campaign windows this watermark closed (-> ``gold/alerts``),
+        then mark them closed in ``gold/campaign_funnel``."""
         path = self.paths[T.CAMPAIGN_FUNNEL.name]
         closing = apply.closing_cells(path, watermark, self.s.sessions.gap)
         if closing.num_rows == 0:
@@ -239,28 +282,35 @@ class GoldBatch(Handler):
         cells = spark.createDataFrame(closing.cast(arrow_schema(T.CAMPAIGN_FUNNEL)))
         if self.quality is not None:  # the funnel suite, on each window as it closes
             self.quality.apply(cells, commit)
-        alerts = cells.transform(alert_rows(self.s, watermark))
-        apply.insert_new(commit, to_arrow(alerts, T.ALERTS), self.paths[T.ALERTS.name], T.ALERTS)
+        self._insert(commit, cells.transform(alert_rows(self.s, watermark)), T.ALERTS)
         apply.mark_closed(commit, closing, path)
 
+    def _reminders(self, commit: Commit, changes: DataFrame) -> None:
+        """Sessions that closed with a full cart and no purchase -> ``gold/cart_reminders``."""
+        due = changes.where(F.col("kind") == "reminder")
+        rows = due.transform(to_session_rows(self.s.sessions.gap, None)).select(*reminder_columns())
+        self._insert(commit, rows, T.CART_REMINDERS)
 
-def gold_changes(events: DataFrame, s: Settings) -> DataFrame:
-    """On-time silver events -> the processors' changes, one stream: signed and closed
-    sessions, reminders, fraud flags and offers, told apart by ``kind``."""
-    watermarked = events.where(~F.col("late")).withWatermark(
-        "event_time", spark_interval(s.stream.watermark_delay))
-    return stateful.run(watermarked, [sessions.processor(s), fraud.processor(s.fraud),
-                                      offers.processor(s.retarget)])
+    def _insert(self, commit: Commit, rows: DataFrame, table: T.Table) -> None:
+        new = to_arrow(rows.transform(T.conform(table)), table)
+        apply.insert_new(commit, new, self.paths[table.name], table)
+
+
+def _time(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)
+
+
+def _ms(t: datetime | None) -> int:
+    """Epoch ms of a naive UTC time; 0 (Spark's "no watermark") for None."""
+    return 0 if t is None else int(t.replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def start_gold(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
     """``silver/events`` -> every gold table. Silver's commits are read whole (no
-    ``maxFilesPerTrigger``), so this query's watermark never passes an event silver kept as
-    on time."""
+    ``maxFilesPerTrigger``), so a micro-batch never holds part of one silver commit."""
     path = T.ensure(spark, s.lake, T.SILVER_EVENTS)
     events = sources.read_table(spark, path, streaming=True)
-    return _writer(gold_changes(events, s), "gold", s, available_now).foreachBatch(
-        GoldBatch(spark, s)).start()
+    return _writer(events, "gold", s, available_now).foreachBatch(GoldBatch(spark, s)).start()
 
 
 LAYERS = {"bronze": start_bronze, "silver": start_silver, "gold": start_gold}

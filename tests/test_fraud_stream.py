@@ -2,13 +2,17 @@
 and state that empties out."""
 
 import json
+import sys
 from datetime import date, datetime
+from pathlib import Path
 
 from helpers import SAMPLE, assert_same_rows, lake_copy, read
 from pyspark.sql import functions as F
 
 from pipelines.jobs.run import run_available_now
 from pipelines.stateful.fraud import fraud_flags_batch
+from pipelines.stateful.gold import StateFiles
+from pipelines.streams import gold_processors
 from pipelines.tables import SILVER_EVENTS, conform
 
 TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
@@ -36,19 +40,16 @@ def test_stream_and_batch_flags_are_identical(spark, sample_lake):
                          fraud_flags_batch(silver, sample_lake.fraud), precision=None)
 
 
-def _held_events(spark, s) -> list[int]:
-    """Event times held in the fraud processor's state, read with the state store reader. The
-    gold operator keys its state by (processor, bucket); value.groupState.pending is a fraud
-    bucket's open-burst events, column by column; [2] is t."""
-    state = (spark.read.format("statestore").load(s.checkpoint("gold"))
-             .where(F.col("key.proc") == "fraud").collect())
-    assert len(state) <= s.fraud.buckets
-    return [t for row in state for t in json.loads(row.value.groupState.pending)[2]]
+def _held_events(s) -> list[int]:
+    """Event times held in the fraud processor's state, read from the gold checkpoint's newest
+    state file: the open-burst events, column by column; [2] is t."""
+    held, _ = StateFiles(Path(s.checkpoint("gold")), gold_processors(s)).load(sys.maxsize)
+    return json.loads(held["fraud"].values[0])[2] if "fraud" in held else []
 
 
 def test_state_holds_only_bursts_still_open(spark, sample_lake):
     s = sample_lake
-    held = _held_events(spark, s)
+    held = _held_events(s)
     latest = read(spark, s, "silver/events").agg(F.max(F.unix_millis("event_time"))).first()[0]
     horizon = latest - (s.stream.watermark_delay.total_seconds() + 10) * 1000
     # Only events the watermark has not yet passed (plus one window) are held.
@@ -57,7 +58,7 @@ def test_state_holds_only_bursts_still_open(spark, sample_lake):
 
 def test_state_empties_after_a_quiet_period(spark, sample_lake, tmp_path):
     s = lake_copy(sample_lake, tmp_path)
-    assert len(_held_events(spark, s)) > 0
+    assert len(_held_events(s)) > 0
     # An hour of silence, then one page view reaches silver: the watermark passes every open burst.
     silver = read(spark, s, "silver/events")
     later = (silver.limit(1).withColumns({
@@ -66,5 +67,5 @@ def test_state_empties_after_a_quiet_period(spark, sample_lake, tmp_path):
         "late": F.lit(False)}).transform(conform(SILVER_EVENTS)))
     later.write.format("delta").mode("append").save(s.table("silver/events"))
     run_available_now(spark, s, ["gold"])
-    assert _held_events(spark, s) == []
+    assert _held_events(s) == []
     assert read(spark, s, "gold/fraud_flags").count() == len(TRUTH["fraud_bursts"])

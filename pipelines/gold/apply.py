@@ -46,10 +46,13 @@ def sessions(commit: Commit, changes: pa.Table, path: str) -> None:
     """Signed and closed session rows (``gold/session_funnel`` columns plus ``kind`` and
     ``sign``) -> one MERGE keyed on (``session_id``, ``is_open``) over the open partition."""
     kind, sign = changes["kind"], changes["sign"]
-    upsert = changes.filter(pc.and_(pc.equal(kind, "session"), pc.equal(sign, 1)))
-    retracted = changes.filter(pc.and_(pc.equal(kind, "session"), pc.equal(sign, -1)))
-    gone = retracted.filter(pc.invert(pc.is_in(retracted["session_id"], value_set=upsert["session_id"])))
     closed = changes.filter(pc.equal(kind, "closed"))
+    final = closed["session_id"]  # a session that changed and closed in one batch: closed wins
+    upsert = changes.filter(pc.and_(pc.equal(kind, "session"), pc.equal(sign, 1)))
+    upsert = upsert.filter(pc.invert(pc.is_in(upsert["session_id"], value_set=final)))
+    retracted = changes.filter(pc.and_(pc.equal(kind, "session"), pc.equal(sign, -1)))
+    kept = pa.concat_arrays([upsert["session_id"].combine_chunks(), final.combine_chunks()])
+    gone = retracted.filter(pc.invert(pc.is_in(retracted["session_id"], value_set=kept)))
     columns = T.SESSION_FUNNEL.columns
     parts = [_action(upsert, "upsert", True), _action(gone, "delete", True),
              _action(closed, "delete", True), _action(closed, "insert", False)]

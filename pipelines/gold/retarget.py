@@ -75,7 +75,7 @@ def offer_input(buckets: int) -> Transform:
     def _(events: DataFrame) -> DataFrame:
         wanted = ((F.col("event_type") == "ad_click") & F.col("campaign_id").isNotNull()) | (
             F.col("event_type") == "purchase")
-        return events.where(wanted | F.col("event_time").isNull()).select(
+        return events.where(wanted).select(
             "event_type", "user_id", "campaign_id", "tracking_id", "event_time",
             F.unix_millis("event_time").alias("t"),
             F.pmod(F.xxhash64("user_id"), F.lit(buckets)).alias("bucket"))

@@ -123,10 +123,7 @@ def rule_events(rules: list[FraudRule], buckets: int) -> Transform:
             matches.append(F.when(hit, F.struct(F.lit(r.name).alias("rule"),
                                                 entity.alias("entity_id"),
                                                 value.cast("long").alias("value"))))
-        # Mentioning event_time keeps Spark from pushing this filter below the watermark, which
-        # must see every event (else a quiet spell of non-rule events would not move it).
-        relevant = F.col("event_type").isin(*{t for r in rules for t in r.event_types}) | F.col(
-            "event_time").isNull()
+        relevant = F.col("event_type").isin(*{t for r in rules for t in r.event_types})
         exploded = (events.where(relevant)
                     .select("event_id", "event_time", F.explode(F.array(*matches)).alias("m"))
                     .where(F.col("m").isNotNull()))
@@ -147,9 +144,8 @@ def _decode(text: str) -> pd.DataFrame:
 
 
 def fraud_processor(settings: FraudSettings):
-    """The ``applyInPandasWithState`` function. State per bucket: the events of its open
-    bursts (JSON; pyspark 4.2 cannot keep arrays in this API's state). The event-time timer
-    is set to when the earliest open burst closes, so a quiet bucket still emits."""
+    """The processor. State: the events of the open bursts (JSON text). The event-time timer
+    is set to when the earliest open burst closes, so flags come out when no new rule events do."""
     rules, cap = settings.rules, settings.max_evidence
     window_ms = {r.name: int(r.window.total_seconds() * 1000) for r in rules}
 
@@ -172,8 +168,8 @@ def fraud_processor(settings: FraudSettings):
 
 
 def processor(settings: FraudSettings) -> Processor:
-    """Watermarked silver events -> ``gold/fraud_flags`` rows (``kind`` 'flag'), emitted as
-    bursts close. The watermark sits before the rule filter: every event moves it."""
+    """On-time silver events -> ``gold/fraud_flags`` rows (``kind`` 'flag'), emitted as
+    bursts close."""
     return Processor("fraud", rule_events(settings.rules, settings.buckets), fraud_processor(settings),
                      STATE_SCHEMA, StructType([StructField("kind", StringType()), *FLAG_SCHEMA.fields]))
 

@@ -1,117 +1,161 @@
-"""The gold query's one stateful operator, shared by its three processors.
+"""The gold query's state: its three processors (sessions, fraud, offers), run by the driver.
 
-Spark runs at most one ``applyInPandasWithState`` per query, and one query is cheaper than
-three (each trigger costs a fixed few hundred ms here). So the processors (sessions, fraud,
-offers) share one: their inputs are unioned with a ``proc`` column, grouped by
-(``proc``, ``bucket``), and each group is handed to its processor with a view of its own
-state fields. Each processor stays a plain module of its own; this one only routes.
+Each processor is a ``GroupState``-style function (``process(key, frames, state)``) written
+once and used in two places: the batch build calls the same pure functions underneath, and the
+stream calls the processor on each micro-batch's on-time events. In the stream the driver holds
+every processor's state as one group and keeps it here, in the query's checkpoint:
+
+    <checkpoint>/processors/<batch id>.arrow
+
+one Arrow IPC file per micro-batch (written atomically, the last ``RETAIN`` kept), holding each
+processor's state fields, its event-time timer and the newest event time seen (the watermark's
+input). Micro-batch ``N`` starts from the newest file before ``N``, so a replayed batch
+recomputes exactly what it computed the first time, and a restarted job carries on where the
+last committed batch left off.
+
+Why the driver and not ``applyInPandasWithState``: a gold micro-batch's work is small (the
+journeys it touches, the open bursts, the pending clicks), and the Python-worker round trip of
+Spark's operator, its state store and its extra no-data batch for timers cost far more than the
+work (docs/performance.md). The timer semantics are Spark's: a processor gets the batch's
+events with the watermark the batch started with, then, if its timer has passed the watermark
+the batch moved to, a timed-out call with no events, as Spark's following no-data batch would.
 """
 
 from __future__ import annotations
 
-import warnings
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import reduce
+from pathlib import Path
 
 import pandas as pd
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
-from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
-from pyspark.sql.types import StructField, StructType
+import pyarrow as pa
+from pyspark.sql.types import BinaryType, StructType
 
 from pipelines.common import Transform
 
-# PySpark's applyInPandasWithState serializer (pyspark/sql/pandas/serializers.py) pads each
-# Arrow batch with an all-None frame when a chunk has fewer output rows than state rows (or
-# the reverse) and concatenates it with pandas 2, which warns that such frames will count for
-# dtypes in pandas 3. The padding is PySpark's, not ours, and its rows are dropped on the JVM
-# side, so the dtype question never reaches a value. This module is imported by every Python
-# worker that runs the operator, so the filter is set exactly there, for that warning only.
-warnings.filterwarnings("ignore", message="The behavior of DataFrame concatenation with empty or all-NA",
-                        category=FutureWarning, module="pyspark.sql.pandas.serializers")
+Process = Callable[[tuple, Iterator[pd.DataFrame], "KeyState"], Iterator[pd.DataFrame]]
 
-Process = Callable[[tuple, Iterator[pd.DataFrame], GroupState], Iterator[pd.DataFrame]]
+LAYOUT = "driver-state-1"  # bump when the file's meaning changes; an unknown layout is refused
+RETAIN = 20  # state files kept (Spark keeps 100 batches of its own state by default)
+FILE = pa.schema([("processor", pa.string()), ("values", pa.list_(pa.binary())),
+                  ("timeout_ms", pa.int64())])
 
 
 @dataclass(frozen=True)
 class Processor:
     name: str
-    input: Transform  # watermarked silver events -> its rows, with ``bucket`` and ``event_time``
-    process: Process  # the applyInPandasWithState function of one of its groups
-    state: StructType  # its state fields
+    input: Transform  # on-time silver events -> its rows (``EVENT_COLUMNS`` and friends)
+    process: Process  # what it does with its rows and its state
+    state: StructType  # its state fields (binary or string)
     output: StructType  # what it emits, ``kind`` included
 
 
-class StateView:
-    """One processor's slice of the shared state row: the ``GroupState`` API it was written for."""
+@dataclass(frozen=True)
+class Held:
+    """One processor's state between micro-batches: its field values and its timer."""
+    values: tuple | None = None
+    timeout_ms: int | None = None
 
-    def __init__(self, state: GroupState, fields: slice, width: int):
-        self._state, self._fields, self._width = state, fields, width
+
+class KeyState:
+    """The ``GroupState`` API over one ``Held`` value, at one watermark."""
+
+    def __init__(self, held: Held, watermark_ms: int, timed_out: bool = False):
+        self._values, self._timeout = held.values, held.timeout_ms
+        self._watermark, self._timed_out = watermark_ms, timed_out
 
     @property
     def exists(self) -> bool:
-        return self._state.exists
+        return self._values is not None
 
     @property
     def get(self) -> tuple:
-        return tuple(self._state.get)[self._fields]
+        if self._values is None:
+            raise ValueError("no state")
+        return self._values
 
     @property
     def hasTimedOut(self) -> bool:  # noqa: N802 - GroupState's name
-        return self._state.hasTimedOut
+        return self._timed_out
 
     def update(self, values: tuple) -> None:
-        row = [None] * self._width
-        row[self._fields] = values
-        self._state.update(tuple(row))
+        self._values = tuple(values)
 
     def remove(self) -> None:
-        self._state.remove()
+        self._values, self._timeout = None, None
 
     def setTimeoutTimestamp(self, ms: int) -> None:  # noqa: N802
-        self._state.setTimeoutTimestamp(ms)
+        self._timeout = int(ms)
 
     def getCurrentWatermarkMs(self) -> int:  # noqa: N802
-        return self._state.getCurrentWatermarkMs()
+        return self._watermark
+
+    def held(self) -> Held:
+        return Held(self._values, self._timeout if self._values is not None else None)
 
 
-def _union_schema(schemas: list[StructType]) -> StructType:
-    fields: dict[str, StructField] = {}
-    for schema in schemas:
-        for f in schema.fields:
-            if f.name in fields and fields[f.name].dataType != f.dataType:
-                raise TypeError(f"processors disagree on the type of {f.name!r}")
-            fields.setdefault(f.name, f)
-    return StructType(list(fields.values()))
+def advance(p: Processor, rows: pd.DataFrame | None, held: Held, before_ms: int, after_ms: int
+            ) -> tuple[list[pd.DataFrame], Held]:
+    """One micro-batch of processor ``p``: its ``rows`` at the watermark ``before_ms``, then
+    its timer at ``after_ms`` (0 = no watermark yet). Returns its output frames and its state."""
+    out: list[pd.DataFrame] = []
+    if rows is not None and len(rows):
+        state = KeyState(held, before_ms)
+        out += list(p.process((0,), iter([rows]), state))
+        held = state.held()
+    if held.values is not None and held.timeout_ms is not None and held.timeout_ms < after_ms:
+        state = KeyState(held, after_ms, timed_out=True)
+        out += list(p.process((0,), iter([]), state))
+        held = state.held()
+    return [f for f in out if len(f)], held
 
 
-def _widen(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """``frame`` with every output column, in order; another processor's columns are None
-    (not NaN, which Spark cannot read as an array or a string)."""
-    missing = {c: pd.Series([None] * len(frame), index=frame.index, dtype=object)
-               for c in columns if c not in frame.columns}
-    return pd.concat([frame, pd.DataFrame(missing, index=frame.index)], axis=1)[columns] \
-        if missing else frame[columns]
+class StateFiles:
+    """The processors' state after each micro-batch, under ``<checkpoint>/processors``."""
 
+    def __init__(self, checkpoint: Path, processors: list[Processor]):
+        self.dir = checkpoint / "processors"
+        self.fields = {p.name: p.state for p in processors}
 
-def run(events: DataFrame, processors: list[Processor]) -> DataFrame:
-    """Watermarked events -> every processor's output in one stream, told apart by ``kind``."""
-    state = StructType([f for p in processors for f in p.state.fields])
-    output = _union_schema([p.output for p in processors])
-    slices, start = {}, 0
-    for p in processors:
-        slices[p.name] = slice(start, start + len(p.state.fields))
-        start += len(p.state.fields)
-    by_name = {p.name: p for p in processors}
+    def _ids(self) -> list[int]:
+        if not self.dir.exists():
+            return []
+        return sorted(int(f.stem) for f in self.dir.glob("*.arrow") if f.stem.isdigit())
 
-    def dispatch(key: tuple, batches: Iterator[pd.DataFrame], group: GroupState) -> Iterator[pd.DataFrame]:
-        proc, bucket = key
-        view = StateView(group, slices[proc], len(state.fields))
-        for frame in by_name[proc].process((bucket,), batches, view):
-            yield _widen(frame, output.fieldNames())
+    def load(self, batch_id: int) -> tuple[dict[str, Held], int | None]:
+        """The state micro-batch ``batch_id`` starts from, and the newest event time (ms)
+        seen before it (None: no event yet)."""
+        before = [i for i in self._ids() if i < batch_id]
+        if not before:
+            return {}, None
+        with pa.ipc.open_file(self.dir / f"{before[-1]}.arrow") as reader:
+            meta = reader.schema.metadata or {}
+            if meta.get(b"layout") != LAYOUT.encode():
+                raise RuntimeError(
+                    f"{self.dir} holds state of layout {meta.get(b'layout', b'?').decode()}, not "
+                    f"{LAYOUT}; rebuild gold with `funnelhouse backfill` into a new lake, or "
+                    "restart the gold query from a new checkpoint (docs/operations.md)")
+            table = reader.read_all()
+        latest = meta.get(b"latest_ms", b"")
+        held = {}
+        for row in table.to_pylist():
+            types = self.fields[row["processor"]]
+            values = tuple(v if isinstance(f.dataType, BinaryType) or v is None else v.decode()
+                           for f, v in zip(types.fields, row["values"], strict=True))
+            held[row["processor"]] = Held(values, row["timeout_ms"])
+        return held, int(latest) if latest else None
 
-    inputs = [events.transform(p.input).withColumn("proc", F.lit(p.name)) for p in processors]
-    rows = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), inputs)
-    return rows.groupBy("proc", "bucket").applyInPandasWithState(
-        dispatch, output, state, "append", GroupStateTimeout.EventTimeTimeout)
+    def save(self, batch_id: int, held: dict[str, Held], latest_ms: int | None) -> None:
+        rows = [{"processor": name, "timeout_ms": h.timeout_ms,
+                 "values": [v.encode() if isinstance(v, str) else v for v in h.values]}
+                for name, h in held.items() if h.values is not None]
+        meta = {"layout": LAYOUT, "latest_ms": "" if latest_ms is None else str(latest_ms)}
+        table = pa.Table.from_pylist(rows, schema=FILE.with_metadata(meta))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{batch_id}.arrow.tmp"
+        with pa.ipc.new_file(tmp, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, self.dir / f"{batch_id}.arrow")
+        for old in self._ids()[:-RETAIN]:
+            (self.dir / f"{old}.arrow").unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Retargeting offers as streaming state, per bucket of users: the event-time timer of the
+"""Retargeting offers as streaming state: the event-time timer of the
 rule in ``gold/retarget.py``.
 
 State (Arrow IPC bytes): the clicks not yet due, the purchases that could still cancel one
@@ -6,8 +6,8 @@ State (Arrow IPC bytes): the clicks not yet due, the purchases that could still 
 still matter. When the watermark passes a click's ``click_time + wait``, ``due_offers``
 decides it: a purchase that arrived on time has cancelled it, or the cooldown holds it back,
 or it becomes an offer. A purchase behind the watermark is late and cancels nothing, exactly
-as with Flink's event-time timers. The bucket's timer is its earliest due click, so offers go
-out as the watermark moves even when the bucket gets no new events.
+as with Flink's event-time timers. The timer is the earliest due click, so offers go out as
+the watermark moves even when no new clicks come.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _decode(blob: bytes | None, schema: pa.Schema) -> pd.DataFrame:
 
 
 def offer_processor(r: RetargetSettings):
-    """The ``applyInPandasWithState`` function for one bucket of users."""
+    """The processor: a micro-batch's clicks and purchases (or a timer) and the state -> offers."""
     wait, cooldown = _ms(r.wait), _ms(r.cooldown)
 
     def process(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
@@ -80,6 +80,6 @@ def offer_processor(r: RetargetSettings):
 
 
 def processor(r: RetargetSettings) -> Processor:
-    """Watermarked on-time silver events -> offers as they come due (``OFFER_DDL``)."""
+    """On-time silver events -> offers as they come due (``OFFER_DDL``)."""
     return Processor("offers", offer_input(r.buckets), offer_processor(r), STATE_SCHEMA,
                      _parse_datatype_string("kind string, " + OFFER_DDL))

@@ -1,7 +1,7 @@
 """Open sessions as streaming state: each micro-batch re-sessionizes only the journeys it
 touches and emits what changed, as a retract stream.
 
-State, per bucket of journeys (``applyInPandasWithState``): the events of its open sessions,
+State (kept by the driver: ``stateful/gold.py``): the events of the open sessions,
 as Arrow IPC bytes, each with ``closes`` (its session's ``session_end + gap``). A micro-batch's
 events are added to their journeys' held events; ``sessionize`` runs on those journeys alone,
 before and after, and the sessions that differ come out:
@@ -13,10 +13,10 @@ before and after, and the sessions that differ come out:
 - ``kind = 'reminder'``: a closed session with ``reminders.min_adds`` adds and no purchase.
 
 Signed rows make every aggregate incremental: a campaign cell or a product total adds
-``sign x`` each row's contribution. The event-time timer of a bucket is the earliest
-``closes`` it holds, so a quiet bucket still closes its sessions as the watermark moves.
+``sign x`` each row's contribution. The event-time timer is the earliest ``closes`` held,
+so sessions close as the watermark moves even when their journeys get no new events.
 
-A micro-batch's cost is its own events plus the state of the buckets they touch (held
+A micro-batch's cost is its own events plus the open sessions (held
 events are filtered with Arrow, never converted unless their journey is touched); it does
 not depend on how much the lake holds.
 """
@@ -93,7 +93,7 @@ def _changes(sessions: pd.DataFrame, kind: str, sign: int, is_open: bool) -> pd.
 
 
 def session_processor(s: Settings):
-    """The ``applyInPandasWithState`` function for one bucket of journeys."""
+    """The processor: a micro-batch's events (or a timer) and the state -> changes."""
     gap, attribution, min_adds = s.sessions.gap, s.sessions.attribution, s.reminders.min_adds
 
     def process(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
@@ -147,7 +147,7 @@ def _touch(held: pa.Table, new: pd.DataFrame, gap: timedelta, attribution: str
 
 
 def processor(s: Settings) -> Processor:
-    """Watermarked on-time silver events -> the retract stream of sessions (``CHANGE_DDL``;
+    """On-time silver events -> the retract stream of sessions (``CHANGE_DDL``;
     times in epoch ms)."""
     return Processor("sessions", session_input(s.gold.buckets), session_processor(s), STATE_SCHEMA,
                      _parse_ddl(CHANGE_DDL))
