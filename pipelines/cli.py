@@ -167,6 +167,22 @@ def backfill(
 
 
 @app.command()
+def maintain(
+    config: ConfigOpt = None,
+    lake: LakeOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="compact nothing; list what VACUUM "
+                                                            "would delete")] = False,
+) -> None:
+    """Compact every table's small files (OPTIMIZE), then VACUUM files older than
+    maintenance.vacuum_retention. Safe beside a running stream; schedule it (cron, Airflow)."""
+    from pipelines.jobs.maintain import maintain as run_maintenance
+    from pipelines.report import print_maintenance
+
+    s = settings(config, lake=lake)
+    print_maintenance(console, run_maintenance(s, dry_run), dry_run)
+
+
+@app.command()
 def report(config: ConfigOpt = None, lake: LakeOpt = None) -> None:
     """Print the funnel per campaign, the drop-off alerts and the budget recommendation."""
     from pipelines.report import print_report

@@ -134,11 +134,11 @@ class FunnelSettings(Strict):
 class RetargetSettings(Strict):
     wait: Duration = timedelta(minutes=10)  # an ad_click with no purchase this long -> offer
     cooldown: Duration = timedelta(hours=24)  # no new offer to a user and campaign within this
-    buckets: int = Field(16, ge=1)  # users are hashed into this many offer-state groups
+    buckets: int = Field(16, ge=1)  # a batch build hashes users into this many groups
 
 
 class GoldSettings(Strict):
-    buckets: int = Field(16, ge=1)  # journeys are hashed into this many session-state groups
+    buckets: int = Field(16, ge=1)  # a batch build hashes journeys into this many groups
 
 
 class ReminderSettings(Strict):
@@ -169,7 +169,7 @@ def _default_fraud_rules() -> list[FraudRule]:
 
 
 class FraudSettings(Strict):
-    buckets: int = Field(16, ge=1)  # keys are grouped into this many state groups
+    buckets: int = Field(16, ge=1)  # a batch build hashes entities into this many groups
     max_evidence: int = Field(200, ge=1)  # event ids kept per flag
     rules: list[FraudRule] = Field(default_factory=_default_fraud_rules)
 
@@ -187,6 +187,13 @@ class QualitySettings(Strict):
     policies: dict[str, Policy] = {}  # expectation name -> policy, over the defaults
 
 
+class MaintenanceSettings(Strict):
+    """``funnelhouse maintain``: compaction and VACUUM (``pipelines/jobs/maintain.py``)."""
+
+    vacuum_retention: Duration = timedelta(days=7)  # files removed longer ago than this are deleted
+    target_file_size: int = Field(128 * 1024 * 1024, ge=1024 * 1024)  # bytes per compacted file
+
+
 class Settings(Strict):
     lake: str = "data/lake"  # a local folder or a URI (s3a://, abfss://)
     input: str = "data/landing"
@@ -201,6 +208,7 @@ class Settings(Strict):
     reminders: ReminderSettings = ReminderSettings()
     retarget: RetargetSettings = RetargetSettings()
     quality: QualitySettings = QualitySettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
 
     @field_validator("lake", "input", mode="before")
     @classmethod
