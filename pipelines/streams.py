@@ -20,10 +20,13 @@ from functools import reduce
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
+from pyspark.sql.types import StructType
 
 from pipelines import tables as T
 from pipelines.bronze import to_bronze
@@ -35,7 +38,7 @@ from pipelines.gold.campaigns import campaign_totals
 from pipelines.gold.funnel import funnel_cells
 from pipelines.gold.reminders import reminder_columns
 from pipelines.gold.retarget import to_offer_rows
-from pipelines.gold.sessions import to_session_rows
+from pipelines.gold.sessions import typed_session_rows
 from pipelines.io import sinks, sources
 from pipelines.io.delta_rs import Commit, arrow_schema, max_stat, to_arrow
 from pipelines.io.lease import lease
@@ -235,42 +238,52 @@ class GoldBatch(Handler):
                 out[p.name] = pd.concat(frames, ignore_index=True)
         commit = Commit(self.app_id(), batch_id, self.ledger)
         outputs = {p.name: p.output for p in self.processors}
-        changes = {name: spark.createDataFrame(frame[outputs[name].fieldNames()], outputs[name])
-                   for name, frame in out.items()}
-        if "sessions" in changes:
-            self._sessions(commit, changes["sessions"])
+        if "sessions" in out:
+            self._sessions(commit, spark, typed_session_rows(out["sessions"]))
         if watermark is not None:  # a second commit to campaign_funnel: a ledger of its own
             self._close_windows(Commit(f"{self.app_id()}/close", batch_id, self.ledger), spark, watermark)
-        if "sessions" in changes:
-            self._reminders(commit, changes["sessions"])
-        if "fraud" in changes:
-            self._insert(commit, changes["fraud"], T.FRAUD_FLAGS)
-        if "offers" in changes:
-            self._insert(commit, changes["offers"].transform(to_offer_rows()), T.RETARGET_OFFERS)
+        if "fraud" in out:
+            self._insert(commit, spark.createDataFrame(to_arrow_table(out["fraud"], outputs["fraud"])),
+                         T.FRAUD_FLAGS)
+        if "offers" in out:
+            offers_ = spark.createDataFrame(to_arrow_table(out["offers"], outputs["offers"]))
+            self._insert(commit, offers_.transform(to_offer_rows()), T.RETARGET_OFFERS)
         self.states.save(batch_id, held, latest)
 
-    def _sessions(self, commit: Commit, changes: DataFrame) -> None:
-        """Signed and closed sessions -> ``gold/session_funnel``; the signed rows' counts ->
-        ``gold/campaign_funnel``, ``gold/campaign_performance``, ``gold/product_abandonment``."""
+    def _sessions(self, commit: Commit, spark: SparkSession, changes: pd.DataFrame) -> None:
+        """The session processor's typed changes -> ``gold/session_funnel`` (signed and closed
+        rows); the signed rows' counts -> ``gold/campaign_funnel``,
+        ``gold/campaign_performance`` and ``gold/product_abandonment``; sessions that closed
+        with a full cart and no purchase -> ``gold/cart_reminders``."""
         s, p = self.s, self.paths
-        rows = (changes.where(F.col("kind").isin("session", "closed"))
-                .transform(to_session_rows(s.sessions.gap, None))
-                .select(*T.SESSION_FUNNEL.columns, "kind", "sign")).persist()
-        try:
-            arrow = rows.toArrow()
-            apply.sessions(commit, arrow, p[T.SESSION_FUNNEL.name])
-            if not pc.any(pc.equal(arrow["kind"], "session")).as_py():
-                return
-            signed = rows.where(F.col("kind") == "session")
-            cells = signed.transform(funnel_cells(s.funnel.window)).withColumns({
-                "closed": F.lit(False), "window_date": F.to_date("window_start")})
-            apply.cells(commit, cells.toArrow(), p[T.CAMPAIGN_FUNNEL.name])
-            apply.campaign_performance(commit, signed.transform(campaign_totals()).toArrow(),
-                                       p[T.CAMPAIGN_PERFORMANCE.name])
-            apply.products(commit, signed.transform(product_counts()).toArrow(),
-                           p[T.PRODUCT_ABANDONMENT.name])
-        finally:
-            rows.unpersist()
+        kind = changes["kind"]
+        funnel = T.SESSION_FUNNEL
+        columns = [*funnel.columns, "kind", "sign"]
+        rows = changes[kind.isin(["session", "closed"])]
+        schema = arrow_schema(funnel)
+        arrow = pa.Table.from_pandas(rows[columns], preserve_index=False, schema=pa.schema(
+            [*schema, pa.field("kind", pa.string()), pa.field("sign", pa.int32())]))
+        apply.sessions(commit, arrow, p[funnel.name])
+        signed = arrow.filter(pc.equal(arrow["kind"], "session"))
+        if signed.num_rows:
+            needed = ["session_id", "campaign_id", "session_start", "funnel_level", "sign", "clicks",
+                      "purchases", "revenue", "added_products", "purchased_products"]
+            df = spark.createDataFrame(signed.select(needed)).persist()
+            try:
+                cells = df.transform(funnel_cells(s.funnel.window)).withColumns({
+                    "closed": F.lit(False), "window_date": F.to_date("window_start")})
+                apply.cells(commit, cells.toArrow(), p[T.CAMPAIGN_FUNNEL.name])
+                apply.campaign_performance(commit, df.transform(campaign_totals()).toArrow(),
+                                           p[T.CAMPAIGN_PERFORMANCE.name])
+                apply.products(commit, df.transform(product_counts()).toArrow(),
+                               p[T.PRODUCT_ABANDONMENT.name])
+            finally:
+                df.unpersist()
+        due = changes[kind == "reminder"]
+        if len(due):
+            reminders = pa.Table.from_pandas(due[funnel.columns], schema=schema, preserve_index=False)
+            self._insert(commit, spark.createDataFrame(reminders).select(*reminder_columns()),
+                         T.CART_REMINDERS)
 
     def _close_windows(self, commit: Commit, spark: SparkSession, watermark: datetime) -> None:
         """Check and judge the campaign windows this watermark closed (-> ``gold/alerts``),
@@ -285,15 +298,16 @@ class GoldBatch(Handler):
         self._insert(commit, cells.transform(alert_rows(self.s, watermark)), T.ALERTS)
         apply.mark_closed(commit, closing, path)
 
-    def _reminders(self, commit: Commit, changes: DataFrame) -> None:
-        """Sessions that closed with a full cart and no purchase -> ``gold/cart_reminders``."""
-        due = changes.where(F.col("kind") == "reminder")
-        rows = due.transform(to_session_rows(self.s.sessions.gap, None)).select(*reminder_columns())
-        self._insert(commit, rows, T.CART_REMINDERS)
-
     def _insert(self, commit: Commit, rows: DataFrame, table: T.Table) -> None:
         new = to_arrow(rows.transform(T.conform(table)), table)
         apply.insert_new(commit, new, self.paths[table.name], table)
+
+
+def to_arrow_table(frame: pd.DataFrame, schema: StructType) -> pa.Table:
+    """A processor's pandas output as Arrow typed by its Spark schema (naive times are UTC),
+    so ``createDataFrame`` takes it without a row-by-row fallback."""
+    return pa.Table.from_pandas(frame[schema.fieldNames()], schema=to_arrow_schema(schema, timezone="UTC"),
+                                preserve_index=False)
 
 
 def _time(ms: int | None) -> datetime | None:
