@@ -32,10 +32,10 @@ from pipelines import tables as T
 from pipelines.bronze import to_bronze
 from pipelines.config import Settings, spark_interval
 from pipelines.gold import apply
-from pipelines.gold.abandonment import product_counts
+from pipelines.gold.abandonment import product_count_deltas
 from pipelines.gold.build import alert_rows
-from pipelines.gold.campaigns import campaign_totals
-from pipelines.gold.funnel import funnel_cells
+from pipelines.gold.campaigns import campaign_total_deltas
+from pipelines.gold.funnel import funnel_cell_deltas
 from pipelines.gold.reminders import reminder_columns
 from pipelines.gold.retarget import to_offer_rows
 from pipelines.gold.sessions import typed_session_rows
@@ -252,9 +252,10 @@ class GoldBatch(Handler):
 
     def _sessions(self, commit: Commit, spark: SparkSession, changes: pd.DataFrame) -> None:
         """The session processor's typed changes -> ``gold/session_funnel`` (signed and closed
-        rows); the signed rows' counts -> ``gold/campaign_funnel``,
-        ``gold/campaign_performance`` and ``gold/product_abandonment``; sessions that closed
-        with a full cart and no purchase -> ``gold/cart_reminders``."""
+        rows); the signed rows' counts, summed on the driver (``*_deltas``, the pandas twins of
+        the batch build's aggregates) -> ``gold/campaign_funnel``, ``gold/campaign_performance``
+        and ``gold/product_abandonment``; sessions that closed with a full cart and no
+        purchase -> ``gold/cart_reminders``."""
         s, p = self.s, self.paths
         kind = changes["kind"]
         funnel = T.SESSION_FUNNEL
@@ -264,21 +265,16 @@ class GoldBatch(Handler):
         arrow = pa.Table.from_pandas(rows[columns], preserve_index=False, schema=pa.schema(
             [*schema, pa.field("kind", pa.string()), pa.field("sign", pa.int32())]))
         apply.sessions(commit, arrow, p[funnel.name])
-        signed = arrow.filter(pc.equal(arrow["kind"], "session"))
-        if signed.num_rows:
-            needed = ["session_id", "campaign_id", "session_start", "funnel_level", "sign", "clicks",
-                      "purchases", "revenue", "added_products", "purchased_products"]
-            df = spark.createDataFrame(signed.select(needed)).persist()
-            try:
-                cells = df.transform(funnel_cells(s.funnel.window)).withColumns({
-                    "closed": F.lit(False), "window_date": F.to_date("window_start")})
-                apply.cells(commit, cells.toArrow(), p[T.CAMPAIGN_FUNNEL.name])
-                apply.campaign_performance(commit, df.transform(campaign_totals()).toArrow(),
-                                           p[T.CAMPAIGN_PERFORMANCE.name])
-                apply.products(commit, df.transform(product_counts()).toArrow(),
-                               p[T.PRODUCT_ABANDONMENT.name])
-            finally:
-                df.unpersist()
+        signed = rows[rows["kind"] == "session"]
+        if len(signed):
+            cells = funnel_cell_deltas(signed, s.funnel.window)
+            cells = cells.assign(closed=False, window_date=cells["window_start"].dt.date)
+            apply.cells(commit, _arrow(cells, T.CAMPAIGN_FUNNEL), p[T.CAMPAIGN_FUNNEL.name])
+            apply.campaign_performance(commit, pa.Table.from_pandas(campaign_total_deltas(signed),
+                                                                    preserve_index=False),
+                                       p[T.CAMPAIGN_PERFORMANCE.name])
+            apply.products(commit, _arrow(product_count_deltas(signed), T.PRODUCT_ABANDONMENT),
+                           p[T.PRODUCT_ABANDONMENT.name])
         due = changes[kind == "reminder"]
         if len(due):
             reminders = pa.Table.from_pandas(due[funnel.columns], schema=schema, preserve_index=False)
@@ -301,6 +297,13 @@ class GoldBatch(Handler):
     def _insert(self, commit: Commit, rows: DataFrame, table: T.Table) -> None:
         new = to_arrow(rows.transform(T.conform(table)), table)
         apply.insert_new(commit, new, self.paths[table.name], table)
+
+
+def _arrow(frame: pd.DataFrame, table: T.Table) -> pa.Table:
+    """Some of ``table``'s columns, typed as the table types them."""
+    schema = arrow_schema(table)
+    return pa.Table.from_pandas(frame, preserve_index=False,
+                                schema=pa.schema([schema.field(c) for c in frame.columns]))
 
 
 def to_arrow_table(frame: pd.DataFrame, schema: StructType) -> pa.Table:

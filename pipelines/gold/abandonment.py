@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -45,3 +47,23 @@ def product_abandonment() -> Transform:
         counts = sessions.transform(product_counts())
         return counts.withColumn("abandonment_rate", F.expr(abandonment_rate()))
     return _
+
+
+def product_count_deltas(sessions: pd.DataFrame) -> pd.DataFrame:
+    """``product_counts`` on the driver, for the stream's signed session rows of one
+    micro-batch (the stream == batch tests pin the two together). Each session's product
+    lists are distinct, so a product is added and bought at most once per session row."""
+    def pairs(column: str) -> pd.DataFrame:
+        listed = sessions[["sign", column]].reset_index(drop=True).explode(column)
+        listed = listed[listed[column].notna()]
+        return pd.DataFrame({"row": listed.index.to_numpy(), "sign": listed["sign"].to_numpy(np.int64),
+                             "product_id": listed[column].to_numpy()})
+    both = pairs("added_products").merge(pairs("purchased_products"), on=["row", "sign", "product_id"],
+                                         how="outer", indicator=True)
+    sign = both["sign"].to_numpy(np.int64)
+    where = both["_merge"].to_numpy()
+    counts = pd.DataFrame({"product_id": both["product_id"].to_numpy(),
+                           "adds": np.where(where != "right_only", sign, 0),
+                           "purchases": np.where(where == "both", sign, 0),
+                           "direct_purchases": np.where(where == "right_only", sign, 0)})
+    return counts.groupby("product_id", as_index=False, sort=False).sum()

@@ -72,3 +72,15 @@ def add_totals(current: pd.DataFrame, delta: pd.DataFrame) -> pd.DataFrame:
     both = pd.concat([current[["campaign_id", *PERFORMANCE_TOTALS]],
                       delta[["campaign_id", *PERFORMANCE_TOTALS]]])
     return both.groupby("campaign_id", as_index=False).sum()
+
+
+def campaign_total_deltas(sessions: pd.DataFrame) -> pd.DataFrame:
+    """``campaign_totals`` on the driver, for the stream's signed session rows of one
+    micro-batch (the stream == batch tests pin the two together)."""
+    s = sessions[sessions["campaign_id"].notna()]
+    sign = s["sign"].to_numpy(np.int64)
+    rows = pd.DataFrame({"campaign_id": s["campaign_id"].to_numpy(), "sessions": sign,
+                         "clicks": sign * s["clicks"].to_numpy(np.int64),
+                         "purchases": np.where(s["purchases"].to_numpy(np.int64) > 0, sign, 0),
+                         "revenue": sign * s["revenue"].to_numpy(np.float64)})
+    return rows.groupby("campaign_id", as_index=False, sort=False).sum()

@@ -3,8 +3,10 @@ reached each step, and each step's conversion from the step before.
 
 Cells are sums over sessions, so they are computed from *signed* session rows: a batch build
 gives every session ``sign = 1``; the stream gives ``-1`` for a session as it was and ``+1``
-for it as it is now (``stateful/sessions.py``), and adds the result to the stored cells. The
-same function serves both.
+for it as it is now (``stateful/sessions.py``), and adds the result to the stored cells.
+``funnel_cells`` serves the batch build; ``funnel_cell_deltas`` is its pandas twin for the
+stream's micro-batch changes, which sit on the driver (a Spark job there cost 5-10 s per 1M
+events); the stream == batch tests compare the tables they produce.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -74,3 +78,23 @@ def campaign_funnel(window: timedelta, gap: timedelta, watermark: datetime | Non
                 .withColumn("closed", closed)
                 .withColumn("window_date", F.to_date("window_start")))
     return _
+
+
+def funnel_cell_deltas(sessions: pd.DataFrame, window: timedelta) -> pd.DataFrame:
+    """``funnel_cells`` on the driver, for the stream's signed session rows of one
+    micro-batch (a few thousand rows: a Spark job would cost more than the sums). The same
+    cells, counts and window edges (tumbling windows from the epoch, like ``F.window``); the
+    stream == batch tests pin the two together."""
+    s = sessions[sessions["campaign_id"].notna()]
+    width = int(window.total_seconds() * 1_000_000)
+    start_us = s["session_start"].to_numpy("datetime64[us]").astype(np.int64)
+    sign = s["sign"].to_numpy(np.int64)
+    level = s["funnel_level"].to_numpy(np.int64)
+    cells = pd.DataFrame({"campaign_id": s["campaign_id"].to_numpy(),
+                          "window_start": start_us - start_us % width, "sessions": sign,
+                          **{c: np.where(level >= i, sign, 0) for i, c in enumerate(REACHED, start=1)}})
+    out = cells.groupby(["campaign_id", "window_start"], as_index=False, sort=False).sum()
+    start = out["window_start"].to_numpy().astype("datetime64[us]")
+    out["window_start"] = start
+    out.insert(2, "window_end", start + np.timedelta64(width, "us"))
+    return out[["campaign_id", "window_start", "window_end", *COUNTS]]
