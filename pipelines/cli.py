@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,12 +109,16 @@ def run(
     master: Annotated[str | None, typer.Option(help="Spark master, e.g. spark://host:7077")] = None,
 ) -> None:
     """Run the streaming pipeline: landing -> bronze -> silver -> gold."""
-    from pipelines.jobs.run import StreamFailed, run_available_now, run_continuously
-
     s = settings(config, lake=lake, input=input, source=source)
     if master:
         s = s.model_copy(update={"spark": s.spark.model_copy(update={"master": master})})
+    # The job's modules (Great Expectations among them: ~6 s of CPU) load while the JVM starts.
+    loading = threading.Thread(target=importlib.import_module, args=("pipelines.jobs.run",))
+    loading.start()
     with spark_for(s) as spark:
+        loading.join()
+        from pipelines.jobs.run import StreamFailed, run_available_now, run_continuously
+
         try:
             if available_now:
                 run_available_now(spark, s)
