@@ -38,6 +38,9 @@ Process = Callable[[tuple, Iterator[pd.DataFrame], "KeyState"], Iterator[pd.Data
 
 LAYOUT = "driver-state-1"  # bump when the file's meaning changes; an unknown layout is refused
 RETAIN = 20  # state files kept (Spark keeps 100 batches of its own state by default)
+REBUILD = ("to rebuild: stop the job, move <lake>/_checkpoints/gold and the gold tables aside, "
+           "run `funnelhouse run` (gold replays silver from its first version), or `funnelhouse "
+           "backfill --layers gold` over the dates silver holds (docs/backfill.md)")
 FILE = pa.schema([("processor", pa.string()), ("values", pa.list_(pa.binary())),
                   ("timeout_ms", pa.int64())])
 
@@ -128,14 +131,19 @@ class StateFiles:
         seen before it (None: no event yet)."""
         before = [i for i in self._ids() if i < batch_id]
         if not before:
+            if batch_id > 0:  # batches ran, yet no state: never guess (open sessions would vanish)
+                raise RuntimeError(
+                    f"gold micro-batch {batch_id} has no state to start from in {self.dir}"
+                    + (" (the checkpoint holds Spark operator state of the layout before "
+                       f"{LAYOUT})" if (self.dir.parent / "state").exists() else "")
+                    + f"; {REBUILD}")
             return {}, None
         with pa.ipc.open_file(self.dir / f"{before[-1]}.arrow") as reader:
             meta = reader.schema.metadata or {}
             if meta.get(b"layout") != LAYOUT.encode():
                 raise RuntimeError(
                     f"{self.dir} holds state of layout {meta.get(b'layout', b'?').decode()}, not "
-                    f"{LAYOUT}; rebuild gold with `funnelhouse backfill` into a new lake, or "
-                    "restart the gold query from a new checkpoint (docs/operations.md)")
+                    f"{LAYOUT}; {REBUILD}")
             table = reader.read_all()
         latest = meta.get(b"latest_ms", b"")
         held = {}
