@@ -80,17 +80,29 @@ def replace_range(spark: SparkSession, rows: Callable[[], DataFrame], path: str,
         cached = rows().persist()
         new = check(cached) if check else cached
         old = spark.read.format("delta").load(path).where(where)
-        cols = [c for c in new.columns if c not in ignore]
-        added = _comparable(new, cols).exceptAll(_comparable(old, cols)).count()
-        removed = _comparable(old, cols).exceptAll(_comparable(new, cols)).count()
+        added, removed, rows_new = difference(new, old, [c for c in new.columns if c not in ignore])
         changed = bool(added or removed)
         if changed:
             sinks.replace_where(new, path, where)
-        result[:] = [Changes(name, read, new.count() if changed else 0, added, removed)]
+        result[:] = [Changes(name, read, rows_new if changed else 0, added, removed)]
         cached.unpersist()
 
     sinks.with_retry(attempt, what=f"backfill {name}")
     return result[0]
+
+
+def difference(new: DataFrame, old: DataFrame, cols: list[str]) -> tuple[int, int, int]:
+    """(rows of ``new`` that ``old`` lacks, rows of ``old`` that ``new`` lacks, rows of ``new``),
+    as multisets over ``cols`` (``exceptAll`` both ways), in one Spark job: each row counts +1
+    from ``new`` and -1 from ``old``, and a distinct row's sum is its surplus on one side."""
+    side, surplus, ours = "__side", "__surplus", "__new"  # names no table uses
+    tagged = (_comparable(new, cols).withColumn(side, F.lit(1))
+              .unionByName(_comparable(old, cols).withColumn(side, F.lit(-1))))
+    per_row = tagged.groupBy(*cols).agg(F.sum(side).alias(surplus),
+                                        F.count_if(F.col(side) > 0).alias(ours))
+    added, removed, rows = per_row.agg(F.sum(F.greatest(surplus, F.lit(0))),
+                                       F.sum(F.greatest(-F.col(surplus), F.lit(0))), F.sum(ours)).first()
+    return int(added or 0), int(removed or 0), int(rows or 0)
 
 
 def _comparable(df: DataFrame, cols: list[str]) -> DataFrame:

@@ -40,3 +40,14 @@ def sample_lake(spark, tmp_path_factory) -> Settings:
     copy_sample(s.input)
     run_available_now(spark, s)
     return s
+
+
+@pytest.fixture(scope="session")
+def whole_lake(spark, tmp_path_factory) -> Settings:
+    """The committed sample run through bronze, silver and gold in one micro-batch per query:
+    nothing is behind the watermark, so a backfill must agree with it exactly."""
+    root = tmp_path_factory.mktemp("whole")
+    s = load_settings(overrides={"lake": root / "lake", "input": root / "landing"}, environ={}, local=False)
+    copy_sample(s.input)
+    run_available_now(spark, s)
+    return s

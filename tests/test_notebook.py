@@ -8,7 +8,7 @@ from nbclient import NotebookClient
 from pipelines.config import REPO_ROOT
 
 
-@pytest.mark.slow  # a Jupyter kernel and a second JVM
+@pytest.mark.slow  # a Jupyter kernel
 def test_funnel_analysis_notebook_executes(spark, sample_lake, monkeypatch):
     monkeypatch.setenv("FUNNELHOUSE_LAKE", sample_lake.lake)
     nb = nbformat.read(REPO_ROOT / "notebooks" / "funnel_analysis.ipynb", as_version=4)
