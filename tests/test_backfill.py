@@ -26,6 +26,7 @@ def _changed(totals) -> dict[str, int]:
     return {name: c.changed for name, c in totals.items()}
 
 
+@pytest.mark.slow  # streams a fresh lake (whole_lake)
 def test_backfill_over_what_the_stream_saw_whole_changes_nothing(spark, whole_lake, tmp_path):
     s = lake_copy(whole_lake, tmp_path)  # all files in one micro-batch: nothing is behind the watermark
     assert read(spark, s, "silver/events").where("late").count() == 0
@@ -34,6 +35,7 @@ def test_backfill_over_what_the_stream_saw_whole_changes_nothing(spark, whole_la
     assert totals["silver/events"].read > 14_000
 
 
+@pytest.mark.slow  # whole backfills of silver and gold
 def test_backfill_adds_late_events_then_is_idempotent(spark, sample_lake, tmp_path):
     s = lake_copy(sample_lake, tmp_path)  # streamed two files per batch: some events were late
     late = read(spark, s, "silver/events").where("late").count()
@@ -119,6 +121,7 @@ def test_backfill_beside_a_running_stream_ends_with_correct_tables(spark, tmp_pa
     assert_same_rows(flags, fraud_flags_batch(on_time, s.fraud, watermark), precision=None)
 
 
+@pytest.mark.slow  # two backfills of silver from the landing archive
 def test_backfill_from_the_landing_archive_rebuilds_lost_silver(spark, sample_lake, tmp_path):
     """Silver rows deleted by mistake come back from the landing files, with the ground
     truth's count; a second run changes nothing."""
