@@ -112,6 +112,7 @@ def run(
     s = settings(config, lake=lake, input=input, source=source)
     if master:
         s = s.model_copy(update={"spark": s.spark.model_copy(update={"master": master})})
+    notify_channels(s)  # a channel configured in part stops the job before Spark starts
     # The job's modules (Great Expectations among them: ~6 s of CPU) load while the JVM starts.
     loading = threading.Thread(target=importlib.import_module, args=("pipelines.jobs.run",))
     loading.start()
@@ -226,6 +227,49 @@ def quality_docs(
     with spark_for(s) as spark:
         index = build_docs(spark, s, out)
     console.print(f"data docs: {index}")
+
+
+notify_app = typer.Typer(help="Deliver the gold layer's notices (Slack, email, webhook) from the "
+                         "outbox ops/notifications.", invoke_without_command=True)
+app.add_typer(notify_app, name="notify")
+
+
+def notify_channels(s: Settings) -> dict:
+    """The channels that are on; exit 2 naming the variable when one is configured in part."""
+    from pipelines.notify.channels import ChannelConfigError, channels
+
+    try:
+        return channels(s.notify)
+    except ChannelConfigError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+
+
+@notify_app.callback()
+def notify(ctx: typer.Context, config: ConfigOpt = None, lake: LakeOpt = None) -> None:
+    """Catch up: record a notice for every alert, flag, offer and reminder the outbox lacks
+    (e.g. rows a backfill inserted), then send everything pending. Idempotent."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from pipelines.jobs.notify import run_notify
+    from pipelines.report import print_notifications
+
+    s = settings(config, lake=lake)
+    notify_channels(s)
+    console.print(f"delivered: {run_notify(s)}")
+    print_notifications(s, console)
+
+
+@notify_app.command("retry")
+def notify_retry(config: ConfigOpt = None, lake: LakeOpt = None) -> None:
+    """Send the notices marked failed again (each gets notify.max_attempts more tries)."""
+    from pipelines.jobs.notify import run_notify
+    from pipelines.report import print_notifications
+
+    s = settings(config, lake=lake)
+    notify_channels(s)
+    console.print(f"retried: {run_notify(s, retry=True)}")
+    print_notifications(s, console)
 
 
 def configure_logging(verbose: bool) -> None:

@@ -194,6 +194,26 @@ class MaintenanceSettings(Strict):
     target_file_size: int = Field(128 * 1024 * 1024, ge=1024 * 1024)  # bytes per compacted file
 
 
+NoticeKind = Literal["dropoff", "fraud", "offer", "reminder"]
+Channel = Literal["slack", "email", "webhook"]
+
+
+class NotifySettings(Strict):
+    """Delivery of the gold tables' alerts, flags, offers and reminders
+    (``pipelines/notify/``, docs/alerts.md). Secrets never live here: the environment only."""
+
+    enabled: StrictBool = True
+    routes: dict[NoticeKind, list[Channel]] = {
+        "dropoff": ["slack"], "fraud": ["slack"], "offer": ["email"], "reminder": ["email"]}
+    recipient: str = "{user_id}@example.com"  # email address template over the row's ids
+    on_call_email: str = "oncall@example.com"  # drop-off alerts and fraud flags routed to email
+    discount: float = Field(0.10, gt=0, lt=1)  # the retargeting offer
+    limits: dict[Literal["offer", "reminder"], int] = {"offer": 1, "reminder": 1}  # per recipient per day
+    max_attempts: int = Field(3, ge=1)  # then the notice is "failed" (``notify retry`` sends it again)
+    backoff: Duration = timedelta(milliseconds=500)  # before the 2nd attempt; doubles after
+    timeout: Duration = timedelta(seconds=10)  # per request to a channel
+
+
 class Settings(Strict):
     lake: str = "data/lake"  # a local folder or a URI (s3a://, abfss://)
     input: str = "data/landing"
@@ -209,6 +229,7 @@ class Settings(Strict):
     retarget: RetargetSettings = RetargetSettings()
     quality: QualitySettings = QualitySettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
+    notify: NotifySettings = NotifySettings()
 
     @field_validator("lake", "input", mode="before")
     @classmethod

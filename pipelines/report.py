@@ -67,6 +67,36 @@ def print_summary(s: Settings, console: Console) -> None:
                       f"streams): {late['n']:,}")
     print_report(s, console, quiet=True)
     print_fraud(s, console)
+    print_notifications(s, console)
+
+
+def print_notifications(s: Settings, console: Console, examples: int = 3) -> None:
+    """The outbox by kind, channel and status; with a channel off, what it would send."""
+    from pipelines.notify.channels import channels
+
+    data = _load(s, tables.NOTIFICATIONS)
+    if data is None or data.num_rows == 0:
+        return
+    table = RichTable(title="Notices (ops/notifications)")
+    for col in ("kind", "channel", "status", "notices"):
+        table.add_column(col, justify="right" if col == "notices" else "left")
+    for r in _rows("SELECT kind, channel, status, count(*) AS n FROM o GROUP BY ALL ORDER BY ALL",
+                   o=data.select(["kind", "channel", "status"])):
+        table.add_row(r["kind"], r["channel"], r["status"], f"{r['n']:,}")
+    console.print(table)
+    try:
+        on = set(channels(s.notify))
+    except ValueError:  # configured in part: the job itself says which variable is missing
+        on = set()
+    off = sorted(set(data.column("channel").to_pylist()) - on)
+    if off:
+        console.print(f"channels off (no FUNNELHOUSE_* secrets set): {', '.join(off)}; their notices "
+                      f"wait as pending. Would send, for example:")
+        for r in _rows(f"SELECT channel, recipient, subject FROM o WHERE status = 'pending' "
+                       f"QUALIFY row_number() OVER (PARTITION BY kind ORDER BY notification_id) <= 1 "
+                       f"ORDER BY kind LIMIT {int(examples) * 4}",
+                       o=data.drop_columns(["payload"])):
+            console.print(f"  {r['channel']} -> {r['recipient']}: {r['subject']}")
 
 
 def print_fraud(s: Settings, console: Console, limit: int = 15) -> None:

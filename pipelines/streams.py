@@ -43,6 +43,9 @@ from pipelines.io import sinks, sources
 from pipelines.io.delta_rs import Commit, arrow_schema, max_stat, to_arrow
 from pipelines.io.lease import lease
 from pipelines.io.ledger import Ledger
+from pipelines.notify.channels import channels
+from pipelines.notify.messages import SOURCE_TABLE
+from pipelines.notify.outbox import open_outbox, record_rows
 from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe_stream, event_watermark, parse, quarantined, to_silver, valid_events
 from pipelines.stateful import fraud, offers, sessions
@@ -217,6 +220,11 @@ class GoldBatch(Handler):
         self.quality = Quality(s.lake, "campaign_funnel", s.quality, "gold") if s.quality.enabled else None
         self.processors = gold_processors(s)
         self.states = StateFiles(self.checkpoint, self.processors)
+        self.channels = channels(s.notify) if s.notify.enabled else {}  # a channel set in part: fail now
+        self.outbox = open_outbox(s.lake, s.notify, spark) if s.notify.enabled else None
+        if self.outbox is not None and self.channels:  # what a crash left between record and send
+            log.info("pending notices from before this start: %s",
+                     self.outbox.deliver(self.outbox.due(), self.channels))
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         with lease(self.s.lake, who=f"gold batch {batch_id}"):  # a backfill may be rebuilding
@@ -238,19 +246,36 @@ class GoldBatch(Handler):
                 out[p.name] = pd.concat(frames, ignore_index=True)
         commit = Commit(self.app_id(), batch_id, self.ledger)
         outputs = {p.name: p.output for p in self.processors}
+        inserted: dict[str, pa.Table] = {}
         if "sessions" in out:
-            self._sessions(commit, spark, typed_session_rows(out["sessions"]))
+            inserted |= self._sessions(commit, spark, typed_session_rows(out["sessions"]))
         if watermark is not None:  # a second commit to campaign_funnel: a ledger of its own
-            self._close_windows(Commit(f"{self.app_id()}/close", batch_id, self.ledger), spark, watermark)
+            inserted |= self._close_windows(Commit(f"{self.app_id()}/close", batch_id, self.ledger),
+                                            spark, watermark)
         if "fraud" in out:
-            self._insert(commit, spark.createDataFrame(to_arrow_table(out["fraud"], outputs["fraud"])),
-                         T.FRAUD_FLAGS)
+            inserted[T.FRAUD_FLAGS.name] = self._insert(
+                commit, spark.createDataFrame(to_arrow_table(out["fraud"], outputs["fraud"])), T.FRAUD_FLAGS)
         if "offers" in out:
             offers_ = spark.createDataFrame(to_arrow_table(out["offers"], outputs["offers"]))
-            self._insert(commit, offers_.transform(to_offer_rows()), T.RETARGET_OFFERS)
+            inserted[T.RETARGET_OFFERS.name] = self._insert(commit, offers_.transform(to_offer_rows()),
+                                                            T.RETARGET_OFFERS)
+        self._notify(batch_id, inserted)
         self.states.save(batch_id, held, latest)
 
-    def _sessions(self, commit: Commit, spark: SparkSession, changes: pd.DataFrame) -> None:
+    def _notify(self, batch_id: int, inserted: dict[str, pa.Table]) -> None:
+        """Record the notices of this batch's alerts, flags, offers and reminders in the
+        outbox, then send them (before the state moves on: a crash replays this batch, and
+        the outbox, keyed on ids, records and sends nothing twice)."""
+        if self.outbox is None:
+            return
+        found = [n for kind, table in SOURCE_TABLE.items() if table in inserted
+                 for n in record_rows(self.outbox, kind, inserted[table])]
+        if found and self.channels:
+            ids = {n.notification_id for n in found}
+            done = self.outbox.deliver(self.outbox.due(ids=ids, days={n.day for n in found}), self.channels)
+            log.info("gold batch %d notices: %s", batch_id, done)
+
+    def _sessions(self, commit: Commit, spark: SparkSession, changes: pd.DataFrame) -> dict[str, pa.Table]:
         """The session processor's typed changes -> ``gold/session_funnel`` (signed and closed
         rows); the signed rows' counts, summed on the driver (``*_deltas``, the pandas twins of
         the batch build's aggregates) -> ``gold/campaign_funnel``, ``gold/campaign_performance``
@@ -276,27 +301,31 @@ class GoldBatch(Handler):
             apply.products(commit, _arrow(product_count_deltas(signed), T.PRODUCT_ABANDONMENT),
                            p[T.PRODUCT_ABANDONMENT.name])
         due = changes[kind == "reminder"]
-        if len(due):
-            reminders = pa.Table.from_pandas(due[funnel.columns], schema=schema, preserve_index=False)
-            self._insert(commit, spark.createDataFrame(reminders).select(*reminder_columns()),
-                         T.CART_REMINDERS)
+        if not len(due):
+            return {}
+        reminders = pa.Table.from_pandas(due[funnel.columns], schema=schema, preserve_index=False)
+        return {T.CART_REMINDERS.name: self._insert(
+            commit, spark.createDataFrame(reminders).select(*reminder_columns()), T.CART_REMINDERS)}
 
-    def _close_windows(self, commit: Commit, spark: SparkSession, watermark: datetime) -> None:
+    def _close_windows(self, commit: Commit, spark: SparkSession, watermark: datetime) -> dict[str, pa.Table]:
         """Check and judge the campaign windows this watermark closed (-> ``gold/alerts``),
         then mark them closed in ``gold/campaign_funnel``."""
         path = self.paths[T.CAMPAIGN_FUNNEL.name]
         closing = apply.closing_cells(path, watermark, self.s.sessions.gap)
         if closing.num_rows == 0:
-            return
+            return {}
         cells = spark.createDataFrame(closing.cast(arrow_schema(T.CAMPAIGN_FUNNEL)))
         if self.quality is not None:  # the funnel suite, on each window as it closes
             self.quality.apply(cells, commit)
-        self._insert(commit, cells.transform(alert_rows(self.s, watermark)), T.ALERTS)
+        alerts = self._insert(commit, cells.transform(alert_rows(self.s, watermark)), T.ALERTS)
         apply.mark_closed(commit, closing, path)
+        return {T.ALERTS.name: alerts}
 
-    def _insert(self, commit: Commit, rows: DataFrame, table: T.Table) -> None:
+    def _insert(self, commit: Commit, rows: DataFrame, table: T.Table) -> pa.Table:
+        """Insert the rows ``table`` lacks; returns all of ``rows`` (as Arrow)."""
         new = to_arrow(rows.transform(T.conform(table)), table)
         apply.insert_new(commit, new, self.paths[table.name], table)
+        return new
 
 
 def _arrow(frame: pd.DataFrame, table: T.Table) -> pa.Table:

@@ -137,9 +137,18 @@ QUALITY_RESULTS = Table("quality/results", _schema(
     ("success", BOOL), ("unexpected_count", LONG), ("element_count", LONG), ("validated_at", TS),
 ))
 
+# The delivery outbox (``pipelines/notify/``): one row per notice and channel, recorded before
+# it is sent. ``notification_id`` is derived from the source row's id and the channel.
+NOTIFICATIONS = Table("ops/notifications", _schema(
+    ("notification_id", STR), ("kind", STR), ("channel", STR), ("source_id", STR), ("recipient", STR),
+    ("subject", STR), ("payload", STR), ("status", STR), ("attempts", INT), ("last_error", STR),
+    ("created_at", TS), ("sent_at", TS), ("created_date", DATE),
+), partition_by=("created_date",), key=("notification_id",),
+   stats=("notification_id", "kind", "status", "recipient"))
+
 GOLD: list[Table] = [SESSION_FUNNEL, CAMPAIGN_FUNNEL, CAMPAIGN_PERFORMANCE, PRODUCT_ABANDONMENT, ALERTS,
                      CART_REMINDERS, RETARGET_OFFERS, FRAUD_FLAGS]
-ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD, QUALITY_RESULTS]
+ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD, QUALITY_RESULTS, NOTIFICATIONS]
 
 
 def conform(table: Table) -> Callable[[DataFrame], DataFrame]:

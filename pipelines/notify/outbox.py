@@ -1,0 +1,190 @@
+"""``ops/notifications``: every notice is recorded here before it is sent, then updated with
+the outcome of each attempt. Reads and writes go through delta-rs (no Spark), so delivery runs
+in the gold micro-batch, in ``funnelhouse notify``, or anywhere a Python process runs.
+
+Guarantees (docs/alerts.md):
+- a notice is recorded once: the MERGE inserts only ids the outbox lacks, and the id comes
+  from the source row, so replays, restarts and backfills add nothing;
+- only ``pending`` notices are sent, and a notice's status becomes ``sent`` in the commit right
+  after its channel accepted it. A crash between those two steps sends that notice again on
+  the next delivery (at least once at the edge): emails carry the id as ``Message-ID``,
+  webhooks as ``Idempotency-Key``, so a receiver can drop the repeat;
+- a channel that fails is retried with exponential backoff; after ``notify.max_attempts``
+  the notice is ``failed`` (kept, with the error) until ``funnelhouse notify retry``;
+- offers and reminders over ``notify.limits`` (per recipient per day) are recorded as
+  ``suppressed`` with the reason; drop-off alerts and fraud flags never are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import CommitFailedError
+
+from pipelines import tables as T
+from pipelines.config import NotifySettings
+from pipelines.io.delta_rs import arrow_schema
+from pipelines.io.ledger import rs_uri
+from pipelines.notify.channels import Sender, SendError
+from pipelines.notify.messages import ON_CALL, Notice, notices, to_json
+
+log = logging.getLogger(__name__)
+RETRIES = 5
+COUNTED = ("pending", "sent", "failed")  # what a limit counts: everything not suppressed
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one delivery run did, per (channel, status)."""
+    outcomes: Counter
+
+    def __str__(self) -> str:
+        return ", ".join(f"{c} {s}: {n}" for (c, s), n in sorted(self.outcomes.items())) or "nothing to send"
+
+
+class Outbox:
+    def __init__(self, lake: str, s: NotifySettings):
+        self.path = rs_uri(f"{lake}/{T.NOTIFICATIONS.name}")
+        self.s = s
+        self.schema = arrow_schema(T.NOTIFICATIONS)
+
+    def _table(self) -> DeltaTable:
+        return DeltaTable(self.path)
+
+    def read(self, filters: list[tuple] | None = None) -> pa.Table:
+        return self._table().to_pyarrow_table(filters=filters)
+
+    def record(self, new: list[Notice], now: datetime | None = None) -> int:
+        """Record the notices the outbox lacks: ``pending``, or ``suppressed`` by a limit.
+        Returns how many rows the MERGE inserted."""
+        if not new:
+            return 0
+        now = now or datetime.now(UTC).replace(tzinfo=None)
+        ids = {n.notification_id for n in new}
+        days = sorted({n.day for n in new})
+        have = self.read([("created_date", "in", days)]).select(
+            ["notification_id", "kind", "recipient", "status", "created_date"]).to_pylist()
+        known = {r["notification_id"] for r in have if r["notification_id"] in ids}
+        used = Counter((r["kind"], r["recipient"], r["created_date"]) for r in have if r["status"] in COUNTED)
+        rows = []
+        for n in sorted(new, key=lambda n: (n.day, n.notification_id)):
+            if n.notification_id in known:
+                continue
+            known.add(n.notification_id)
+            status, reason = "pending", None
+            limit = self.s.limits.get(n.kind) if n.kind not in ON_CALL else None  # type: ignore[call-overload]
+            if limit is not None:
+                key = (n.kind, n.recipient, n.day)
+                if used[key] >= limit:
+                    status = "suppressed"
+                    reason = f"limit: at most {limit} {n.kind} per recipient per day"
+                else:
+                    used[key] += 1
+            rows.append({"notification_id": n.notification_id, "kind": n.kind, "channel": n.channel,
+                         "source_id": n.source_id, "recipient": n.recipient, "subject": n.subject,
+                         "payload": to_json(n.payload), "status": status, "attempts": 0,
+                         "last_error": reason, "created_at": now, "sent_at": None, "created_date": n.day})
+        if not rows:
+            return 0
+        self._merge(pa.Table.from_pylist(rows, schema=self.schema),
+                    lambda m: m.when_not_matched_insert_all())
+        return len(rows)
+
+    def due(self, statuses: Iterable[str] = ("pending",), ids: set[str] | None = None,
+            days: Iterable | None = None) -> list[dict]:
+        """The notices to send: in ``statuses``, among ``ids`` (all when None), in ``days``."""
+        # Only the partition column is pushed down: delta-rs cannot filter a string column
+        # against its (string_view) statistics here.
+        data = self.read(None if days is None else [("created_date", "in", sorted(set(days)))])
+        data = data.filter(pc.is_in(data.column("status"), pa.array(list(statuses))))
+        return [r for r in data.to_pylist() if ids is None or r["notification_id"] in ids]
+
+    def deliver(self, rows: list[dict], channels: Mapping[str, Sender]) -> Delivery:
+        """Send ``rows`` (outbox rows) through the channels that are on, each with up to
+        ``max_attempts`` tries, and record each outcome. Rows of a channel that is off stay
+        ``pending``."""
+        outcomes: Counter = Counter()
+        updates = []
+        by_channel: dict[str, list[dict]] = defaultdict(list)
+        for r in rows:
+            by_channel[r["channel"]].append(r)
+        for channel, todo in by_channel.items():
+            sender = channels.get(channel)
+            if sender is None:
+                outcomes[(channel, "pending (channel off)")] += len(todo)
+                continue
+            try:
+                for r in todo:
+                    updates.append(self._send(sender, r))
+                    outcomes[(channel, updates[-1]["status"])] += 1
+            finally:
+                sender.close()
+                self._update(updates)  # what was sent is recorded even if a later send raised
+                updates = []
+        return Delivery(outcomes)
+
+    def _send(self, sender: Sender, row: dict) -> dict:
+        notice = Notice(row["notification_id"], row["kind"], row["channel"], row["source_id"],
+                        row["recipient"], row["subject"], json.loads(row["payload"]), row["created_date"])
+        error = None
+        for attempt in range(1, self.s.max_attempts + 1):
+            try:
+                sender.send(notice)
+                return {**row, "status": "sent", "attempts": row["attempts"] + attempt, "last_error": None,
+                        "sent_at": datetime.now(UTC).replace(tzinfo=None)}
+            except SendError as err:
+                error = str(err)
+                log.warning("%s %s attempt %d/%d failed: %s", row["kind"], row["notification_id"][:12],
+                            attempt, self.s.max_attempts, error)
+                if attempt < self.s.max_attempts:
+                    time.sleep(self.s.backoff.total_seconds() * 2 ** (attempt - 1))
+            except (KeyError, ValueError, IndexError) as err:  # a template that does not fit: no retry
+                log.error("%s %s cannot be rendered: %r", row["kind"], row["notification_id"][:12], err)
+                return {**row, "status": "failed", "attempts": row["attempts"] + attempt,
+                        "last_error": f"template: {type(err).__name__}: {err}"}
+        return {**row, "status": "failed", "attempts": row["attempts"] + self.s.max_attempts,
+                "last_error": error}
+
+    def _update(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        source = pa.Table.from_pylist(rows, schema=self.schema)
+        self._merge(source, lambda m: m.when_matched_update(
+            {c: f"s.{c}" for c in ("status", "attempts", "last_error", "sent_at")}))
+
+    def _merge(self, source: pa.Table, clauses) -> None:
+        days = ", ".join(f"'{d}'" for d in sorted(set(source.column("created_date").to_pylist())))
+        predicate = f"t.notification_id = s.notification_id AND t.created_date IN ({days})"
+        for attempt in range(1, RETRIES + 1):
+            try:
+                merger = self._table().merge(source, predicate, source_alias="s", target_alias="t")
+                clauses(merger).execute()
+                return
+            except CommitFailedError:
+                if attempt == RETRIES:
+                    raise
+                log.warning("merge into %s conflicted; retry %d/%d", T.NOTIFICATIONS.name, attempt,
+                            RETRIES - 1)
+
+
+def open_outbox(lake: str, s: NotifySettings, spark=None) -> Outbox:
+    """The lake's outbox, created when missing (a local lake needs no Spark for that; an
+    object store does)."""
+    T.ensure(spark, lake, T.NOTIFICATIONS)
+    return Outbox(lake, s)
+
+
+def record_rows(box: Outbox, kind: str, rows: pa.Table) -> list[Notice]:
+    """Record the notices of gold ``rows`` of ``kind`` (their table's columns); returns them."""
+    found = notices(kind, rows.to_pylist(), box.s)
+    box.record(found)
+    return found

@@ -1,0 +1,268 @@
+"""Alert delivery against real receivers: an HTTP server (Slack's webhook protocol and the
+generic webhook) and an aiosmtpd SMTP server. Expected messages are written out by hand, and
+counts come from the sample's gold tables and the generator's truth."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import threading
+from collections import Counter
+from datetime import date, datetime
+from email import message_from_bytes
+from email.policy import default as email_policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from aiosmtpd.controller import Controller
+from deltalake import DeltaTable
+from helpers import SAMPLE, copy_sample, lake_copy
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.config import NotifySettings
+from pipelines.jobs.notify import run_notify
+from pipelines.jobs.run import run_available_now
+from pipelines.notify.messages import email_message, notices, notification_id, slack_message, webhook_body
+
+TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
+SECRET = "T000/B000/not-a-real-secret-9f8e7d"
+
+
+class Receiver:
+    """An HTTP server that records each POST (path, headers, JSON body); 503 while ``down``."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict, dict]] = []
+        self.down = False
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.posts.append((self.path, dict(self.headers), json.loads(body)))
+                self.send_response(503 if receiver.down else 200)
+                self.end_headers()
+                self.wfile.write(b"unavailable" if receiver.down else b"ok")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def bodies(self, path: str) -> list[dict]:
+        return [b for p, _, b in self.posts if p == path]
+
+
+class Inbox:
+    """aiosmtpd's handler: keeps every message it accepts."""
+
+    def __init__(self) -> None:
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        self.messages.append(message_from_bytes(envelope.content, policy=email_policy))
+        return "250 OK"
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture
+def smtp():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+def _env(receiver: Receiver, smtp_port: int) -> dict[str, str]:
+    return {"FUNNELHOUSE_SLACK_WEBHOOK_URL": f"{receiver.url}/slack/{SECRET}",
+            "FUNNELHOUSE_WEBHOOK_URL": f"{receiver.url}/hook",
+            "FUNNELHOUSE_SMTP_HOST": "127.0.0.1", "FUNNELHOUSE_SMTP_PORT": str(smtp_port),
+            "FUNNELHOUSE_SMTP_FROM": "funnelhouse@example.com"}
+
+
+def _outbox(s) -> list[dict]:
+    return DeltaTable(s.table("ops/notifications")).to_pyarrow_table().to_pylist()
+
+
+# Hand-built gold rows and the messages they must give.
+ALERT = {"alert_id": "a1", "kind": "dropoff", "rule": "click_to_cart", "campaign_id": "cmp_07",
+         "window_start": datetime(2026, 11, 2, 10), "window_end": datetime(2026, 11, 2, 11),
+         "metric": "add_to_cart/ad_click", "value": 0.125, "threshold": 0.2, "volume": 160,
+         "message": "", "created_at": datetime(2026, 11, 2, 12)}
+FLAG = {"flag_id": "f1", "rule": "R1", "entity_type": "user", "entity_id": "u9",
+        "first_event_time": datetime(2026, 11, 2, 10, 0, 0),
+        "last_event_time": datetime(2026, 11, 2, 10, 0, 4),
+        "event_count": 12, "measure": "count", "measure_value": 12, "peak_value": 12, "threshold": 10,
+        "window_seconds": 5.0, "evidence_event_ids": [f"e{i}" for i in range(12)]}
+OFFER = {"offer_id": "o1", "user_id": "u1", "campaign_id": "cmp_03", "tracking_id": "t1",
+         "click_time": datetime(2026, 11, 2, 9, 0), "due_time": datetime(2026, 11, 2, 9, 10),
+         "created_at": datetime(2026, 11, 2, 9, 11)}
+REMINDER = {"reminder_id": "r1", "user_id": "u2", "tracking_id": "t2",
+            "session_start": datetime(2026, 11, 2, 8), "session_end": datetime(2026, 11, 2, 8, 20),
+            "adds": 3, "products": ["p_001", "p_002"],
+            "created_at": datetime(2026, 11, 2, 9)}
+
+
+def test_the_messages_are_exactly_these():
+    s = NotifySettings(routes={"dropoff": ["slack", "webhook"], "fraud": ["slack"], "offer": ["email"],
+                               "reminder": ["email"]})
+    [slack, hook] = notices("dropoff", [ALERT], s)
+    assert slack.notification_id == notification_id("dropoff", "a1", "slack") != hook.notification_id
+    assert (slack.recipient, hook.recipient, slack.day) == ("slack", "webhook", date(2026, 11, 2))
+    assert slack_message(slack) == {
+        "text": "Drop-off in cmp_07: add_to_cart/ad_click 12.5% < 20% (click_to_cart)",
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text",
+                                        "text": ":chart_with_downwards_trend: Drop-off: cmp_07"}},
+            {"type": "section", "fields": [
+                {"type": "mrkdwn", "text": "*Rule*\nclick_to_cart"},
+                {"type": "mrkdwn", "text": "*Window*\n2026-11-02 10:00:00 to 2026-11-02 11:00:00"},
+                {"type": "mrkdwn", "text": "*Value*\nadd_to_cart/ad_click 12.5%"},
+                {"type": "mrkdwn", "text": "*Threshold*\n20%"},
+                {"type": "mrkdwn", "text": "*Volume*\n160 sessions"}]}]}
+    assert webhook_body(hook)["payload"] == {
+        "campaign_id": "cmp_07", "rule": "click_to_cart", "metric": "add_to_cart/ad_click", "value": 0.125,
+        "threshold": 0.2, "volume": 160, "window_start": "2026-11-02 10:00:00",
+        "window_end": "2026-11-02 11:00:00"}
+
+    [flag] = notices("fraud", [FLAG], s)
+    message = slack_message(flag)
+    assert message["text"] == "Flag for review: user u9 (R1: count 12 >= 10 within 5 s)"
+    assert message["blocks"][2] == {"type": "context", "elements": [
+        {"type": "mrkdwn", "text": "Evidence: `e0`, `e1`, `e2`, `e3`, `e4` and 7 more"}]}
+
+    [offer] = notices("offer", [OFFER], s)
+    subject, text, html = email_message(offer)
+    assert (offer.recipient, subject) == ("u1@example.com", "10% off: come back to your cart")
+    assert "(cmp_03) at 2026-11-02 09:00:00 UTC" in text and "10% off your next purchase" in text
+    assert "<b>10% off</b>" in html
+
+    [reminder] = notices("reminder", [REMINDER], s)
+    _, text, html = email_message(reminder)
+    assert "You added 3 items to your cart and left at 2026-11-02 08:20:00 UTC" in text
+    assert "  - p_001\n  - p_002\n" in text and "<ul><li>p_001</li><li>p_002</li></ul>" in html
+
+
+def _expected_emails(s) -> tuple[int, int]:
+    """(emails to send, suppressed) under the default limits, 1 offer and 1 reminder per user
+    per day, counted from the gold tables by hand."""
+    sent = suppressed = 0
+    for table, day_of in (("gold/retarget_offers", "due_time"), ("gold/cart_reminders", "session_end")):
+        rows = DeltaTable(s.table(table)).to_pyarrow_table().to_pylist()
+        per = Counter((r["user_id"], r[day_of].date()) for r in rows)
+        sent += len(per)
+        suppressed += sum(n - 1 for n in per.values())
+    return sent, suppressed
+
+
+@pytest.mark.slow
+def test_the_sample_is_delivered_once_per_row_and_channel(spark, sample_lake, tmp_path, receiver, smtp):
+    """The stream recorded the sample's notices while every channel was off; ``notify``
+    sends them: one Slack message per alert and fraud flag, one email per offer and reminder
+    within the limits. A second run sends nothing."""
+    inbox, port = smtp
+    s = lake_copy(sample_lake, tmp_path)
+    pending = Counter(r["status"] for r in _outbox(s))
+    assert set(pending) <= {"pending", "suppressed"} and pending["pending"] > 0
+
+    done = run_notify(s, environ=_env(receiver, port))
+    alerts = DeltaTable(s.table("gold/alerts")).to_pyarrow_table().num_rows
+    assert alerts > 0
+    assert len(receiver.bodies(f"/slack/{SECRET}")) == alerts + len(TRUTH["fraud_bursts"])
+    emails, suppressed = _expected_emails(s)
+    assert len(inbox.messages) == emails
+    assert done.outcomes[("email", "sent")] == emails
+    statuses = Counter((r["channel"], r["status"]) for r in _outbox(s))
+    assert statuses == {("slack", "sent"): alerts + len(TRUTH["fraud_bursts"]), ("email", "sent"): emails,
+                        ("email", "suppressed"): suppressed}
+    # Every email went to the user's address, once.
+    assert len({m["Message-ID"] for m in inbox.messages}) == emails
+    assert all(m["To"].endswith("@example.com") and m["From"] == "funnelhouse@example.com"
+               for m in inbox.messages)
+
+    again = run_notify(s, environ=_env(receiver, port))
+    assert sum(again.outcomes.values()) == 0
+    assert len(inbox.messages) == emails and len(receiver.posts) == alerts + len(TRUTH["fraud_bursts"])
+
+
+def test_a_receiver_that_is_down_is_retried_then_failed_then_resent(spark, sample_lake, tmp_path,
+                                                                   receiver, caplog, monkeypatch):
+    s = lake_copy(sample_lake, tmp_path)
+    shutil.rmtree(s.table("ops/notifications"))  # the stream's pending notices: not this test's routes
+    config = tmp_path / "webhook.yaml"
+    config.write_text("notify:\n  routes: {dropoff: [slack, webhook], fraud: [], offer: [], reminder: []}\n"
+                      "  max_attempts: 2\n  backoff: 10 milliseconds\n")
+    from pipelines.config import load_settings
+    s = load_settings(config, overrides={"lake": s.lake}, environ={}, local=False)
+    env = {"FUNNELHOUSE_SLACK_WEBHOOK_URL": f"{receiver.url}/slack/{SECRET}",
+           "FUNNELHOUSE_WEBHOOK_URL": f"{receiver.url}/hook"}
+    alerts = DeltaTable(s.table("gold/alerts")).to_pyarrow_table().num_rows
+    receiver.down = True
+    with caplog.at_level(logging.WARNING):
+        run_notify(s, environ=env)
+    assert len(receiver.posts) == 2 * 2 * alerts  # two channels, two attempts each
+    failed = [r for r in _outbox(s) if r["kind"] == "dropoff"]
+    assert {(r["status"], r["attempts"]) for r in failed} == {("failed", 2)}
+    assert {r["last_error"] for r in failed} == {"slack: HTTP 503 unavailable", "webhook: HTTP 503"}
+    hooks = receiver.bodies("/hook")
+    assert {b["notification_id"] for b in hooks} == {r["notification_id"] for r in failed
+                                                     if r["channel"] == "webhook"}
+
+    receiver.down = False
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["notify", "retry", "--config", str(config), "--lake", s.lake])
+    assert result.exit_code == 0, result.output
+    assert {(r["status"], r["attempts"]) for r in _outbox(s) if r["kind"] == "dropoff"} == {("sent", 3)}
+    assert len(receiver.posts) == 2 * 2 * alerts + 2 * alerts
+    # The Slack URL is a secret: never in the logs, the output or the outbox.
+    assert SECRET not in caplog.text and SECRET not in result.output
+    assert all(SECRET not in json.dumps(r, default=str) for r in _outbox(s))
+
+
+def test_a_channel_configured_in_part_is_a_clear_start_up_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUNNELHOUSE_SMTP_HOST", "127.0.0.1")
+    monkeypatch.delenv("FUNNELHOUSE_SMTP_FROM", raising=False)
+    result = CliRunner().invoke(app, ["notify", "--lake", str(tmp_path / "lake")])
+    assert result.exit_code == 2
+    assert "set FUNNELHOUSE_SMTP_FROM" in result.output
+    result = CliRunner().invoke(app, ["run", "--lake", str(tmp_path / "lake"), "--available-now"])
+    assert result.exit_code == 2 and "set FUNNELHOUSE_SMTP_FROM" in result.output
+
+
+@pytest.mark.slow
+def test_the_stream_sends_each_batchs_notices_and_a_replay_sends_nothing(spark, lake_settings, receiver,
+                                                                        smtp, monkeypatch):
+    inbox, port = smtp
+    for name, value in _env(receiver, port).items():
+        monkeypatch.setenv(name, value)
+    s = lake_settings
+    copy_sample(s.input)
+    run_available_now(spark, s)
+    rows = _outbox(s)
+    assert rows and {r["status"] for r in rows} <= {"sent", "suppressed"}
+    sent = Counter(r["channel"] for r in rows if r["status"] == "sent")
+    assert sent["email"] == len(inbox.messages) == _expected_emails(s)[0]
+    assert sent["slack"] == len(receiver.posts) > len(TRUTH["fraud_bursts"])
+
+    from pathlib import Path
+
+    from test_gold_stream import forget_last_batches
+    forget_last_batches(Path(s.checkpoint("gold")), 1)
+    run_available_now(spark, s, ["gold"])
+    assert len(inbox.messages) == sent["email"] and len(receiver.posts) == sent["slack"]
