@@ -266,3 +266,47 @@ def test_the_stream_sends_each_batchs_notices_and_a_replay_sends_nothing(spark, 
     forget_last_batches(Path(s.checkpoint("gold")), 1)
     run_available_now(spark, s, ["gold"])
     assert len(inbox.messages) == sent["email"] and len(receiver.posts) == sent["slack"]
+
+
+def test_email_upgrades_to_starttls_and_logs_in_when_the_server_offers_it(tmp_path):
+    """A real aiosmtpd server that offers STARTTLS (a throwaway self-signed certificate) and
+    requires AUTH over TLS: the sender upgrades, logs in with the configured user, then sends."""
+    import ssl
+    import subprocess
+
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    from pipelines.notify.channels import senders
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1"], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    logins = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (b"fh", b"pw")
+        logins.append((mechanism, ok, session.ssl is not None))
+        return AuthResult(success=ok)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, tls_context=context,
+                            require_starttls=True, auth_required=True, authenticator=authenticator)
+    controller.start()
+    try:
+        email = senders({"FUNNELHOUSE_SMTP_HOST": "127.0.0.1", "FUNNELHOUSE_SMTP_PORT": str(port),
+                         "FUNNELHOUSE_SMTP_FROM": "funnelhouse@example.com", "FUNNELHOUSE_SMTP_USER": "fh",
+                         "FUNNELHOUSE_SMTP_PASSWORD": "pw"}, timeout=10)["email"]
+        [reminder] = notices("reminder", [REMINDER], NotifySettings())
+        email.send(reminder)
+        email.close()
+    finally:
+        controller.stop()
+    assert [ok and tls for _, ok, tls in logins] == [True]
+    [message] = inbox.messages
+    assert (message["To"], message["Subject"]) == ("u2@example.com", "You left something in your cart")
+    assert "  - p_001\n  - p_002" in message.get_body(("plain",)).get_content().replace("\r\n", "\n")
