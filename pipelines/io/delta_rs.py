@@ -108,16 +108,22 @@ class Commit:
         ``clauses`` add the when-matched / when-not-matched actions. Nothing when empty."""
         if source.num_rows == 0 or self._done(path):
             return False
-        for attempt in range(1, RETRIES + 1):
-            try:
-                merger = DeltaTable(rs_uri(path)).merge(
-                    source, predicate, source_alias="s", target_alias="t",
-                    commit_properties=self._props())
-                clauses(merger).execute()
-                break
-            except CommitFailedError:
-                if attempt == RETRIES:
-                    raise
-                log.warning("merge into %s conflicted; retry %d/%d", path, attempt, RETRIES - 1)
+        merge(source, path, predicate, clauses, self._props())
         self._committed(path)
         return True
+
+
+def merge(source: pa.Table, path: str, predicate: str, clauses: Callable[[TableMerger], TableMerger],
+          props: CommitProperties | None = None) -> None:
+    """MERGE ``source`` (alias ``s``) into the table at ``path`` (alias ``t``), retrying a
+    commit that conflicted with another writer on a fresh snapshot."""
+    for attempt in range(1, RETRIES + 1):
+        try:
+            merger = DeltaTable(rs_uri(path)).merge(source, predicate, source_alias="s", target_alias="t",
+                                                    commit_properties=props)
+            clauses(merger).execute()
+            return
+        except CommitFailedError:
+            if attempt == RETRIES:
+                raise
+            log.warning("merge into %s conflicted; retry %d/%d", path, attempt, RETRIES - 1)

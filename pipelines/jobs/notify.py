@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from deltalake import DeltaTable
 
 from pipelines.config import Settings
+from pipelines.io.delta_rs import read
 from pipelines.io.ledger import rs_uri
 from pipelines.notify.channels import channels
 from pipelines.notify.messages import KINDS, SOURCE_TABLE
@@ -28,5 +29,5 @@ def run_notify(s: Settings, retry: bool = False, environ: Mapping[str, str] | No
         for kind in KINDS:
             path = rs_uri(s.table(SOURCE_TABLE[kind]))
             if DeltaTable.is_deltatable(path):  # the gold stream may not have run yet
-                record_rows(box, kind, DeltaTable(path).to_pyarrow_table())
+                record_rows(box, kind, read(path))
     return box.deliver(box.due(("failed",) if retry else ("pending",)), on)

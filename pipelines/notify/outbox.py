@@ -27,18 +27,15 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
-from deltalake.exceptions import CommitFailedError
 
 from pipelines import tables as T
 from pipelines.config import NotifySettings
-from pipelines.io.delta_rs import arrow_schema
+from pipelines.io.delta_rs import arrow_schema, merge, read
 from pipelines.io.ledger import rs_uri
 from pipelines.notify.channels import Sender, SendError
 from pipelines.notify.messages import ON_CALL, Notice, notices, to_json
 
 log = logging.getLogger(__name__)
-RETRIES = 5
 COUNTED = ("pending", "sent", "failed")  # what a limit counts: everything not suppressed
 
 
@@ -57,11 +54,8 @@ class Outbox:
         self.s = s
         self.schema = arrow_schema(T.NOTIFICATIONS)
 
-    def _table(self) -> DeltaTable:
-        return DeltaTable(self.path)
-
     def read(self, filters: list[tuple] | None = None) -> pa.Table:
-        return self._table().to_pyarrow_table(filters=filters)
+        return read(self.path, filters)
 
     def record(self, new: list[Notice], now: datetime | None = None) -> int:
         """Record the notices the outbox lacks: ``pending``, or ``suppressed`` by a limit.
@@ -162,18 +156,10 @@ class Outbox:
             {c: f"s.{c}" for c in ("status", "attempts", "last_error", "sent_at")}))
 
     def _merge(self, source: pa.Table, clauses) -> None:
+        """A MERGE on the id, pruned to the source's days (the partition column)."""
         days = ", ".join(f"'{d}'" for d in sorted(set(source.column("created_date").to_pylist())))
-        predicate = f"t.notification_id = s.notification_id AND t.created_date IN ({days})"
-        for attempt in range(1, RETRIES + 1):
-            try:
-                merger = self._table().merge(source, predicate, source_alias="s", target_alias="t")
-                clauses(merger).execute()
-                return
-            except CommitFailedError:
-                if attempt == RETRIES:
-                    raise
-                log.warning("merge into %s conflicted; retry %d/%d", T.NOTIFICATIONS.name, attempt,
-                            RETRIES - 1)
+        merge(source, self.path, f"t.notification_id = s.notification_id AND t.created_date IN ({days})",
+              clauses)
 
 
 def open_outbox(lake: str, s: NotifySettings, spark=None) -> Outbox:
