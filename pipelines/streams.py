@@ -98,7 +98,8 @@ class BronzeBatch(Handler):
         self.path = T.ensure(spark, s.lake, T.BRONZE_EVENTS)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        sinks.append_batch(batch, self.path, self.app_id(), batch_id, self.ledger)
+        rows = to_arrow(batch.transform(T.conform(T.BRONZE_EVENTS)), T.BRONZE_EVENTS)
+        Commit(self.app_id(), batch_id, self.ledger).append(rows, self.path, T.BRONZE_EVENTS)
 
 
 def start_bronze(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
@@ -144,22 +145,22 @@ class SilverBatch(Handler):
             stats = events.agg(F.count(F.lit(1)).alias("_rows"), F.count_if("late").alias("_late"),
                                F.max(F.when(~F.col("late"), F.col("event_time"))).alias("_latest"),
                                *checks).first()
+            commit = Commit(app, batch_id, self.ledger)
             if self.quality is not None:  # the GX suite; may raise QualityFailure ("fail" policy)
-                events, dropped = self.quality.apply(events, Commit(app, batch_id, self.ledger), stats, now)
+                events, dropped = self.quality.apply(events, commit, stats, now)
                 if dropped is not None:
                     rejected = rejected.unionByName(dropped_to_quarantine(dropped))
             if stats["_rows"]:
-                self._append_events(events, app, batch_id, stats["_latest"])
-            if not rejected.isEmpty():
-                sinks.append_batch(rejected, self.quarantine, app, batch_id, self.ledger)
+                self._append_events(to_arrow(events, T.SILVER_EVENTS), commit, stats["_latest"])
+            commit.append(to_arrow(rejected, T.SILVER_QUARANTINE), self.quarantine, T.SILVER_QUARANTINE)
             if stats["_late"]:
                 log.info("silver batch %d: %d events at or behind the watermark %s", batch_id,
                          stats["_late"], watermark)
         finally:
             parsed.unpersist()
 
-    def _append_events(self, events: DataFrame, app: str, batch_id: int, latest: datetime | None) -> None:
-        if sinks.append_batch(events, self.events, app, batch_id, self.ledger):
+    def _append_events(self, events: pa.Table, commit: Commit, latest: datetime | None) -> None:
+        if commit.append(events, self.events, T.SILVER_EVENTS):
             if latest is not None and (self._latest is None or latest > self._latest):
                 self._latest = latest
         else:

@@ -1,12 +1,14 @@
-"""Driver-side Delta writes with delta-rs, for the gold layer's small per-micro-batch changes.
+"""Driver-side Delta writes with delta-rs: every streaming micro-batch's commits.
 
 A gold micro-batch changes a few thousand rows: the sessions it touched, a few campaign
 cells, the products it saw. Spark's Delta MERGE costs about 2.7-3 s whatever its size here
 (some 19 small Spark jobs); the same upsert through delta-rs costs 0.06-0.17 s, and an append
-about 0.05 s (docs/performance.md). So the gold query collects its changes to the driver as
-Arrow (a micro-batch's worth, not the table's) and commits them with delta-rs. Spark still
-reads every table, and backfills still write them with Spark: both speak the same Delta
-protocol, and the tables use no feature delta-rs cannot write.
+about 0.05 s (docs/performance.md). Spark's Delta append has the same fixed cost: 2-3 s per
+commit for bronze, silver and the quarantine, whatever the batch holds. So each query
+collects its micro-batch's rows to the driver as Arrow (a batch's worth, not the table's) and
+commits them with delta-rs. Spark still reads every table (the gold stream reads silver's
+commits), and backfills still write them with Spark: both speak the same Delta protocol, and
+the tables use no feature delta-rs cannot write.
 
 Every commit carries the micro-batch marker of ``io/ledger.py``; a write the table already
 holds is skipped, so a replayed micro-batch changes nothing.

@@ -1,8 +1,9 @@
-"""Spark writers: they own checkpoints, triggers, MERGE and idempotency. Transforms never write.
+"""Spark writers: checkpoints, triggers, and the backfill's bulk rewrites and MERGEs, with
+retries on conflicts. Transforms never write.
 
-Streaming appends (bronze, silver, quarantine) are plain Delta appends marked with their
-micro-batch (``io/ledger.py``), so a replayed batch adds nothing. Small per-batch gold writes
-go through delta-rs instead (``io/delta_rs.py``); the backfill's bulk rewrites are here.
+The streams' per-micro-batch commits (bronze, silver, the quarantine and every gold table) go
+through delta-rs instead (``io/delta_rs.py``), each marked with its micro-batch
+(``io/ledger.py``), so a replayed batch adds nothing.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from delta.exceptions import ConcurrentAppendException, ConcurrentDeleteReadExce
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame
 from pyspark.sql.streaming import DataStreamWriter
-
-from pipelines.io.ledger import Ledger, marker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,18 +36,6 @@ def with_retry(action: Callable[[], T], attempts: int = 5, what: str = "write") 
                         attempts - 1)
             time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
-
-
-def append_batch(df: DataFrame, path: str, app_id: str, batch_id: int, ledger: Ledger) -> bool:
-    """Append micro-batch ``batch_id`` of ``app_id`` to the Delta table at ``path`` once:
-    a replay of a batch the table already holds writes nothing. Returns whether it wrote."""
-    if ledger.has(path, app_id, batch_id):
-        log.info("batch %d is already in %s; not written again", batch_id, path)
-        return False
-    writer = df.write.format("delta").mode("append").option("userMetadata", marker(app_id, batch_id))
-    with_retry(lambda: writer.save(path), what=f"append to {path}")
-    ledger.record(path, app_id, batch_id)
-    return True
 
 
 def append(df: DataFrame, path: str) -> None:
