@@ -37,7 +37,7 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A master on 127.0.0.1:7077 and one worker (1 core, 2 GiB), as `spark-class` starts them."""
+    """A master on 127.0.0.1:7077 and one worker (2 cores, 2 GiB), as `spark-class` starts them."""
     work = tmp_path_factory.mktemp("cluster")
     env = {**os.environ, "SPARK_WORKER_DIR": str(work / "worker"), "SPARK_LOCAL_IP": "127.0.0.1",
            "PYSPARK_PYTHON": sys.executable}
@@ -49,7 +49,7 @@ def cluster(tmp_path_factory):
     try:
         _wait_port(7077, master)
         worker = subprocess.Popen([BIN / "spark-class", "org.apache.spark.deploy.worker.Worker", MASTER,
-                                   "--host", "127.0.0.1", "-c", "1", "-m", "2g", "--webui-port", "18081"],
+                                   "--host", "127.0.0.1", "-c", "2", "-m", "2g", "--webui-port", "18081"],
                                   env=env, stdout=log, stderr=subprocess.STDOUT)
         _wait_port(18081, worker)
         yield work / "worker"
