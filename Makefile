@@ -8,7 +8,7 @@ INPUT   ?= data/landing
 SAMPLE  := data/sample
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench bench-quality backfill lint clean clean-lake kafka-up kafka-down
+.PHONY: setup debian-packages demo test test-fast bench bench-quality backfill lint clean clean-lake kafka-up kafka-down
 
 ## setup: build the venv and fetch the jars; a no-op when both are there
 setup: $(STAMP) $(JARS)/.fetched
@@ -23,19 +23,27 @@ $(JARS)/.fetched: build/spark-jars.pom.xml scripts/fetch-jars.sh | $(STAMP)
 	scripts/fetch-jars.sh $(BIN)/python $(JARS)
 	touch $@
 
-## demo: sample events -> bronze -> silver -> gold, then the summary and report
+## debian-packages: Prometheus and Chromium for the tests (apt-get; a no-op when installed)
+debian-packages:
+	scripts/debian-packages.sh
+
+## demo: sample events -> bronze -> silver -> gold, then the summary, report and dashboard
 demo: setup
 	rm -rf $(LAKE) $(INPUT)
 	$(BIN)/funnelhouse generate --sample --out $(INPUT)
 	$(BIN)/funnelhouse run --config conf/demo.yaml --input $(INPUT) --lake $(LAKE) --available-now
 	$(BIN)/funnelhouse summary --config conf/demo.yaml --lake $(LAKE)
+	$(BIN)/funnelhouse dashboard --lake $(LAKE) --out data/dashboard.html
+	@echo "live dashboard:  $(BIN)/funnelhouse serve --lake $(LAKE)   (http://127.0.0.1:8050/)"
+	@echo "SQL, no JVM:     $(BIN)/funnelhouse sql \"SELECT * FROM gold_campaign_performance\" --lake $(LAKE)"
+	@echo "metrics:         $(BIN)/funnelhouse run --input $(INPUT) --lake $(LAKE)   serves http://127.0.0.1:9108/metrics"
 
 ## test: the whole suite, slow integration tests included
-test: setup
+test: setup debian-packages
 	$(BIN)/python -m pytest
 
 ## test-fast: skip the slow integration tests (real Kafka, standalone cluster)
-test-fast: setup
+test-fast: setup debian-packages
 	$(BIN)/python -m pytest -m "not slow"
 
 ## bench: throughput, growth, freshness, quality cost and memory (docs/performance.md)

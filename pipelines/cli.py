@@ -9,14 +9,17 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pyspark.sql import SparkSession
 from rich.console import Console
 
 from pipelines.config import REPO_ROOT, ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 app = typer.Typer(help="Funnelhouse: a streaming lakehouse for ad and shop clickstreams.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -32,6 +35,8 @@ InputOpt = Annotated[Path | None, typer.Option("--input", help="landing folder o
 def spark_for(s: Settings) -> Iterator[SparkSession]:
     """The project's session for a command, stopped when the command ends if the command
     started it (a session that was already running, e.g. a notebook's, is left alone)."""
+    from pyspark.sql import SparkSession
+
     from pipelines.session import build_spark
 
     owned = SparkSession.getActiveSession() is None
@@ -118,17 +123,37 @@ def run(
     loading.start()
     with spark_for(s) as spark:
         loading.join()
+        from pipelines import metrics
         from pipelines.jobs.run import StreamFailed, run_available_now, run_continuously
 
         try:
             if available_now:
+                if s.metrics.enabled and s.metrics.pushgateway:
+                    metrics.listen(spark)
                 run_available_now(spark, s)
+                if s.metrics.enabled and s.metrics.pushgateway:
+                    metrics.push(s.metrics.pushgateway)
             else:
+                if s.metrics.enabled:
+                    serve_metrics(spark, s)
                 console.print("streaming; Ctrl-C (SIGINT) or SIGTERM stops cleanly")
                 run_continuously(spark, s)
         except StreamFailed as err:
             console.print(f"[red]{err}[/red]")
             raise typer.Exit(1) from None
+
+
+def serve_metrics(spark: SparkSession, s: Settings) -> None:
+    """Serve /metrics for the streaming job; exit 2 naming the setting when the port is taken."""
+    from pipelines import metrics
+
+    try:
+        metrics.start(spark, s.metrics.host, s.metrics.port)
+    except OSError as err:
+        console.print(f"[red]metrics: cannot listen on {s.metrics.host}:{s.metrics.port} ({err.strerror}); "
+                      "set metrics.port (FUNNELHOUSE__METRICS__PORT) or metrics.enabled: false[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"metrics: http://{s.metrics.host}:{s.metrics.port}/metrics")
 
 
 @app.command()
@@ -195,6 +220,79 @@ def report(config: ConfigOpt = None, lake: LakeOpt = None) -> None:
     from pipelines.report import print_report
 
     print_report(settings(config, lake=lake), console)
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="DuckDB SQL; tables are views named layer_table, "
+                                              "e.g. gold_session_funnel")],
+    format: Annotated[Format, typer.Option("--format", help="table, csv or json")] = Format.table,
+    config: ConfigOpt = None,
+    lake: LakeOpt = None,
+) -> None:
+    """Query the lake's Delta tables with DuckDB (read through delta-rs; no JVM)."""
+    import duckdb
+
+    from pipelines.lake_sql import UnknownLake, print_table
+    from pipelines.lake_sql import query as run_query
+
+    s = settings(config, lake=lake)
+    try:
+        answer = run_query(s.lake, query)
+    except (UnknownLake, duckdb.Error) as err:
+        console.print(f"[red]{str(err).splitlines()[0]}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    if format is Format.csv:
+        import pyarrow.csv as pcsv
+
+        pcsv.write_csv(answer, sys.stdout.buffer)
+    elif format is Format.json:
+        import json
+
+        print(json.dumps(answer.to_pylist(), default=str))
+    else:
+        print_table(answer, console)
+
+
+@app.command()
+def dashboard(
+    out: Annotated[Path, typer.Option(help="HTML file to write")] = Path("report.html"),
+    config: ConfigOpt = None,
+    lake: LakeOpt = None,
+) -> None:
+    """Write the gold dashboard (funnel, conversion, alerts, budget, fraud, notices,
+    throughput) as one self-contained HTML file. Reads with delta-rs + DuckDB; no JVM."""
+    from pipelines.dashboard import write
+
+    s = settings(config, lake=lake)
+    console.print(f"dashboard: {write(s.lake, out).resolve()}")
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8050,
+    refresh: Annotated[int, typer.Option(help="seconds between the page's reloads")] = 10,
+    config: ConfigOpt = None,
+    lake: LakeOpt = None,
+) -> None:
+    """Serve the gold dashboard at http://127.0.0.1:PORT/, read from the lake on every load."""
+    from pipelines.dashboard import serve as make_server
+
+    s = settings(config, lake=lake)
+    server = make_server(s.lake, port, refresh)
+    console.print(f"serving {s.lake} at http://127.0.0.1:{port}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 quality_app = typer.Typer(help="Data-quality results (Great Expectations) of the lake.",

@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipelines.contract import STEPS
+from pipelines.steps import STEPS
 
 ENV_PREFIX = "FUNNELHOUSE__"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -214,6 +214,15 @@ class NotifySettings(Strict):
     timeout: Duration = timedelta(seconds=10)  # per request to a channel
 
 
+class MetricsSettings(Strict):
+    """Prometheus metrics of ``funnelhouse run`` (``pipelines/metrics.py``, docs/observability.md)."""
+
+    enabled: StrictBool = True
+    host: str = "127.0.0.1"  # where /metrics listens; 0.0.0.0 exposes it beyond this machine
+    port: int = Field(9108, ge=1, le=65535)
+    pushgateway: str | None = None  # host:port; an --available-now run pushes its final values there
+
+
 class Settings(Strict):
     lake: str = "data/lake"  # a local folder or a URI (s3a://, abfss://)
     input: str = "data/landing"
@@ -230,6 +239,7 @@ class Settings(Strict):
     quality: QualitySettings = QualitySettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     notify: NotifySettings = NotifySettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @field_validator("lake", "input", mode="before")
     @classmethod

@@ -10,17 +10,7 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-STEPS: tuple[str, ...] = (
-    "ad_impression",
-    "ad_click",
-    "landing_page_view",
-    "add_to_cart",
-    "checkout_start",
-    "purchase",
-)
-STEP_INDEX: dict[str, int] = {step: i + 1 for i, step in enumerate(STEPS)}
-AD_STEPS = ("ad_impression", "ad_click")
-COMMERCE_STEPS = ("add_to_cart", "checkout_start", "purchase")
+from pipelines.steps import AD_STEPS, COMMERCE_STEPS, STEP_INDEX, STEPS  # noqa: F401 - the contract's steps
 
 REQUIRED_FIELDS = ("event_id", "event_type", "event_time", "user_id", "tracking_id")
 FIELDS = (

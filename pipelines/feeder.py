@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipelines.contract import STEPS
+from pipelines.steps import STEPS
 
 
 def _journeys(rate: int, seconds: float, sink: Callable[[list[str]], None], tick: float = 0.2) -> int:

@@ -29,6 +29,7 @@ import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from pipelines import metrics
 from pipelines import tables as T
 from pipelines.config import Policy, QualitySettings
 from pipelines.contract import STEPS
@@ -181,7 +182,10 @@ class Quality:
                  "unexpected_count": counts[c.name], "element_count": counts["_rows"],
                  "validated_at": at} for c in checks]
         table = pa.Table.from_pylist(rows, schema=arrow_schema(T.QUALITY_RESULTS))
-        commit.append(table, self.results, T.QUALITY_RESULTS)
+        if commit.append(table, self.results, T.QUALITY_RESULTS):
+            for c in checks:
+                if counts[c.name]:
+                    metrics.QUALITY_FAILED.labels(self.suite, c.name).inc()
 
 
 def dropped_to_quarantine(dropped: DataFrame) -> DataFrame:

@@ -16,9 +16,9 @@ from rich.table import Table as RichTable
 
 from pipelines import tables
 from pipelines.config import Settings
-from pipelines.contract import STEPS
 from pipelines.io.delta_rs import row_count
 from pipelines.io.ledger import rs_uri
+from pipelines.steps import STEPS
 
 
 def _load(s: Settings, table: tables.Table) -> pa.Table | None:

@@ -28,6 +28,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 from pyspark.sql.types import StructType
 
+from pipelines import metrics
 from pipelines import tables as T
 from pipelines.bronze import to_bronze
 from pipelines.config import Settings, spark_interval
@@ -41,6 +42,7 @@ from pipelines.gold.retarget import to_offer_rows
 from pipelines.gold.sessions import typed_session_rows
 from pipelines.io import sinks, sources
 from pipelines.io.delta_rs import Commit, arrow_schema, max_stat, to_arrow
+from pipelines.io.delta_rs import read as delta_read
 from pipelines.io.lease import lease
 from pipelines.io.ledger import Ledger
 from pipelines.notify.channels import channels
@@ -50,6 +52,7 @@ from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe_stream, event_watermark, parse, quarantined, to_silver, valid_events
 from pipelines.stateful import fraud, offers, sessions
 from pipelines.stateful.gold import Held, Processor, StateFiles, advance
+from pipelines.steps import STEPS
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,8 @@ class BronzeBatch(Handler):
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         rows = to_arrow(batch.transform(T.conform(T.BRONZE_EVENTS)), T.BRONZE_EVENTS)
-        Commit(self.app_id(), batch_id, self.ledger).append(rows, self.path, T.BRONZE_EVENTS)
+        if Commit(self.app_id(), batch_id, self.ledger).append(rows, self.path, T.BRONZE_EVENTS):
+            metrics.ROWS.labels(T.BRONZE_EVENTS.name).inc(rows.num_rows)
 
 
 def start_bronze(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
@@ -152,7 +156,13 @@ class SilverBatch(Handler):
                     rejected = rejected.unionByName(dropped_to_quarantine(dropped))
             if stats["_rows"]:
                 self._append_events(to_arrow(events, T.SILVER_EVENTS), commit, stats["_latest"])
-            commit.append(to_arrow(rejected, T.SILVER_QUARANTINE), self.quarantine, T.SILVER_QUARANTINE)
+            quarantine = to_arrow(rejected, T.SILVER_QUARANTINE)
+            if commit.append(quarantine, self.quarantine, T.SILVER_QUARANTINE):
+                metrics.ROWS.labels(T.SILVER_QUARANTINE.name).inc(quarantine.num_rows)
+                for reason, n in _counts(quarantine, "reason").items():
+                    metrics.QUARANTINED.labels(reason).inc(n)
+            metrics.LATE.inc(stats["_late"])
+            metrics.set_watermark("silver", watermark)
             if stats["_late"]:
                 log.info("silver batch %d: %d events at or behind the watermark %s", batch_id,
                          stats["_late"], watermark)
@@ -161,6 +171,7 @@ class SilverBatch(Handler):
 
     def _append_events(self, events: pa.Table, commit: Commit, latest: datetime | None) -> None:
         if commit.append(events, self.events, T.SILVER_EVENTS):
+            metrics.ROWS.labels(T.SILVER_EVENTS.name).inc(events.num_rows)
             if latest is not None and (self._latest is None or latest > self._latest):
                 self._latest = latest
         else:
@@ -262,6 +273,25 @@ class GoldBatch(Handler):
                                                             T.RETARGET_OFFERS)
         self._notify(batch_id, inserted)
         self.states.save(batch_id, held, latest)
+        self._measure(inserted, watermark, "sessions" in out)
+
+    def _measure(self, inserted: dict[str, pa.Table], watermark: datetime | None, sessions: bool) -> None:
+        """The batch's business metrics (``metrics.py``): what it inserted, the watermark, and
+        when sessions changed, the newest funnel window and the campaign totals as they are now."""
+        metrics.set_watermark("gold", watermark)
+        for name, rows in inserted.items():
+            metrics.ROWS.labels(name).inc(rows.num_rows)
+        if T.ALERTS.name in inserted:
+            for a in inserted[T.ALERTS.name].select(["rule", "campaign_id"]).to_pylist():
+                metrics.ALERTS.labels(a["rule"], a["campaign_id"]).inc()
+        if T.FRAUD_FLAGS.name in inserted:
+            for rule, n in _counts(inserted[T.FRAUD_FLAGS.name], "rule").items():
+                metrics.FRAUD_FLAGS.labels(rule).inc(n)
+        for table, counter in ((T.RETARGET_OFFERS, metrics.OFFERS), (T.CART_REMINDERS, metrics.REMINDERS)):
+            if table.name in inserted:
+                counter.inc(inserted[table.name].num_rows)
+        if sessions:
+            funnel_metrics(self.paths[T.CAMPAIGN_FUNNEL.name], self.paths[T.CAMPAIGN_PERFORMANCE.name])
 
     def _notify(self, batch_id: int, inserted: dict[str, pa.Table]) -> None:
         """Record the notices of this batch's alerts, flags, offers and reminders in the
@@ -274,6 +304,8 @@ class GoldBatch(Handler):
         if found and self.channels:
             ids = {n.notification_id for n in found}
             done = self.outbox.deliver(self.outbox.due(ids=ids, days={n.day for n in found}), self.channels)
+            for (channel, status), n in done.outcomes.items():
+                metrics.NOTICES.labels(channel, status).inc(n)
             log.info("gold batch %d notices: %s", batch_id, done)
 
     def _sessions(self, commit: Commit, spark: SparkSession, changes: pd.DataFrame) -> dict[str, pa.Table]:
@@ -327,6 +359,32 @@ class GoldBatch(Handler):
         new = to_arrow(rows.transform(T.conform(table)), table)
         apply.insert_new(commit, new, self.paths[table.name], table)
         return new
+
+
+def funnel_metrics(funnel_path: str, performance_path: str) -> None:
+    """Sessions reaching each step and conversion in the newest funnel window, per campaign;
+    clicks, purchases and revenue per campaign. Read back with delta-rs (the newest window's
+    partition and the one-row-per-campaign table: a few ms)."""
+    newest = max_stat(funnel_path, "window_start")
+    if newest is not None:
+        cells = delta_read(funnel_path, [("window_date", "=", newest.date())])
+        start = pa.scalar(newest, cells.schema.field("window_start").type)
+        cells = cells.filter(pc.equal(cells["window_start"], start))
+        for row in cells.to_pylist():
+            for step in STEPS:
+                metrics.WINDOW_SESSIONS.labels(row["campaign_id"], step).set(row[f"reached_{step}"] or 0)
+            for step in STEPS[1:]:
+                conversion = row[f"conversion_{step}"]
+                metrics.WINDOW_CONVERSION.labels(row["campaign_id"], step).set(conversion or 0.0)
+    for row in delta_read(performance_path).to_pylist():
+        campaign = row["campaign_id"]
+        metrics.CAMPAIGN_CLICKS.labels(campaign).set(row["clicks"])
+        metrics.CAMPAIGN_PURCHASES.labels(campaign).set(row["purchases"])
+        metrics.CAMPAIGN_REVENUE.labels(campaign).set(row["revenue"])
+
+
+def _counts(rows: pa.Table, column: str) -> dict[str, int]:
+    return {c["values"]: c["counts"] for c in pc.value_counts(rows[column]).to_pylist()}
 
 
 def _arrow(frame: pd.DataFrame, table: T.Table) -> pa.Table:

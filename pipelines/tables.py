@@ -32,7 +32,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from pipelines.contract import STEPS
+from pipelines.steps import STEPS
 
 CHECKPOINT_INTERVAL = 100
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import copy_sample
+from helpers import Prometheus, copy_sample, free_port, wait_http
 from pyspark.sql import SparkSession
 
 from pipelines.config import Settings, SparkSettings, load_settings
@@ -51,3 +53,29 @@ def whole_lake(spark, tmp_path_factory) -> Settings:
     copy_sample(s.input)
     run_available_now(spark, s)
     return s
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory) -> Prometheus:
+    """Debian's Prometheus (``scripts/debian-packages.sh``, run by ``make test``), scraping
+    127.0.0.1:``target`` every second; the test serves its metrics there."""
+    exe = shutil.which("prometheus")
+    if exe is None:
+        pytest.fail("prometheus is not installed: run scripts/debian-packages.sh (make test does)")
+    root = tmp_path_factory.mktemp("prometheus")
+    server = Prometheus(free_port(), free_port())
+    (root / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - {{job_name: funnelhouse, static_configs: [{{targets: ['127.0.0.1:{server.target}']}}]}}\n")
+    with (root / "prometheus.log").open("w") as log:
+        proc = subprocess.Popen([exe, f"--config.file={root / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={root / 'data'}",
+                                 f"--web.listen-address=127.0.0.1:{server.port}"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{server.port}/-/ready")
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(30)

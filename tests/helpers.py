@@ -3,7 +3,12 @@ and comparing DataFrames (chispa, so a failure prints the differing rows)."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from chispa import assert_approx_df_equality, assert_df_equality
@@ -43,3 +48,45 @@ def assert_same_rows(actual: DataFrame, expected: DataFrame, precision: float | 
     else:
         assert_approx_df_equality(actual, expected, precision, ignore_row_order=True,
                                   ignore_nullable=True, allow_nan_equality=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+class Prometheus:
+    """A real Prometheus on 127.0.0.1:``port`` scraping 127.0.0.1:``target`` every second,
+    asked through its HTTP query API."""
+
+    def __init__(self, port: int, target: int):
+        self.port, self.target = port, target
+
+    def query(self, expr: str) -> list[dict]:
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def value(self, expr: str) -> float | None:
+        """The first series' current value (None when there is none)."""
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def series(self, expr: str, label: str) -> dict[str, float]:
+        """label value -> current value, for every series of ``expr``."""
+        return {r["metric"][label]: float(r["value"][1]) for r in self.query(expr)}

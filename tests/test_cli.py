@@ -18,6 +18,7 @@ from pipelines.cli import app
 from pipelines.config import REPO_ROOT
 
 TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
+GRAFANA = REPO_ROOT / "conf" / "grafana" / "dashboards" / "funnelhouse.json"
 runner = CliRunner()
 
 
@@ -53,7 +54,10 @@ def test_unknown_config_key_exits_2_naming_it(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_continuous_run_picks_up_new_files_and_stops_on_sigterm(spark, tmp_path: Path):
+def test_continuous_run_is_scraped_by_prometheus_picks_up_files_and_stops_on_sigterm(
+        spark, tmp_path: Path, prometheus):
+    """One streaming process, as an operator runs it: files land before and while it runs,
+    a real Prometheus scrapes its /metrics, and SIGTERM stops it between micro-batches."""
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     landing.mkdir()
     conf = tmp_path / "fast.yaml"
@@ -63,13 +67,40 @@ def test_continuous_run_picks_up_new_files_and_stops_on_sigterm(spark, tmp_path:
         [sys.executable, "-m", "pipelines.cli", "run", "--config", str(conf),
          "--input", str(landing), "--lake", str(lake)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "FUNNELHOUSE__METRICS__PORT": str(prometheus.target)})
     try:
         settings_lake = type("S", (), {"table": lambda self, t: f"{lake}/{t}"})()
         _wait(lambda: _count(spark, settings_lake, "silver/events") > 0, proc)
         copy_sample(landing, slice(4, None))  # files landing while the stream runs
         _wait(lambda: _count(spark, settings_lake, "silver/events") == TRUTH["valid_unique_events"]
               and _count(spark, settings_lake, "gold/session_funnel") > 0, proc)
+
+        # Through Prometheus's query API: what the tables hold and the ground truth says.
+        rows = {"silver/events": TRUTH["valid_unique_events"], "silver/quarantine": TRUTH["malformed_lines"],
+                "bronze/events": TRUTH["lines"]}
+        _wait(lambda: all(prometheus.value(f'funnelhouse_rows_committed_total{{table="{t}"}}') == n
+                          for t, n in rows.items()), proc)
+        # Every line silver's query read is in silver, in the quarantine, or a removed duplicate.
+        assert prometheus.value('funnelhouse_input_rows_total{query="silver"}') == (
+            TRUTH["valid_unique_events"] + TRUTH["malformed_lines"] + TRUTH["duplicate_deliveries"])
+        for reason, n in TRUTH["malformed_by_reason"].items():
+            assert prometheus.value(f'funnelhouse_quarantine_rows_total{{reason="{reason}"}}') == n, reason
+        performance = read(spark, settings_lake, "gold/campaign_performance")
+
+        def clicks_match() -> bool:
+            table = {r["campaign_id"]: r["clicks"] for r in performance.collect()}
+            scraped = prometheus.series("funnelhouse_campaign_clicks", "campaign_id")
+            return bool(table) and scraped == table
+        _wait(clicks_match, proc)
+        assert prometheus.value('funnelhouse_batches_total{query="gold"}') >= 1
+        assert prometheus.value('funnelhouse_watermark_lag_seconds{query="gold"}') > 0
+        steps = prometheus.series("funnelhouse_window_sessions_reached", "step")
+        assert set(steps) == {"ad_impression", "ad_click", "landing_page_view", "add_to_cart",
+                              "checkout_start", "purchase"}
+        for panel in json.loads(GRAFANA.read_text())["panels"]:  # Prometheus parses and runs each
+            for target in panel["targets"]:
+                prometheus.query(target["expr"])
+
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
     finally:
