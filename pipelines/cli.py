@@ -239,7 +239,7 @@ def sql(
     """Query the lake's Delta tables with DuckDB (read through delta-rs; no JVM)."""
     import duckdb
 
-    from pipelines.lake_sql import UnknownLake, print_table
+    from pipelines.lake_sql import UnknownLake, print_table, write_csv
     from pipelines.lake_sql import query as run_query
 
     s = settings(config, lake=lake)
@@ -249,13 +249,11 @@ def sql(
         console.print(f"[red]{str(err).splitlines()[0]}[/red]", highlight=False)
         raise typer.Exit(1) from None
     if format is Format.csv:
-        import pyarrow.csv as pcsv
-
-        pcsv.write_csv(answer, sys.stdout.buffer)
+        write_csv(answer, sys.stdout)
     elif format is Format.json:
         import json
 
-        print(json.dumps(answer.to_pylist(), default=str))
+        print(json.dumps(answer.records(), default=str))
     else:
         print_table(answer, console)
 

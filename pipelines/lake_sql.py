@@ -1,21 +1,24 @@
-"""SQL over the lake without a JVM: DuckDB over the Delta tables, read through delta-rs.
+"""SQL over the lake without a JVM: DuckDB over the Delta tables, listed by delta-rs.
 
 Every Delta table under the lake root is a view named after its path, ``/`` -> ``_``:
 ``gold/session_funnel`` is ``gold_session_funnel``, ``ops/notifications`` is
-``ops_notifications``. A view is a delta-rs snapshot of the table's current version, handed
-to DuckDB as a pyarrow dataset: DuckDB reads only the columns and row groups a query needs,
-and pushes its filters into the scan. No Spark session, so a query answers in well under a
-second where ``spark.read`` needs about 15 s before its first row (docs/observability.md).
+``ops_notifications``. delta-rs reads the table's log and gives the Parquet files of its
+current version; the view is DuckDB's own Parquet reader over exactly those files (partition
+values from the Hive-style paths, typed from the Delta schema), so DuckDB reads only the
+columns and row groups a query needs. A table whose protocol uses deletion vectors or column
+mapping (none of ours do) is read through delta-rs instead, which applies them. No Spark
+session and no pandas: a query answers in well under a second where ``spark.read`` needs
+about 15 s before its first row (docs/observability.md).
 
-Used by ``funnelhouse sql``, the terminal report and the dashboard.
+Used by ``funnelhouse sql`` and the dashboard.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 from deltalake import DeltaTable
 
 
@@ -32,48 +35,82 @@ def table_paths(lake: str | Path) -> dict[str, Path]:
             for log in sorted(root.glob("*/*/_delta_log")) if not log.parent.parent.name.startswith("_")}
 
 
-def dataset(path: str | Path):
-    """The table's current snapshot as a lazy pyarrow dataset (nothing read yet)."""
-    return DeltaTable(str(path)).to_pyarrow_dataset()
+# Delta primitive types of partition columns -> DuckDB types (the paths hold their text).
+DUCK_TYPES = {"string": "VARCHAR", "date": "DATE", "boolean": "BOOLEAN", "integer": "INTEGER",
+              "long": "BIGINT", "short": "SMALLINT", "byte": "TINYINT", "double": "DOUBLE",
+              "float": "FLOAT", "timestamp": "TIMESTAMPTZ", "timestamp_ntz": "TIMESTAMP"}
+
+
+def register(con: duckdb.DuckDBPyConnection, name: str, path: str | Path) -> None:
+    """A view ``name`` over the current version of the Delta table at ``path``."""
+    table = DeltaTable(str(path))
+    features = set(table.protocol().reader_features or [])
+    files = table.file_uris()
+    if not files or features & {"deletionVectors", "columnMapping"}:
+        con.register(name, table.to_pyarrow_table())  # delta-rs applies what the files alone lack
+        return
+    fields = table.schema().fields
+    parts = set(table.metadata().partition_columns)
+    types = ", ".join(f"'{f.name}': '{DUCK_TYPES.get(getattr(f.type, 'type', ''), 'VARCHAR')}'"
+                      for f in fields if f.name in parts)
+    columns = ", ".join(f'"{f.name}"' for f in fields)
+    con.execute(f"CREATE VIEW {name} AS SELECT {columns} FROM read_parquet({files!r}, "
+                f"hive_partitioning = {bool(parts)}, union_by_name = true"
+                + (f", hive_types = {{{types}}})" if parts else ")"))
 
 
 def connect(lake: str | Path, names: list[str] | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with a view per Delta table of the lake (or only ``names``)."""
-    paths = table_paths(lake)
     con = duckdb.connect()
-    for name, path in paths.items():
+    for name, path in table_paths(lake).items():
         if names is None or name in names:
-            con.register(name, dataset(path))
+            register(con, name, path)
     return con
 
 
-def query(lake: str | Path, sql: str) -> pa.Table:
-    """Run ``sql`` over the lake's views (only those whose name it mentions are opened);
-    the answer as Arrow."""
+@dataclass
+class Answer:
+    """A query's result: column names, DuckDB type names and rows (tuples)."""
+    columns: list[str]
+    types: list[str]
+    rows: list[tuple]
+
+    def records(self) -> list[dict]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+def query(lake: str | Path, sql: str) -> Answer:
+    """Run ``sql`` over the lake's views (only those whose name it mentions are opened)."""
     mentioned = [name for name in table_paths(lake) if name in sql.lower()]
-    return connect(lake, mentioned).sql(sql).to_arrow_table()
+    result = connect(lake, mentioned).sql(sql)
+    if result is None:  # a statement that returns nothing
+        return Answer([], [], [])
+    return Answer(result.columns, [str(t) for t in result.types], result.fetchall())
 
 
-def rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict]:
-    """Run ``sql`` on ``con``; rows as dicts."""
-    result = con.execute(sql)
-    names = [d[0] for d in result.description]
-    return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UBIGINT", "FLOAT", "DOUBLE", "DECIMAL")
 
 
-def print_table(answer: pa.Table, console, limit: int = 1000) -> None:
+def print_table(answer: Answer, console, limit: int = 1000) -> None:
     """An answer as a terminal table (the first ``limit`` rows), with its row count."""
     from rich.table import Table
 
     out = Table(show_lines=False)
-    for field in answer.schema:
-        numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
-        out.add_column(field.name, justify="right" if numeric else "left")
-    for row in answer.slice(0, limit).to_pylist():
-        out.add_row(*(_cell(v) for v in row.values()))
+    for name, kind in zip(answer.columns, answer.types, strict=True):
+        out.add_column(name, justify="right" if kind.startswith(NUMERIC) else "left")
+    for row in answer.rows[:limit]:
+        out.add_row(*(_cell(v) for v in row))
     console.print(out)
-    more = f" (first {limit} shown)" if answer.num_rows > limit else ""
-    console.print(f"{answer.num_rows:,} rows{more}")
+    more = f" (first {limit} shown)" if len(answer.rows) > limit else ""
+    console.print(f"{len(answer.rows):,} rows{more}")
+
+
+def write_csv(answer: Answer, out) -> None:
+    import csv
+
+    writer = csv.writer(out)
+    writer.writerow(answer.columns)
+    writer.writerows(["" if v is None else v for v in row] for row in answer.rows)
 
 
 def _cell(value) -> str:
