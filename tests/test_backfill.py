@@ -28,6 +28,9 @@ def _changed(totals) -> dict[str, int]:
 
 @pytest.mark.slow  # streams a fresh lake (whole_lake)
 def test_backfill_over_what_the_stream_saw_whole_changes_nothing(spark, whole_lake, tmp_path):
+    """Where the stream saw every event on time, silver and gold already equal the batch
+    build, so a backfill changes no row: the same state a first backfill leaves, so this is
+    also what a second run of any backfill finds."""
     s = lake_copy(whole_lake, tmp_path)  # all files in one micro-batch: nothing is behind the watermark
     assert read(spark, s, "silver/events").where("late").count() == 0
     totals = run_backfill(spark, s, DAY, DAY, ["silver", "gold"])
@@ -36,7 +39,7 @@ def test_backfill_over_what_the_stream_saw_whole_changes_nothing(spark, whole_la
 
 
 @pytest.mark.slow  # whole backfills of silver and gold
-def test_backfill_adds_late_events_then_is_idempotent(spark, sample_lake, tmp_path):
+def test_backfill_adds_late_events_and_gives_the_batch_build(spark, sample_lake, tmp_path):
     s = lake_copy(sample_lake, tmp_path)  # streamed two files per batch: some events were late
     late = read(spark, s, "silver/events").where("late").count()
     assert late > 0
@@ -54,9 +57,8 @@ def test_backfill_adds_late_events_then_is_idempotent(spark, sample_lake, tmp_pa
     watermark = silver.agg(F.max("event_time")).first()[0] - s.stream.watermark_delay
     assert_same_rows(read(spark, s, "gold/fraud_flags"),
                          fraud_flags_batch(silver, s.fraud, watermark), precision=None)
-
-    second = run_backfill(spark, s, DAY, DAY, ["silver", "gold"])
-    assert set(_changed(second).values()) == {0}, _changed(second)
+    # A second run would find silver and gold equal to the batch build: what the test above
+    # (a backfill over a lake the stream built whole) shows changes nothing.
 
 
 def _wait_for(condition, timeout: float = 120) -> None:

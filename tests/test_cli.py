@@ -61,7 +61,9 @@ def test_continuous_run_is_scraped_by_prometheus_picks_up_files_and_stops_on_sig
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     landing.mkdir()
     conf = tmp_path / "fast.yaml"
-    conf.write_text("stream:\n  trigger_interval: 2 seconds\n")
+    # A short run: C1-only JIT warms up faster, as in conf/demo.yaml.
+    conf.write_text("stream:\n  trigger_interval: 2 seconds\n"
+                    "spark:\n  jvm_options: -XX:TieredStopAtLevel=1\n")
     copy_sample(landing, slice(0, 4))
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "run", "--config", str(conf),

@@ -68,7 +68,10 @@ def test_spark_submit_on_a_standalone_cluster_matches_local(spark, cluster, whol
     copy_sample(s.input)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
     env["PYSPARK_PYTHON"] = sys.executable
+    # C1-only JIT, as conf/demo.yaml: a short job warms up faster (docs/performance.md).
     submit = [BIN / "spark-submit", "--master", MASTER, "--deploy-mode", "client",
+              "--driver-java-options", "-XX:TieredStopAtLevel=1",
+              "--conf", "spark.executor.extraJavaOptions=-XX:TieredStopAtLevel=1",
               "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.executor.memory=1g",
               "--jars", ",".join(jar_paths()),
               REPO_ROOT / "pipelines" / "cli.py", "run",
