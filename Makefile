@@ -37,6 +37,7 @@ demo: setup
 	@echo "live dashboard:  $(BIN)/funnelhouse serve --lake $(LAKE)   (http://127.0.0.1:8050/)"
 	@echo "SQL, no JVM:     $(BIN)/funnelhouse sql \"SELECT * FROM gold_campaign_performance\" --lake $(LAKE)"
 	@echo "metrics:         $(BIN)/funnelhouse run --input $(INPUT) --lake $(LAKE)   serves http://127.0.0.1:9108/metrics"
+	@echo "anomaly model:   $(BIN)/funnelhouse train --lake $(LAKE) --truth $(INPUT).truth.json"
 
 ## test: the whole suite, slow integration tests included
 test: setup debian-packages

@@ -132,7 +132,7 @@ def run(
                     metrics.listen(spark)
                 run_available_now(spark, s)
                 if s.metrics.enabled and s.metrics.pushgateway:
-                    metrics.push(s.metrics.pushgateway)
+                    metrics.push(spark, s.metrics.pushgateway)
             else:
                 if s.metrics.enabled:
                     serve_metrics(spark, s)
@@ -291,6 +291,51 @@ def serve(
         pass
     finally:
         server.server_close()
+
+
+@app.command()
+def train(
+    start: Annotated[str | None, typer.Option("--from", help="first session date, YYYY-MM-DD")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="last session date, YYYY-MM-DD (inclusive)")] = None,
+    truth: Annotated[Path | None, typer.Option(help="generator ground truth: labels for precision, "
+                                                    "recall and ROC-AUC, and for promotion")] = None,
+    promote: Annotated[bool, typer.Option("--promote", help="make this version champion "
+                                                             "whatever its metrics")] = False,
+    config: ConfigOpt = None,
+    lake: LakeOpt = None,
+) -> None:
+    """Train the IsolationForest on closed sessions, log an MLflow run, register the model and
+    move the champion alias when the new version is better (or with --promote)."""
+    from datetime import date
+
+    from pipelines.jobs.train import EmptyRange, run_train
+
+    s = settings(config, lake=lake)
+    try:
+        first = date.fromisoformat(start) if start else None
+        last = date.fromisoformat(end) if end else None
+        done = run_train(s, first, last, truth, promote)
+    except (EmptyRange, ValueError) as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(done.metrics.items()))
+    console.print(f"trained {s.anomaly.model_name} version {done.version} on {done.sessions:,} sessions "
+                  f"(run {done.run_id}): {shown}")
+    console.print(f"champion: version {done.champion} ({done.reason})")
+
+
+model_app = typer.Typer(help="The anomaly model in the MLflow registry.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("review")
+def model_review(config: ConfigOpt = None, lake: LakeOpt = None) -> None:
+    """Print every registered version side by side: aliases, parameters and metrics."""
+    from pipelines.jobs.train import review
+    from pipelines.report import print_models
+
+    s = settings(config, lake=lake)
+    print_models(review(s), console, s.anomaly.model_name)
 
 
 quality_app = typer.Typer(help="Data-quality results (Great Expectations) of the lake.",

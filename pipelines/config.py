@@ -214,6 +214,25 @@ class NotifySettings(Strict):
     timeout: Duration = timedelta(seconds=10)  # per request to a channel
 
 
+class MlflowSettings(Strict):
+    """Where models are tracked and registered; None: the lake's own store,
+    ``sqlite:///<lake>/_mlflow/mlflow.db`` with artifacts under ``<lake>/_mlflow/artifacts``."""
+
+    tracking_uri: str | None = None
+
+
+class AnomalySettings(Strict):
+    """The IsolationForest over session features (``pipelines/anomaly/``, docs/anomaly.md)."""
+
+    enabled: StrictBool = True  # the gold stream scores closed sessions with the champion
+    model_name: str = "funnelhouse-anomaly"
+    n_estimators: int = Field(200, ge=1)
+    contamination: float = Field(0.01, gt=0, le=0.5)  # share of sessions flagged; sets the threshold
+    seed: int = 42
+    fpr: float = Field(0.01, gt=0, lt=1)  # recall is reported at this false-positive rate
+    refresh: Duration = timedelta(seconds=10)  # how often the stream asks which version is champion
+
+
 class MetricsSettings(Strict):
     """Prometheus metrics of ``funnelhouse run`` (``pipelines/metrics.py``, docs/observability.md)."""
 
@@ -240,6 +259,8 @@ class Settings(Strict):
     maintenance: MaintenanceSettings = MaintenanceSettings()
     notify: NotifySettings = NotifySettings()
     metrics: MetricsSettings = MetricsSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    anomaly: AnomalySettings = AnomalySettings()
 
     @field_validator("lake", "input", mode="before")
     @classmethod

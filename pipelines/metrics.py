@@ -78,6 +78,8 @@ FRAUD_FLAGS = _counter("fraud_flags", "Fraud flags raised.", ("rule",))
 OFFERS = _counter("retarget_offers", "Retarget offers made.", ())
 REMINDERS = _counter("cart_reminders", "Cart reminders made.", ())
 NOTICES = _counter("notifications", "Notices handled by the outbox, by outcome.", ("channel", "status"))
+ANOMALIES = _counter("anomalous_sessions", "Closed sessions the champion model flagged, by version.",
+                     ("model_version",))
 QUALITY_FAILED = _counter("quality_expectations_failed", "Failed expectations per validated batch.",
                           ("suite", "expectation"))
 
@@ -146,7 +148,13 @@ def listen(spark) -> None:
     spark.streams.addListener(ProgressListener())
 
 
-def push(gateway: str, job: str = "funnelhouse") -> None:
-    """Push every metric's final value to a Pushgateway (``host:port`` or a URL)."""
+def push(spark, gateway: str, job: str = "funnelhouse") -> None:
+    """Push every metric's final value to a Pushgateway (``host:port`` or a URL), once Spark's
+    listener bus has handed the last progress reports to the listener (it runs behind the
+    queries, on its own thread)."""
+    try:
+        spark.sparkContext._jsc.sc().listenerBus().waitUntilEmpty(10_000)
+    except Exception:  # noqa: BLE001 - an older or newer Spark: push what has arrived
+        log.warning("could not wait for Spark's listener bus; the last batch's metrics may be missing")
     push_to_gateway(gateway, job=job, registry=REGISTRY)
     log.info("metrics pushed to %s (job %s)", gateway, job)

@@ -237,3 +237,21 @@ def print_maintenance(console: Console, done: list, dry_run: bool) -> None:
     for m in done:
         table.add_row(m.table, f"{m.files_before:,}", f"{m.files_after:,}", f"{m.vacuumed:,}")
     console.print(table)
+
+
+def print_models(versions: list[dict], console: Console, name: str) -> None:
+    """Registered versions side by side (``funnelhouse model review``)."""
+    if not versions:
+        console.print(f"no version of {name} is registered yet: run `funnelhouse train`")
+        return
+    table = RichTable(title=f"{name}: registered versions")
+    metrics = sorted({m for v in versions for m in v["metrics"]})
+    for col in ("version", "aliases", "created", "sessions", "contamination", "threshold", *metrics):
+        table.add_column(col.replace("_", " "), justify="left" if col in ("aliases", "created") else "right")
+    for v in versions:
+        p = v["params"]
+        table.add_row(str(v["version"]), ", ".join(v["aliases"]) or "-", f"{v['created']:%m-%d %H:%M}",
+                      p.get("sessions", "-"), p.get("contamination", "-"),
+                      f"{float(p['threshold']):.4f}" if "threshold" in p else "-",
+                      *(f"{v['metrics'][m]:.4g}" if m in v["metrics"] else "-" for m in metrics))
+    console.print(table)

@@ -30,6 +30,7 @@ from pyspark.sql.types import StructType
 
 from pipelines import metrics
 from pipelines import tables as T
+from pipelines.anomaly.model import Champion, score_rows
 from pipelines.bronze import to_bronze
 from pipelines.config import Settings, spark_interval
 from pipelines.gold import apply
@@ -232,6 +233,8 @@ class GoldBatch(Handler):
         self.quality = Quality(s.lake, "campaign_funnel", s.quality, "gold") if s.quality.enabled else None
         self.processors = gold_processors(s)
         self.states = StateFiles(self.checkpoint, self.processors)
+        self.champion = (Champion(s.anomaly.model_name, s.lake, s.mlflow.tracking_uri,
+                                  s.anomaly.refresh.total_seconds()) if s.anomaly.enabled else None)
         self.channels = channels(s.notify) if s.notify.enabled else {}  # a channel set in part: fail now
         self.outbox = open_outbox(s.lake, s.notify, spark) if s.notify.enabled else None
         if self.outbox is not None and self.channels:  # what a crash left between record and send
@@ -260,7 +263,9 @@ class GoldBatch(Handler):
         outputs = {p.name: p.output for p in self.processors}
         inserted: dict[str, pa.Table] = {}
         if "sessions" in out:
-            inserted |= self._sessions(commit, spark, typed_session_rows(out["sessions"]))
+            changes = typed_session_rows(out["sessions"])
+            inserted |= self._sessions(commit, spark, changes)
+            inserted |= self._score(commit, changes[changes["kind"] == "closed"])
         if watermark is not None:  # a second commit to campaign_funnel: a ledger of its own
             inserted |= self._close_windows(Commit(f"{self.app_id()}/close", batch_id, self.ledger),
                                             spark, watermark)
@@ -339,6 +344,19 @@ class GoldBatch(Handler):
         reminders = pa.Table.from_pandas(due[funnel.columns], schema=schema, preserve_index=False)
         return {T.CART_REMINDERS.name: self._insert(
             commit, spark.createDataFrame(reminders).select(*reminder_columns()), T.CART_REMINDERS)}
+
+    def _score(self, commit: Commit, closed: pd.DataFrame) -> dict[str, pa.Table]:
+        """The sessions this batch closed, scored by the champion anomaly model (none while no
+        version holds the alias) -> ``gold/anomaly_scores``."""
+        champion = self.champion.current() if self.champion is not None and len(closed) else None
+        if champion is None:
+            return {}
+        version, model, cut = champion
+        rows = score_rows(closed, model, cut, version, pd.Timestamp.now(tz="UTC").tz_localize(None))
+        scored = _arrow(rows, T.ANOMALY_SCORES)
+        commit.append(scored, self.paths[T.ANOMALY_SCORES.name], T.ANOMALY_SCORES)
+        metrics.ANOMALIES.labels(str(version)).inc(int(rows["is_anomaly"].sum()))
+        return {T.ANOMALY_SCORES.name: scored}
 
     def _close_windows(self, commit: Commit, spark: SparkSession, watermark: datetime) -> dict[str, pa.Table]:
         """Check and judge the campaign windows this watermark closed (-> ``gold/alerts``),

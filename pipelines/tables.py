@@ -132,6 +132,12 @@ FLAG_SCHEMA = _schema(
 )
 FRAUD_FLAGS = Table("gold/fraud_flags", FLAG_SCHEMA, key=("flag_id",))
 
+# The champion anomaly model's score of each closed session (``pipelines/anomaly/``).
+ANOMALY_SCORES = Table("gold/anomaly_scores", _schema(
+    ("session_id", STR), ("tracking_id", STR), ("user_id", STR), ("anomaly_score", DBL),
+    ("is_anomaly", BOOL), ("model_version", INT), ("scored_at", TS),
+), key=("session_id", "model_version"))
+
 QUALITY_RESULTS = Table("quality/results", _schema(
     ("batch_id", LONG), ("query", STR), ("suite", STR), ("expectation", STR), ("policy", STR),
     ("success", BOOL), ("unexpected_count", LONG), ("element_count", LONG), ("validated_at", TS),
@@ -147,7 +153,7 @@ NOTIFICATIONS = Table("ops/notifications", _schema(
    stats=("notification_id", "kind", "status", "recipient"))
 
 GOLD: list[Table] = [SESSION_FUNNEL, CAMPAIGN_FUNNEL, CAMPAIGN_PERFORMANCE, PRODUCT_ABANDONMENT, ALERTS,
-                     CART_REMINDERS, RETARGET_OFFERS, FRAUD_FLAGS]
+                     CART_REMINDERS, RETARGET_OFFERS, FRAUD_FLAGS, ANOMALY_SCORES]
 ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD, QUALITY_RESULTS, NOTIFICATIONS]
 
 

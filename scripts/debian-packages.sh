@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The Debian packages the tests use: Prometheus (a real scrape of `funnelhouse run`) and
-# Chromium (the dashboard rendered headless). A no-op when both are installed; otherwise
+# The Debian packages the tests use: Prometheus (a real scrape of `funnelhouse run`), its
+# Pushgateway (what an --available-now run pushes) and Chromium (the dashboard rendered
+# headless). A no-op when both are installed; otherwise
 # installs them with apt-get (as root, or through sudo).
 # Usage: scripts/debian-packages.sh
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null || need+=(prometheus)
+command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
 command -v chromium >/dev/null || need+=(chromium)
 [[ ${#need[@]} -eq 0 ]] && exit 0
 

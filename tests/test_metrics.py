@@ -1,14 +1,24 @@
-"""The Prometheus exporter's pure parts: a query's progress -> the per-query metrics, the
-watermark lag, and the Grafana dashboard naming only metrics the exporter exports. (The real
-scrape by a real Prometheus is in test_cli.py, on a streaming process.)"""
+"""The Prometheus exporter: a query's progress -> the per-query metrics, the watermark lag,
+the Grafana dashboard naming only metrics the exporter exports, and an --available-now run
+pushing its final values to a real Pushgateway. (The real scrape by a real Prometheus is in
+test_cli.py, on a streaming process.)"""
 
 import json
 import re
+import shutil
+import subprocess
 import time
+import urllib.request
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 
+import pytest
+from helpers import copy_sample, free_port, read, wait_http
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
 from pipelines import metrics
+from pipelines.cli import app
 from pipelines.config import REPO_ROOT
 
 DASHBOARD = REPO_ROOT / "conf" / "grafana" / "dashboards" / "funnelhouse.json"
@@ -74,3 +84,47 @@ def test_every_grafana_panel_queries_metrics_the_exporter_exports():
                  "funnelhouse_watermark_lag_seconds", "funnelhouse_fraud_flags_total",
                  "funnelhouse_quarantine_rows_total", "funnelhouse_notifications_total"):
         assert name in used, name
+
+
+@pytest.fixture
+def pushgateway(tmp_path):
+    """Debian's Prometheus Pushgateway on a free port of 127.0.0.1."""
+    exe = shutil.which("prometheus-pushgateway")
+    if exe is None:
+        pytest.fail("prometheus-pushgateway is not installed: run scripts/debian-packages.sh "
+                    "(make test does)")
+    port = free_port()
+    with (tmp_path / "pushgateway.log").open("w") as log:
+        proc = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}"], stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/ready")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _pushed(gateway: str, name: str, **labels) -> float | None:
+    with urllib.request.urlopen(f"http://{gateway}/metrics") as response:
+        for family in text_string_to_metric_families(response.read().decode()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+    return None
+
+
+@pytest.mark.slow  # streams a lake of its own
+def test_an_available_now_run_pushes_its_final_metrics(spark, lake_settings, pushgateway):
+    s = lake_settings
+    copy_sample(s.input, slice(0, 2))
+    before = _value("funnelhouse_rows_committed_total", table="silver/events") or 0
+    result = CliRunner().invoke(app, ["run", "--available-now", "--input", s.input, "--lake", s.lake],
+                                env={"FUNNELHOUSE__METRICS__PUSHGATEWAY": pushgateway})
+    assert result.exit_code == 0, result.output
+    silver = read(spark, s, "silver/events").count()
+    after = _value("funnelhouse_rows_committed_total", table="silver/events")
+    assert after - before == silver > 0
+    assert _pushed(pushgateway, "funnelhouse_rows_committed_total", job="funnelhouse",
+                   table="silver/events") == after
+    assert _pushed(pushgateway, "funnelhouse_last_batch_id", job="funnelhouse", query="gold") is not None

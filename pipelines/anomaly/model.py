@@ -1,0 +1,157 @@
+"""The anomaly model: an IsolationForest over ``features.FEATURES``, its evaluation against
+labels, and its life in the MLflow registry (``funnelhouse-anomaly``, alias ``champion``).
+
+The tracking and registry URIs come from ``mlflow.tracking_uri`` in config; by default the
+lake carries its own: ``sqlite:///<lake>/_mlflow/mlflow.db`` with artifacts under
+``<lake>/_mlflow/artifacts``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import IsolationForest
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from pipelines.anomaly.features import FEATURES
+
+log = logging.getLogger(__name__)
+ALIAS = "champion"
+
+
+def fit(features: pd.DataFrame, n_estimators: int, contamination: float, seed: int) -> IsolationForest:
+    model = IsolationForest(n_estimators=n_estimators, contamination=contamination, random_state=seed)
+    return model.fit(features[FEATURES].astype(float))
+
+
+def scores(model: IsolationForest, features: pd.DataFrame) -> np.ndarray:
+    """Higher means more anomalous (the negated ``score_samples``)."""
+    if features.empty:
+        return np.zeros(0)
+    return -model.score_samples(features[FEATURES].astype(float))
+
+
+def threshold(model: IsolationForest) -> float:
+    """The score above which a session is an anomaly: the training contamination's cut."""
+    return float(-model.offset_)
+
+
+@dataclass
+class Evaluation:
+    roc_auc: float
+    precision_at_k: float  # k = the number of anomalous sessions
+    recall_at_fpr: float
+    fpr: float
+    positives: int
+    sessions: int
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"roc_auc": self.roc_auc, "precision_at_k": self.precision_at_k,
+                f"recall_at_fpr_{self.fpr:g}": self.recall_at_fpr,
+                "positives": self.positives}
+
+
+def evaluate(score: np.ndarray, labels: np.ndarray, fpr: float) -> Evaluation:
+    """Against 0/1 labels: ROC-AUC, precision among the top-k scores (k = positives), and the
+    recall reached while at most ``fpr`` of the normal sessions are flagged."""
+    labels = np.asarray(labels, dtype=int)
+    positives = int(labels.sum())
+    if positives == 0 or positives == len(labels):
+        raise ValueError("evaluation needs both anomalous and normal sessions")
+    k = positives
+    top = np.argsort(-score, kind="stable")[:k]
+    false_pos, true_pos, _ = roc_curve(labels, score)
+    return Evaluation(roc_auc=float(roc_auc_score(labels, score)),
+                      precision_at_k=float(labels[top].mean()),
+                      recall_at_fpr=float(true_pos[false_pos <= fpr].max()),
+                      fpr=fpr, positives=positives, sessions=len(labels))
+
+
+def tracking_uri(lake: str, configured: str | None) -> str:
+    return configured or f"sqlite:///{Path(lake).resolve()}/_mlflow/mlflow.db"
+
+
+def use_lake(lake: str, configured: str | None, experiment: str = "funnelhouse-anomaly") -> None:
+    """Point MLflow's tracking and registry at the lake's store; the experiment's artifacts
+    live under ``<lake>/_mlflow/artifacts``."""
+    import mlflow
+
+    uri = tracking_uri(lake, configured)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment, artifact_location=(Path(lake).resolve() / "_mlflow" /
+                                                                "artifacts").as_uri())
+    mlflow.set_experiment(experiment)
+
+
+class Champion:
+    """The registered model's ``champion``, loaded once per version and cached. ``current()``
+    asks the registry at most every ``ttl`` seconds which version holds the alias, so a moved
+    alias reaches a running stream without a restart."""
+
+    def __init__(self, name: str, lake: str, configured_uri: str | None, ttl: float = 10.0):
+        self.name, self.ttl = name, ttl
+        self.uri = tracking_uri(lake, configured_uri)
+        self._checked = -float("inf")
+        self._version: int | None = None
+        self._model = None
+        self._threshold = 0.0
+        self._warned = False
+
+    def current(self) -> tuple[int, IsolationForest, float] | None:
+        """(version, model, threshold), or None while no version holds the alias."""
+        now = time.monotonic()
+        if now - self._checked >= self.ttl:
+            self._checked = now
+            self._refresh()
+        if self._version is None:
+            return None
+        return self._version, self._model, self._threshold
+
+    def _refresh(self) -> None:
+        if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists():
+            return self._none_yet()  # no store yet: do not create one (and load MLflow) for nothing
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        client = mlflow.MlflowClient()
+        try:
+            version = client.get_model_version_by_alias(self.name, ALIAS)
+        except MlflowException:
+            return self._none_yet()
+        if int(version.version) != self._version:
+            import mlflow.sklearn
+
+            self._model = mlflow.sklearn.load_model(f"models:/{self.name}/{version.version}")
+            self._threshold = float(client.get_run(version.run_id).data.params["threshold"])
+            self._version = int(version.version)
+            log.info("scoring with %s version %d", self.name, self._version)
+
+    def _none_yet(self) -> None:
+        if not self._warned:
+            log.warning("no %s model holds the alias %r yet: sessions are not scored "
+                        "(run `funnelhouse train`)", self.name, ALIAS)
+            self._warned = True
+
+
+def score_rows(sessions: pd.DataFrame, model: IsolationForest, cut: float, version: int,
+               now: pd.Timestamp) -> pd.DataFrame:
+    """Closed ``gold/session_funnel`` rows -> ``gold/anomaly_scores`` rows."""
+    from pipelines.anomaly.features import session_features
+
+    features = session_features(sessions)
+    score = scores(model, features)
+    return pd.DataFrame({"session_id": features["session_id"], "tracking_id": features["tracking_id"],
+                         "user_id": features["user_id"], "anomaly_score": score,
+                         "is_anomaly": score >= cut, "model_version": np.int32(version),
+                         "scored_at": now})

@@ -1,0 +1,101 @@
+"""The anomaly model: features of hand-built sessions, its evaluation on hand-built scores,
+and on the sample: train -> register -> champion -> the stream scores closed sessions with
+the champion's version, and a moved alias changes the version of the rows scored after it."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import SAMPLE, copy_sample, read
+from pyspark.sql import functions as F
+
+from pipelines.anomaly.features import FEATURES, session_features
+from pipelines.anomaly.model import evaluate
+from pipelines.jobs.run import run_available_now
+from pipelines.jobs.train import EmptyRange, review, run_train
+
+TRUTH = SAMPLE / "ground_truth.json"
+
+
+def _session(**over) -> dict:
+    base = {"session_id": "s1", "tracking_id": "t1", "user_id": "u1",
+            "session_start": pd.Timestamp("2026-11-02 10:00:00"),
+            "session_end": pd.Timestamp("2026-11-02 10:02:00"),
+            "event_count": 6, "clicks": 1, "adds": 2, "purchases": 1, "items": 3, "revenue": 30.0,
+            "funnel_level": 6, "added_products": ["p1", "p2"], "purchased_products": ["p2", "p3"],
+            "seconds_to_add_to_cart": 40.0, "seconds_to_purchase": 110.0}
+    return base | over
+
+
+def test_features_of_hand_built_sessions():
+    bot = _session(session_id="s2", session_start=pd.Timestamp("2026-11-02 10:00:00"),
+                   session_end=pd.Timestamp("2026-11-02 10:00:00.5"), event_count=12, clicks=0, adds=12,
+                   purchases=0, items=0, revenue=0.0, funnel_level=4, added_products=["p9"],
+                   purchased_products=None, seconds_to_add_to_cart=0.0, seconds_to_purchase=None)
+    got = session_features(pd.DataFrame([_session(), bot])).set_index("session_id")
+    assert list(got.columns) == ["tracking_id", "user_id", *FEATURES]
+    human, burst = got.loc["s1"], got.loc["s2"]
+    assert (human["duration_seconds"], human["events_per_minute"]) == (120.0, 3.0)
+    assert (human["distinct_products"], human["cart_to_purchase"]) == (3.0, 0.5)
+    assert (human["seconds_to_add_to_cart"], human["seconds_to_purchase"]) == (40.0, 110.0)
+    # Half a second counts as the 1 s floor: 12 events per second.
+    assert (burst["duration_seconds"], burst["events_per_minute"]) == (0.5, 720.0)
+    assert burst["distinct_products"] == 1.0
+    assert (burst["cart_to_purchase"], burst["seconds_to_purchase"]) == (0.0, -1.0)
+
+
+def test_evaluation_on_hand_built_scores():
+    labels = np.array([1, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+    score = np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.3, 0.2, 0.1, 0.0, 0.05])
+    e = evaluate(score, labels, fpr=0.125)
+    assert e.positives == 2
+    assert e.precision_at_k == 0.5  # top 2: one anomaly, one normal
+    assert e.recall_at_fpr == 1.0  # flagging 0.9, 0.8, 0.7 costs 1 of 8 normals
+    assert evaluate(score, labels, fpr=0.1).recall_at_fpr == 0.5  # no normal may be flagged
+    assert e.roc_auc == pytest.approx(15 / 16)  # 15 of the 16 (anomaly, normal) pairs ordered right
+
+
+def test_training_on_an_empty_range_exits_with_a_clear_message(sample_lake):
+    from datetime import date
+
+    with pytest.raises(EmptyRange, match="no closed sessions"):
+        run_train(sample_lake, date(2030, 1, 1), date(2030, 1, 2))
+
+
+@pytest.mark.slow  # streams a lake of its own and trains three times
+def test_train_register_promote_and_the_stream_scores_with_the_champion(spark, lake_settings):
+    s = lake_settings
+    copy_sample(s.input, slice(0, 6))
+    run_available_now(spark, s)
+    assert read(spark, s, "gold/anomaly_scores").count() == 0  # no champion yet: not scored
+
+    weak = s.model_copy(update={"anomaly": s.anomaly.model_copy(update={"n_estimators": 1})})
+    first = run_train(weak, truth_path=TRUTH)
+    assert (first.version, first.champion, first.reason) == (1, 1, "first version")
+
+    copy_sample(s.input, slice(6, 7))
+    run_available_now(spark, s)
+    scored = read(spark, s, "gold/anomaly_scores")
+    assert scored.count() > 0
+    assert {r[0] for r in scored.select("model_version").distinct().collect()} == {1}
+    closed = read(spark, s, "gold/session_funnel").where("NOT is_open")
+    assert scored.join(closed, "session_id", "left_anti").count() == 0  # closed sessions only
+
+    better = run_train(s, truth_path=TRUTH)  # 200 trees: a better ROC-AUC on the same sessions
+    assert (better.version, better.champion) == (2, 2), better.reason
+    same = run_train(s, truth_path=TRUTH)  # the same model again: no improvement, no move
+    assert (same.version, same.champion) == (3, 2), same.reason
+    assert "does not beat" in same.reason
+    # What an ML engineer reviews: injected bursts ranked on top at a 1% false-positive rate.
+    assert better.metrics["roc_auc"] > first.metrics["roc_auc"]
+    assert better.metrics["recall_at_fpr_0.01"] >= 0.1
+
+    copy_sample(s.input, slice(7, None))
+    run_available_now(spark, s)
+    scored = read(spark, s, "gold/anomaly_scores")
+    versions = {r[0]: r[1] for r in scored.groupBy("model_version").count().collect()}
+    assert set(versions) == {1, 2}, versions  # the rows scored after the move carry version 2
+    assert scored.groupBy("session_id").count().where("count > 1").count() == 0  # each once
+    assert scored.where(F.col("is_anomaly")).count() > 0
+
+    shown = {v["version"]: v["aliases"] for v in review(s)}
+    assert shown == {3: [], 2: ["champion"], 1: []}
