@@ -228,7 +228,7 @@ class GoldBatch(Handler):
 
     def __init__(self, spark: SparkSession, s: Settings):
         super().__init__(s, "gold")
-        self.paths = {t.name: T.ensure(spark, s.lake, t) for t in T.GOLD}
+        self.paths = {t.name: T.ensure(spark, s.lake, t) for t in T.GOLD_STREAM}
         T.ensure(spark, s.lake, T.QUALITY_RESULTS)
         self.quality = Quality(s.lake, "campaign_funnel", s.quality, "gold") if s.quality.enabled else None
         self.processors = gold_processors(s)

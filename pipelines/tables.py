@@ -152,9 +152,13 @@ NOTIFICATIONS = Table("ops/notifications", _schema(
 ), partition_by=("created_date",), key=("notification_id",),
    stats=("notification_id", "kind", "status", "recipient"))
 
+# The gold tables the batch build (and so a backfill) makes from silver, and every table the
+# gold stream writes: those plus the anomaly scores, which come from a registered model.
 GOLD: list[Table] = [SESSION_FUNNEL, CAMPAIGN_FUNNEL, CAMPAIGN_PERFORMANCE, PRODUCT_ABANDONMENT, ALERTS,
-                     CART_REMINDERS, RETARGET_OFFERS, FRAUD_FLAGS, ANOMALY_SCORES]
-ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD, QUALITY_RESULTS, NOTIFICATIONS]
+                     CART_REMINDERS, RETARGET_OFFERS, FRAUD_FLAGS]
+GOLD_STREAM: list[Table] = [*GOLD, ANOMALY_SCORES]
+ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD_STREAM, QUALITY_RESULTS,
+                    NOTIFICATIONS]
 
 
 def conform(table: Table) -> Callable[[DataFrame], DataFrame]:

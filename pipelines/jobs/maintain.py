@@ -62,7 +62,7 @@ def maintain(s: Settings, dry_run: bool = False) -> list[Maintained]:
         path = s.table(t.name)
         if not _exists(path):
             continue
-        if t in T.GOLD:
+        if t in T.GOLD_STREAM:
             with lease(s.lake, who="maintain"):
                 done.append(maintain_table(path, t.name, s, dry_run))
         else:
