@@ -267,9 +267,14 @@ def dashboard(
     """Write the gold dashboard (funnel, conversion, alerts, budget, fraud, notices,
     throughput) as one self-contained HTML file. Reads with delta-rs + DuckDB; no JVM."""
     from pipelines.dashboard import write
+    from pipelines.lake_sql import UnknownLake
 
     s = settings(config, lake=lake)
-    console.print(f"dashboard: {write(s.lake, out).resolve()}")
+    try:
+        console.print(f"dashboard: {write(s.lake, out).resolve()}")
+    except UnknownLake as err:
+        console.print(f"[red]{err}: run `funnelhouse run` first[/red]")
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -283,6 +288,9 @@ def serve(
     from pipelines.dashboard import serve as make_server
 
     s = settings(config, lake=lake)
+    if not Path(s.lake).is_dir():
+        console.print(f"[red]no lake at {s.lake}: run `funnelhouse run` first[/red]")
+        raise typer.Exit(1)
     server = make_server(s.lake, port, refresh)
     console.print(f"serving {s.lake} at http://127.0.0.1:{port}/ (Ctrl-C stops)")
     try:

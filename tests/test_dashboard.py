@@ -78,3 +78,10 @@ def test_the_live_page_serves_charts_and_reloads_itself(sample_lake, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_missing_lake_is_one_line_and_exit_1(tmp_path):
+    for command in (["dashboard", "--out", str(tmp_path / "r.html")], ["serve"]):
+        result = CliRunner().invoke(app, [*command, "--lake", str(tmp_path / "nope")])
+        assert result.exit_code == 1, result.output
+        assert "no lake at" in result.output and "Traceback" not in result.output
