@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from pipelines.lake_sql import connect, table_paths
+from pipelines.lake_sql import connect, mentioned, table_paths
 from pipelines.steps import STEPS
 
 SHORT = {"ad_impression": "impression", "ad_click": "click", "landing_page_view": "landing",
@@ -72,14 +72,10 @@ def snapshot(lake: str | Path) -> Snapshot:
     con = connect(lake)
     shot = Snapshot(str(lake), datetime.now(UTC))
     for name, sql in QUERIES.items():
-        if all(view in present for view in _views(sql)):
+        needed = {w for w in sql.replace(",", " ").split() if w.startswith(("gold_", "silver_", "ops_"))}
+        if needed <= set(mentioned(sql, present)):
             shot.frames[name] = con.sql(sql).df()
     return shot
-
-
-def _views(sql: str) -> list[str]:
-    words = sql.replace(",", " ").split()
-    return [w for w in words if w.startswith(("gold_", "silver_", "ops_"))]
 
 
 # -- charts ---------------------------------------------------------------------------------

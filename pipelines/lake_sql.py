@@ -68,6 +68,12 @@ def connect(lake: str | Path, names: list[str] | None = None) -> duckdb.DuckDBPy
     return con
 
 
+def mentioned(sql: str, names) -> list[str]:
+    """The view names ``sql`` mentions (a superset is harmless: an unused view costs a log read)."""
+    text = sql.lower()
+    return [name for name in names if name in text]
+
+
 @dataclass
 class Answer:
     """A query's result: column names, DuckDB type names and rows (tuples)."""
@@ -81,8 +87,7 @@ class Answer:
 
 def query(lake: str | Path, sql: str) -> Answer:
     """Run ``sql`` over the lake's views (only those whose name it mentions are opened)."""
-    mentioned = [name for name in table_paths(lake) if name in sql.lower()]
-    result = connect(lake, mentioned).sql(sql)
+    result = connect(lake, mentioned(sql, table_paths(lake))).sql(sql)
     if result is None:  # a statement that returns nothing
         return Answer([], [], [])
     return Answer(result.columns, [str(t) for t in result.types], result.fetchall())

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import socket
 import threading
 from collections import Counter
 from datetime import date, datetime
@@ -18,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from aiosmtpd.controller import Controller
 from deltalake import DeltaTable
-from helpers import SAMPLE, copy_sample, lake_copy
+from helpers import SAMPLE, copy_sample, free_port, lake_copy
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -78,9 +77,7 @@ def receiver():
 
 @pytest.fixture
 def smtp():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     inbox = Inbox()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
@@ -290,9 +287,7 @@ def test_email_upgrades_to_starttls_and_logs_in_when_the_server_offers_it(tmp_pa
         logins.append((mechanism, ok, session.ssl is not None))
         return AuthResult(success=ok)
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     inbox = Inbox()
     controller = Controller(inbox, hostname="127.0.0.1", port=port, tls_context=context,
                             require_starttls=True, auth_required=True, authenticator=authenticator)
