@@ -14,6 +14,8 @@ Four measurements, each printed as a table and all written to ``bench/results/<t
   alerts fire within the run, and measures each alert's lag behind the watermark that closed
   its window.
 - ``quality``: silver micro-batches of ~100k events with the quality suite on and off.
+- ``scoring``: the gold query over the throughput run's silver, without an anomaly model and
+  then with a champion trained on the sessions the first run closed: what scoring costs gold.
 
 Memory: the JVM's peak resident size (``VmHWM``) and the Python driver's, at the end.
 """
@@ -329,6 +331,36 @@ def quality(spark: SparkSession, root: Path, landing: Path, rounds: int) -> dict
     return {"off_s": med["off"], "on_s": med["on"], "overhead": over}
 
 
+# -- scoring ---------------------------------------------------------------------------------
+
+def scoring(spark: SparkSession, root: Path, full_lake: Path) -> dict:
+    """The gold query on a copy of ``full_lake``'s silver, twice from an empty gold: with no
+    model registered, then with a champion trained on the sessions the first run closed."""
+    from pipelines.jobs.train import run_train
+
+    lake = root / "lake-scoring"
+    shutil.rmtree(lake, ignore_errors=True)
+    shutil.copytree(full_lake / "silver", lake / "silver")
+    s = _settings(lake, root)
+
+    def gold() -> float:
+        for part in lake.iterdir():  # gold, its checkpoint, the outbox: all but silver and models
+            if part.name not in ("silver", "_mlflow"):
+                shutil.rmtree(part)
+        return _timed(lambda: run_available_now(spark, s, ["gold"]))
+
+    off = gold()
+    trained = run_train(s)
+    on = gold()
+    scored = row_count(str(lake / "gold" / "anomaly_scores"))
+    console.print(_table("scoring: the gold query over the same silver",
+                         ["champion model", "seconds", "sessions scored", "gold slower by"],
+                         [["none", off, 0, ""], [f"version {trained.version}", on, scored,
+                                                 f"{on / off - 1:+.0%}"]]))
+    return {"off_s": off, "on_s": on, "sessions_scored": scored, "overhead": on / off - 1,
+            "trained_on_sessions": trained.sessions}
+
+
 # -- memory, main -----------------------------------------------------------------------------
 
 def memory(spark: SparkSession) -> dict:
@@ -340,7 +372,7 @@ def memory(spark: SparkSession) -> dict:
     return {"jvm_peak_gib": jvm_kb / 2**20, "python_peak_gib": py_kb / 2**20}
 
 
-ALL = ("throughput", "growth", "freshness", "quality")
+ALL = ("throughput", "growth", "freshness", "quality", "scoring")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -379,6 +411,10 @@ def main(argv: list[str] | None = None) -> None:
                                          args.kafka)
     if "quality" in only:
         results["quality"] = quality(spark, root, landing, args.rounds)
+    if "scoring" in only:
+        if not (root / "lake" / "silver" / "events").is_dir():
+            results["throughput"] = throughput(spark, root, landing, lines)
+        results["scoring"] = scoring(spark, root, root / "lake")
     results["memory"] = memory(spark)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
