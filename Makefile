@@ -8,7 +8,7 @@ INPUT   ?= data/landing
 SAMPLE  := data/sample
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup debian-packages demo test test-fast bench bench-quality backfill lint clean clean-lake kafka-up kafka-down
+.PHONY: setup debian-packages demo test test-fast bench bench-quality backfill lint clean clean-lake kafka-up kafka-down mlflow-ui
 
 ## setup: build the venv and fetch the jars; a no-op when both are there
 setup: $(STAMP) $(JARS)/.fetched
@@ -68,6 +68,12 @@ clean: clean-lake
 ## backfill: rebuild a date range, e.g. make backfill FROM=2026-11-02 TO=2026-11-02
 backfill: setup
 	$(BIN)/funnelhouse backfill --from $(FROM) --to $(TO) --lake $(LAKE)
+
+## mlflow-ui: the MLflow UI over the lake's own store (runs, registered models, aliases)
+MLFLOW_STORE ?= sqlite:///$(abspath $(LAKE))/_mlflow/mlflow.db
+MLFLOW_PORT  ?= 5000
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 ## kafka-up: start a single-node Kafka broker (KRaft, 127.0.0.1:9092) and create TOPIC (events)
 TOPIC ?= events
