@@ -11,8 +11,12 @@ Ranges and margins (``docs/backfill.md``):
   [from - 1 day, to + 1 day] so a session crossing either edge is whole;
 - campaign funnel cells with ``window_start`` in [from, to + 1 day);
 - fraud flags whose burst starts in [from, to], from events with the same 1-day margins;
-- campaign performance and product abandonment: rebuilt whole (one row per campaign/product);
-- alerts, cart reminders, retarget offers: insert-only (what was sent stays sent).
+- campaign performance, product abandonment and user profiles: rebuilt whole (one row per
+  campaign, product or user);
+- alerts, cart reminders, retarget offers: insert-only (what was sent stays sent);
+- anomaly scores: the closed sessions that start in [from, to], scored with the champion (or
+  ``--model-version N``): a (session, version) the table lacks is inserted, one whose score
+  changed (its session did) is updated, and nothing else is touched.
 
 The stream's quality suites (``pipelines/quality.py``) check the recomputed silver rows and
 funnel cells with the same policies: ``drop`` keeps a row out of silver (and quarantines it,
@@ -25,25 +29,32 @@ holds the gold lease (``io/lease.py``) that the gold stream's micro-batches also
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines import tables as T
 from pipelines.bronze import to_bronze
 from pipelines.config import Settings
+from pipelines.geo import ip_locations
 from pipelines.gold import build
 from pipelines.io import sinks, sources
-from pipelines.io.delta_rs import Commit
+from pipelines.io.delta_rs import Commit, arrow_schema, merge
+from pipelines.io.delta_rs import read as delta_read
 from pipelines.io.lease import lease
 from pipelines.io.ledger import Ledger
 from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe, event_watermark, parse, to_silver, valid_events
 
+log = logging.getLogger(__name__)
 MARGIN = timedelta(days=1)
 
 
@@ -217,11 +228,13 @@ def backfill_silver(spark: SparkSession, s: Settings, start: date, end: date,
         bronze.unpersist()
         return Changes(T.SILVER_EVENTS.name, 0, 0, 0, 0)
 
-    def rows() -> DataFrame:  # the stream's chain: parse -> valid -> dedupe -> mark_late -> conform
+    locations = ip_locations(spark, s.geo.ip_locations)
+
+    def rows() -> DataFrame:  # the stream's chain: parse -> valid -> dedupe -> mark_late -> locate -> conform
         # The cutoff again: a stream appending to bronze re-caches ``bronze`` at its new version.
         return (bronze.where(F.col("ingest_time") <= F.lit(cutoff)).transform(parse).transform(valid_events)
                 .where(F.col("event_date").between(F.lit(start), F.lit(end))).transform(dedupe)
-                .transform(to_silver(None)))
+                .transform(to_silver(None, locations)))
 
     where = (f"event_date >= {_lit_date(start)} AND event_date <= {_lit_date(end)}"
              f" AND ingest_time <= '{cutoff.isoformat()}'")
@@ -289,14 +302,55 @@ def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
         F.to_date("first_event_time").between(F.lit(start), F.lit(end)))
     where = f"first_event_time >= {_lit_date(start)} AND first_event_time < {_lit_date(end + MARGIN)}"
     out.append(replace_range(spark, lambda: flags, s.table(T.FRAUD_FLAGS.name), where, T.FRAUD_FLAGS.name))
+    out.append(replace_range(spark, lambda: table(T.SESSION_FUNNEL).transform(
+        build.profile_rows(table(T.FRAUD_FLAGS))), s.table(T.USER_PROFILE.name), "true", T.USER_PROFILE.name))
     events.unpersist()
     return out
 
 
+def backfill_scores(spark: SparkSession, s: Settings, start: date, end: date,
+                    version: int | None = None) -> Changes:
+    """Score the closed sessions of ``gold/session_funnel`` that start in [start, end] with
+    ``version`` of the anomaly model (default: the champion; none yet: nothing is scored)
+    -> ``gold/anomaly_scores``, through the stream's ``score_rows``. Runs on the driver
+    (delta-rs + pandas), like the stream's scoring."""
+    from pipelines.anomaly.model import holder, load, score_rows, tracking_uri  # scikit-learn: on use
+
+    name, table = s.anomaly.model_name, T.ANOMALY_SCORES
+    none = Changes(table.name, 0, 0, 0, 0)
+    uri = tracking_uri(s.lake, s.mlflow.tracking_uri)
+    version = version or holder(name, uri)
+    if version is None:
+        log.warning("no %s model holds the alias champion: the backfill scores no session", name)
+        return none
+    version, model, cut = load(name, uri, version)
+    sessions = delta_read(s.table(T.SESSION_FUNNEL.name), [
+        ("is_open", "=", False), ("session_date", ">=", start), ("session_date", "<=", end)]).to_pandas()
+    if sessions.empty:
+        return none
+    new = score_rows(sessions, model, cut, version, pd.Timestamp.now(tz="UTC").tz_localize(None))
+    path = T.ensure(spark, s.lake, table)
+    old = delta_read(path)
+    old = old.filter(pc.equal(old["model_version"], version)).select(
+        ["session_id", "anomaly_score", "is_anomaly"]).to_pandas()
+    both = new.merge(old, on="session_id", how="left", suffixes=("", "_old"), indicator=True)
+    added = both["_merge"] == "left_only"
+    changed = ~added & ((both["anomaly_score"] - both["anomaly_score_old"]).abs().gt(1e-9)
+                        | (both["is_anomaly"] != both["is_anomaly_old"]))
+    rows = new[(added | changed).to_numpy()]
+    if len(rows):
+        source = pa.Table.from_pandas(rows, schema=arrow_schema(table), preserve_index=False)
+        merge(source, path, "t.session_id = s.session_id AND t.model_version = s.model_version",
+              lambda m: m.when_matched_update_all().when_not_matched_insert_all())
+    return Changes(table.name, len(sessions), len(rows), len(rows), int(changed.sum()))
+
+
 LAYERS: dict[str, Callable[..., list[Changes]]] = {
-    "silver": lambda spark, s, a, b, source="bronze", checks=None: [
+    "silver": lambda spark, s, a, b, source="bronze", checks=None, model_version=None: [
         backfill_silver(spark, s, a, b, source, checks)],
-    "gold": lambda spark, s, a, b, source="bronze", checks=None: backfill_gold(spark, s, a, b, checks),
+    "gold": lambda spark, s, a, b, source="bronze", checks=None, model_version=None: [
+        *backfill_gold(spark, s, a, b, checks),
+        *([backfill_scores(spark, s, a, b, model_version)] if s.anomaly.enabled else [])],
 }
 
 

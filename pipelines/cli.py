@@ -171,6 +171,8 @@ def backfill(
     layers: Annotated[str, typer.Option(help="comma-separated, in order")] = "silver,gold",
     source: Annotated[str, typer.Option(help="silver is rebuilt from: bronze | landing-archive "
                                                  "(the files under --input)")] = "bronze",
+    model_version: Annotated[int | None, typer.Option("--model-version", help="score sessions with "
+                                                      "this registered version (default: champion)")] = None,
     input: InputOpt = None,
     config: ConfigOpt = None,
     lake: LakeOpt = None,
@@ -189,7 +191,7 @@ def backfill(
     with spark_for(s) as spark:
         try:
             run_backfill(spark, s, first, last, [x.strip() for x in layers.split(",") if x.strip()],
-                         console, source)
+                         console, source, model_version)
         except ValueError as err:
             console.print(f"[red]{err}[/red]")
             raise typer.Exit(2) from None

@@ -227,10 +227,22 @@ class AnomalySettings(Strict):
     enabled: StrictBool = True  # the gold stream scores closed sessions with the champion
     model_name: str = "funnelhouse-anomaly"
     n_estimators: int = Field(200, ge=1)
+    features: list[str] | None = None  # a subset of anomaly.features.FEATURES; None: all of them
     contamination: float = Field(0.01, gt=0, le=0.5)  # share of sessions flagged; sets the threshold
     seed: int = 42
     fpr: float = Field(0.01, gt=0, lt=1)  # recall is reported at this false-positive rate
     refresh: Duration = timedelta(seconds=10)  # how often the stream asks which version is champion
+
+
+class GeoSettings(Strict):
+    """IP -> location while silver is built (``pipelines/geo.py``, docs/tables.md)."""
+
+    ip_locations: str = "data/geo/ip_locations.csv"  # network,country,region; relative: to the repository
+
+    @field_validator("ip_locations", mode="after")
+    @classmethod
+    def _from_repo(cls, value: str) -> str:
+        return value if "://" in value or Path(value).is_absolute() else str(REPO_ROOT / value)
 
 
 class MetricsSettings(Strict):
@@ -249,6 +261,7 @@ class Settings(Strict):
     spark: SparkSettings = SparkSettings()
     stream: StreamSettings = StreamSettings()
     kafka: KafkaSettings = KafkaSettings()
+    geo: GeoSettings = GeoSettings()
     sessions: SessionSettings = SessionSettings()
     funnel: FunnelSettings = FunnelSettings()
     gold: GoldSettings = GoldSettings()

@@ -2,6 +2,8 @@
 
 The generator simulates journeys (one ``tracking_id`` each) for a set of campaigns with
 different conversion profiles, plus organic visits, fraud bots (one kind per rule R1-R3),
+anomalies that no rule catches (scrapers, card testers, sessions faster than human,
+impossible travel),
 clickers who never buy and cart abandoners. It then simulates delivery: arrival jitter
 (out of order), duplicate deliveries, events later than the watermark and malformed lines.
 Lines are written in arrival order into rotated JSON-lines files; the ground truth (what
@@ -117,6 +119,7 @@ class Truth:
     weak_campaigns: dict[str, list[str]] = field(default_factory=dict)
     campaigns: list[dict[str, Any]] = field(default_factory=list)
     fraud_bursts: list[dict[str, Any]] = field(default_factory=list)
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
     late_event_ids: list[str] = field(default_factory=list)
     cart_abandoners: list[dict[str, Any]] = field(default_factory=list)
     retarget_offers: list[dict[str, Any]] = field(default_factory=list)
@@ -152,21 +155,34 @@ class _World:
         weights = [1.0 / (i + 10) for i in range(self.n_users)]
         self.user_cum = _cumulative(weights)
 
-    def new_id(self, prefix: str) -> str:
+    def new_id(self, prefix: str, rng: random.Random | None = None) -> str:
         self.counter += 1
-        return f"{self.p.id_prefix}{prefix}{self.counter:08x}{self.rng.getrandbits(24):06x}"
+        return f"{self.p.id_prefix}{prefix}{self.counter:08x}{(rng or self.rng).getrandbits(24):06x}"
 
     def user(self) -> tuple[str, str]:
         u = bisect.bisect_left(self.user_cum, self.rng.random() * self.user_cum[-1])
-        return f"u{u:06d}", f"10.{u // 65536 % 256}.{u // 256 % 256}.{u % 256}"
+        return f"u{u:06d}", home_ip(u)
 
     def event(self, etype: str, t: datetime, user: tuple[str, str], tracking_id: str,
-              **extra: Any) -> dict[str, Any]:
-        ev = {"event_id": self.new_id("e"), "event_type": etype, "event_time": _iso(t),
+              rng: random.Random | None = None, **extra: Any) -> dict[str, Any]:
+        ev = {"event_id": self.new_id("e", rng), "event_type": etype, "event_time": _iso(t),
               "user_id": user[0], "tracking_id": tracking_id, "ip": user[1],
               "user_agent": self.agents[int(user[0][-3:]) % len(self.agents)]}
         ev.update(extra)
         return ev
+
+
+# The address plan, as data/geo/ip_locations.csv maps it: region k of the file owns
+# 10.(16k).0.0/12. A user lives in one region (more of them in the bigger markets) and always
+# comes from the same address; bots and anomalies come from a hosting network, 172.16.0.0/12.
+_HOME_REGIONS = [0, 0, 0, 1, 1, 2, 3, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+
+
+def home_ip(u: int, region: int | None = None) -> str:
+    """User ``u``'s address: in its home region (or ``region``), unique for u < 2**20."""
+    if region is None:
+        region = _HOME_REGIONS[(u * 2654435761 >> 8) % len(_HOME_REGIONS)]
+    return f"10.{16 * region + (u >> 16 & 15)}.{u >> 8 & 255}.{u & 255}"
 
 
 def _cumulative(weights: list[float]) -> list[float]:
@@ -256,6 +272,63 @@ def _bots(w: _World, truth: Truth) -> list[dict[str, Any]]:
     return evs
 
 
+def _anomalies(w: _World, truth: Truth) -> list[dict[str, Any]]:
+    """Behaviour no fraud rule flags, ``bots_per_rule`` sessions of each kind, each recorded
+    in ``truth.anomalies``. Organic (no campaign), each from an address of its own, and drawn
+    from a random stream of their own, so the rest of the clickstream is as without them.
+
+    scraper: 40-80 product page views, 1-4 s apart, never an add to cart (no rule reads views).
+    card_tester: 12-20 purchases of one item at 0.50-1.99, 20-45 s apart (R2 needs 50 items
+      within 10 s; R3 needs 5 purchases from one address within 10 s).
+    speed_runner: landing, 2-4 adds, checkout and purchase of each line, 30-80 ms apart: a
+      whole funnel in well under 2 s (too few adds for R1, too few purchases for R3).
+    impossible_travel: a session that starts at the user's home address (California), adds to
+      cart again from Tokyo 1-3 minutes later, and checks out from Sao Paulo 1-3 minutes after
+      that (no rule reads addresses).
+    """
+    rng, evs = random.Random(w.p.seed * 7919 + 1), []
+    for n in range(w.p.bots_per_rule):
+        for k, kind in enumerate(("scraper", "card_tester", "speed_runner", "impossible_travel")):
+            t = w.p.start + w.span * rng.uniform(0.05, 0.85)
+            user = (f"u9{k}{n:04d}", f"172.20.{k}.{n + 1}")
+            ips = [user[1]]
+            tid = w.new_id("t", rng)
+            if kind == "scraper":
+                steps = [("landing_page_view", rng.uniform(1000, 4000), {"page_url": f"/product/{p}"})
+                         for p in rng.sample(w.products, rng.randint(40, 80))]
+            elif kind == "card_tester":
+                steps = [("purchase", rng.uniform(20_000, 45_000),
+                          {"product_id": rng.choice(w.products), "price": round(rng.uniform(0.5, 1.99), 2),
+                           "quantity": 1}) for _ in range(rng.randint(12, 20))]
+            elif kind == "speed_runner":
+                basket = [{"product_id": rng.choice(w.products), "quantity": rng.randint(1, 3),
+                           "price": round(rng.uniform(10, 80), 2)} for _ in range(rng.randint(2, 4))]
+                steps = [("landing_page_view", rng.uniform(30, 80), {})] + [
+                    (etype, rng.uniform(30, 80), item)
+                    for etype in ("add_to_cart", "checkout_start", "purchase") for item in basket]
+            else:
+                u = 700_000 + 100 * k + n  # a user of the home region 0 (California)
+                user = (f"u9{k}{n:04d}", home_ip(u, 0))
+                item = {"product_id": rng.choice(w.products), "quantity": 1,
+                        "price": round(rng.uniform(20, 90), 2)}
+                ips = [user[1], user[1], home_ip(u, 11), home_ip(u, 13), home_ip(u, 13)]
+                steps = [("landing_page_view", rng.uniform(1000, 5000), {}),
+                         ("add_to_cart", rng.uniform(5000, 30_000), item),
+                         ("add_to_cart", rng.uniform(60_000, 180_000), item),
+                         ("checkout_start", rng.uniform(60_000, 180_000), item),
+                         ("purchase", rng.uniform(5000, 20_000), item)]
+            session = []
+            for i, (etype, gap_ms, extra) in enumerate(steps):
+                t += timedelta(milliseconds=gap_ms)
+                session.append(w.event(etype, t, (user[0], ips[min(i, len(ips) - 1)]), tid, rng, **extra))
+            evs += session
+            truth.anomalies.append({
+                "kind": kind, "user_id": user[0], "tracking_id": tid,
+                "first_event_time": session[0]["event_time"], "last_event_time": session[-1]["event_time"],
+                "event_count": len(session), "event_ids": [e["event_id"] for e in session]})
+    return evs
+
+
 _MALFORMED_KINDS = {
     C.MALFORMED_JSON: 30,
     C.missing("event_id"): 8,
@@ -295,7 +368,7 @@ def _malformed(w: _World, ev: dict[str, Any]) -> tuple[str, str]:
 
 
 def _events(w: _World, truth: Truth, progress: Progress) -> list[dict[str, Any]]:
-    """All valid events: campaign and organic journeys, then the bots."""
+    """All valid events: campaign and organic journeys, then the bots and the anomalies."""
     rng, p = w.rng, w.p
     task = progress.add_task("journeys", total=p.events)
     evs: list[dict[str, Any]] = []
@@ -312,6 +385,7 @@ def _events(w: _World, truth: Truth, progress: Progress) -> list[dict[str, Any]]
         evs += journey
         progress.advance(task, len(journey))
     evs += _bots(w, truth)
+    evs += _anomalies(w, truth)
     truth.cart_abandoners = _abandoners(evs)
     truth.retarget_offers = _offers(evs)
     return evs

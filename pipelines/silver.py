@@ -1,7 +1,8 @@
 """Silver: parse with an explicit schema, validate against the contract, split the rejects.
 
 One chain serves the stream and the backfill: ``parse -> valid_events -> dedupe ->
-to_silver`` (``to_silver`` is ``mark_late -> conform``). Deduplication is the one step with two
+to_silver`` (``to_silver`` is ``mark_late -> locate -> conform``; ``locate`` is the IP ->
+location join of ``geo.py``). Deduplication is the one step with two
 forms: ``dedupe`` over a whole batch, and ``dedupe_stream`` with state in the streaming query,
 which runs before ``valid_events`` there (the same rule: one row per ``event_id``, the first
 delivery wins). ``event_watermark`` is the
@@ -18,6 +19,8 @@ from pyspark.sql import functions as F
 
 from pipelines import contract as C
 from pipelines.common import Transform, require_columns
+from pipelines.geo import COLUMNS as LOCATION
+from pipelines.geo import locate
 from pipelines.tables import BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, conform
 
 _JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": C.CORRUPT}
@@ -60,11 +63,12 @@ def parse(df: DataFrame) -> DataFrame:
 
 
 def valid_events(df: DataFrame) -> DataFrame:
-    """Parsed rows without a reason, as ``silver/events`` (``late`` false).
+    """Parsed rows without a reason, as ``silver/events`` before ``locate`` (``late`` false).
 
     Grain: one row per delivery; ``dedupe`` then keeps one per ``event_id``.
     """
-    return df.where(F.col("reason").isNull()).transform(conform(SILVER_EVENTS))
+    return df.where(F.col("reason").isNull()).select(
+        *[F.col(f.name).cast(f.dataType) for f in SILVER_EVENTS.schema.fields if f.name not in LOCATION])
 
 
 def quarantined(df: DataFrame) -> DataFrame:
@@ -116,9 +120,11 @@ def mark_late(watermark: datetime | None) -> Transform:
     return _
 
 
-def to_silver(watermark: datetime | None) -> Transform:
-    """Valid, deduplicated events -> ``silver/events`` rows: ``mark_late`` -> conform."""
-    return lambda events: events.transform(mark_late(watermark)).transform(conform(SILVER_EVENTS))
+def to_silver(watermark: datetime | None, locations: DataFrame) -> Transform:
+    """Valid, deduplicated events -> ``silver/events`` rows: ``mark_late`` -> ``locate``
+    (``locations``: ``geo.ip_locations``) -> conform."""
+    return lambda events: (events.transform(mark_late(watermark)).transform(locate(locations))
+                           .transform(conform(SILVER_EVENTS)))
 
 
 def _null_if_blank(c: Column) -> Column:

@@ -33,16 +33,18 @@ from pipelines import tables as T
 from pipelines.anomaly.model import Champion, score_rows
 from pipelines.bronze import to_bronze
 from pipelines.config import Settings, spark_interval
+from pipelines.geo import ip_locations
 from pipelines.gold import apply
 from pipelines.gold.abandonment import product_count_deltas
 from pipelines.gold.build import alert_rows
 from pipelines.gold.campaigns import campaign_total_deltas
 from pipelines.gold.funnel import funnel_cell_deltas
+from pipelines.gold.profiles import profile_deltas
 from pipelines.gold.reminders import reminder_columns
 from pipelines.gold.retarget import to_offer_rows
 from pipelines.gold.sessions import typed_session_rows
 from pipelines.io import sinks, sources
-from pipelines.io.delta_rs import Commit, arrow_schema, max_stat, to_arrow
+from pipelines.io.delta_rs import Commit, arrow_schema, from_pandas, max_stat, to_arrow
 from pipelines.io.delta_rs import read as delta_read
 from pipelines.io.lease import lease
 from pipelines.io.ledger import Ledger
@@ -128,6 +130,7 @@ class SilverBatch(Handler):
         self.quarantine = T.ensure(spark, s.lake, T.SILVER_QUARANTINE)
         T.ensure(spark, s.lake, T.QUALITY_RESULTS)
         self.quality = Quality(s.lake, "silver_events", s.quality, "silver") if s.quality.enabled else None
+        self.locations = ip_locations(spark, s.geo.ip_locations)
         self._latest: datetime | None = None
         self._known = False
 
@@ -144,7 +147,7 @@ class SilverBatch(Handler):
         watermark = event_watermark(self.latest(spark), self.s.stream.watermark_delay)
         parsed = batch.persist()
         try:
-            events = parsed.transform(valid_events).transform(to_silver(watermark))
+            events = parsed.transform(valid_events).transform(to_silver(watermark, self.locations))
             rejected = parsed.transform(quarantined)
             checks = self.quality.counts(now) if self.quality else []
             stats = events.agg(F.count(F.lit(1)).alias("_rows"), F.count_if("late").alias("_late"),
@@ -222,8 +225,9 @@ class GoldBatch(Handler):
 
     Sessions first (the freshest table), then the aggregates their signed rows change, then
     the windows the watermark closed (judged for drop-off alerts), then reminders, fraud
-    flags and offers. Each table gets one delta-rs commit marked with the batch, or none when
-    nothing in it changed.
+    flags and offers, then the profiles of the users whose sessions closed or who were flagged.
+    Each table gets one delta-rs commit marked with the batch, or none when nothing in it
+    changed.
     """
 
     def __init__(self, spark: SparkSession, s: Settings):
@@ -262,10 +266,12 @@ class GoldBatch(Handler):
         commit = Commit(self.app_id(), batch_id, self.ledger)
         outputs = {p.name: p.output for p in self.processors}
         inserted: dict[str, pa.Table] = {}
+        closed = None
         if "sessions" in out:
             changes = typed_session_rows(out["sessions"])
+            closed = changes[changes["kind"] == "closed"]
             inserted |= self._sessions(commit, spark, changes)
-            inserted |= self._score(commit, changes[changes["kind"] == "closed"])
+            inserted |= self._score(commit, closed)
         if watermark is not None:  # a second commit to campaign_funnel: a ledger of its own
             inserted |= self._close_windows(Commit(f"{self.app_id()}/close", batch_id, self.ledger),
                                             spark, watermark)
@@ -276,6 +282,7 @@ class GoldBatch(Handler):
             offers_ = spark.createDataFrame(to_arrow_table(out["offers"], outputs["offers"]))
             inserted[T.RETARGET_OFFERS.name] = self._insert(commit, offers_.transform(to_offer_rows()),
                                                             T.RETARGET_OFFERS)
+        self._profiles(commit, closed, out.get("fraud"))
         self._notify(batch_id, inserted)
         self.states.save(batch_id, held, latest)
         self._measure(inserted, watermark, "sessions" in out)
@@ -332,11 +339,11 @@ class GoldBatch(Handler):
         if len(signed):
             cells = funnel_cell_deltas(signed, s.funnel.window)
             cells = cells.assign(closed=False, window_date=cells["window_start"].dt.date)
-            apply.cells(commit, _arrow(cells, T.CAMPAIGN_FUNNEL), p[T.CAMPAIGN_FUNNEL.name])
+            apply.cells(commit, from_pandas(cells, T.CAMPAIGN_FUNNEL), p[T.CAMPAIGN_FUNNEL.name])
             apply.campaign_performance(commit, pa.Table.from_pandas(campaign_total_deltas(signed),
                                                                     preserve_index=False),
                                        p[T.CAMPAIGN_PERFORMANCE.name])
-            apply.products(commit, _arrow(product_count_deltas(signed), T.PRODUCT_ABANDONMENT),
+            apply.products(commit, from_pandas(product_count_deltas(signed), T.PRODUCT_ABANDONMENT),
                            p[T.PRODUCT_ABANDONMENT.name])
         due = changes[kind == "reminder"]
         if not len(due):
@@ -344,6 +351,14 @@ class GoldBatch(Handler):
         reminders = pa.Table.from_pandas(due[funnel.columns], schema=schema, preserve_index=False)
         return {T.CART_REMINDERS.name: self._insert(
             commit, spark.createDataFrame(reminders).select(*reminder_columns()), T.CART_REMINDERS)}
+
+    def _profiles(self, commit: Commit, closed: pd.DataFrame | None, flags: pd.DataFrame | None) -> None:
+        """The sessions this batch closed and the flags it raised -> ``gold/user_profile``
+        (a MERGE of the users they name)."""
+        closed = closed if closed is not None else pd.DataFrame(columns=T.SESSION_FUNNEL.columns)
+        if len(closed) or (flags is not None and len(flags)):
+            deltas = from_pandas(profile_deltas(closed, flags), T.USER_PROFILE)
+            apply.user_profiles(commit, deltas, self.paths[T.USER_PROFILE.name])
 
     def _score(self, commit: Commit, closed: pd.DataFrame) -> dict[str, pa.Table]:
         """The sessions this batch closed, scored by the champion anomaly model (none while no
@@ -353,7 +368,7 @@ class GoldBatch(Handler):
             return {}
         version, model, cut = champion
         rows = score_rows(closed, model, cut, version, pd.Timestamp.now(tz="UTC").tz_localize(None))
-        scored = _arrow(rows, T.ANOMALY_SCORES)
+        scored = from_pandas(rows, T.ANOMALY_SCORES)
         commit.append(scored, self.paths[T.ANOMALY_SCORES.name], T.ANOMALY_SCORES)
         metrics.ANOMALIES.labels(str(version)).inc(int(rows["is_anomaly"].sum()))
         return {T.ANOMALY_SCORES.name: scored}
@@ -403,13 +418,6 @@ def funnel_metrics(funnel_path: str, performance_path: str) -> None:
 
 def _counts(rows: pa.Table, column: str) -> dict[str, int]:
     return {c["values"]: c["counts"] for c in pc.value_counts(rows[column]).to_pylist()}
-
-
-def _arrow(frame: pd.DataFrame, table: T.Table) -> pa.Table:
-    """Some of ``table``'s columns, typed as the table types them."""
-    schema = arrow_schema(table)
-    return pa.Table.from_pandas(frame, preserve_index=False,
-                                schema=pa.schema([schema.field(c) for c in frame.columns]))
 
 
 def to_arrow_table(frame: pd.DataFrame, schema: StructType) -> pa.Table:

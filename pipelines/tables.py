@@ -66,8 +66,8 @@ BRONZE_EVENTS = Table("bronze/events", _schema(
 SILVER_EVENTS = Table("silver/events", _schema(
     ("event_id", STR), ("event_type", STR), ("step", INT), ("event_time", TS), ("user_id", STR),
     ("tracking_id", STR), ("campaign_id", STR), ("ad_id", STR), ("product_id", STR), ("price", DBL),
-    ("quantity", INT), ("ip", STR), ("user_agent", STR), ("event_date", DATE), ("ingest_time", TS),
-    ("late", BOOL),
+    ("quantity", INT), ("ip", STR), ("user_agent", STR), ("ip_country", STR), ("ip_region", STR),
+    ("event_date", DATE), ("ingest_time", TS), ("late", BOOL),
 ), partition_by=("event_date",), key=("event_id",),
    stats=("event_time", "ingest_time", "event_type", "tracking_id", "user_id"))
 
@@ -83,7 +83,8 @@ SESSION_FUNNEL = Table("gold/session_funnel", _schema(
     ("session_id", STR), ("tracking_id", STR), ("session_start", TS), ("session_end", TS),
     ("user_id", STR), ("campaign_id", STR), ("funnel_level", INT), ("event_count", LONG),
     ("clicks", LONG), ("adds", LONG), ("purchases", LONG), ("items", LONG), ("revenue", DBL),
-    ("added_products", STRS), ("purchased_products", STRS), *_TO_STEP, ("is_open", BOOL),
+    ("added_products", STRS), ("purchased_products", STRS), ("countries", STRS), *_TO_STEP,
+    ("is_open", BOOL),
     ("session_date", DATE),
 ), partition_by=("session_date", "is_open"), key=("session_id",))
 
@@ -132,6 +133,12 @@ FLAG_SCHEMA = _schema(
 )
 FRAUD_FLAGS = Table("gold/fraud_flags", FLAG_SCHEMA, key=("flag_id",))
 
+# Per user: closed sessions and fraud flags so far (``gold/profiles.py``), merged per batch.
+USER_PROFILE = Table("gold/user_profile", _schema(
+    ("user_id", STR), ("first_seen", TS), ("last_seen", TS), ("sessions", LONG), ("purchases", LONG),
+    ("revenue", DBL), ("fraud_flags", LONG), ("countries", STRS),
+), key=("user_id",))
+
 # The champion anomaly model's score of each closed session (``pipelines/anomaly/``).
 ANOMALY_SCORES = Table("gold/anomaly_scores", _schema(
     ("session_id", STR), ("tracking_id", STR), ("user_id", STR), ("anomaly_score", DBL),
@@ -155,7 +162,7 @@ NOTIFICATIONS = Table("ops/notifications", _schema(
 # The gold tables the batch build (and so a backfill) makes from silver, and every table the
 # gold stream writes: those plus the anomaly scores, which come from a registered model.
 GOLD: list[Table] = [SESSION_FUNNEL, CAMPAIGN_FUNNEL, CAMPAIGN_PERFORMANCE, PRODUCT_ABANDONMENT, ALERTS,
-                     CART_REMINDERS, RETARGET_OFFERS, FRAUD_FLAGS]
+                     CART_REMINDERS, RETARGET_OFFERS, FRAUD_FLAGS, USER_PROFILE]
 GOLD_STREAM: list[Table] = [*GOLD, ANOMALY_SCORES]
 ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD_STREAM, QUALITY_RESULTS,
                     NOTIFICATIONS]

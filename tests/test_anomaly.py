@@ -2,14 +2,26 @@
 and on the sample: train -> register -> champion -> the stream scores closed sessions with
 the champion's version, and a moved alias changes the version of the rows scored after it."""
 
+import json
+import os
+import signal
+import subprocess
+import urllib.request
+from datetime import date
+
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import SAMPLE, copy_sample, read
+from chispa import assert_df_equality
+from helpers import SAMPLE, copy_sample, free_port, read, wait_http
+from nbclient import NotebookClient
 from pyspark.sql import functions as F
 
 from pipelines.anomaly.features import FEATURES, session_features
 from pipelines.anomaly.model import evaluate
+from pipelines.backfill import backfill_scores
+from pipelines.config import REPO_ROOT
 from pipelines.jobs.run import run_available_now
 from pipelines.jobs.train import EmptyRange, review, run_train
 
@@ -22,6 +34,7 @@ def _session(**over) -> dict:
             "session_end": pd.Timestamp("2026-11-02 10:02:00"),
             "event_count": 6, "clicks": 1, "adds": 2, "purchases": 1, "items": 3, "revenue": 30.0,
             "funnel_level": 6, "added_products": ["p1", "p2"], "purchased_products": ["p2", "p3"],
+            "countries": ["US"],
             "seconds_to_add_to_cart": 40.0, "seconds_to_purchase": 110.0}
     return base | over
 
@@ -30,16 +43,20 @@ def test_features_of_hand_built_sessions():
     bot = _session(session_id="s2", session_start=pd.Timestamp("2026-11-02 10:00:00"),
                    session_end=pd.Timestamp("2026-11-02 10:00:00.5"), event_count=12, clicks=0, adds=12,
                    purchases=0, items=0, revenue=0.0, funnel_level=4, added_products=["p9"],
-                   purchased_products=None, seconds_to_add_to_cart=0.0, seconds_to_purchase=None)
+                   purchased_products=None, seconds_to_add_to_cart=0.0, seconds_to_purchase=None,
+                   countries=["US", "JP", "BR"])
     got = session_features(pd.DataFrame([_session(), bot])).set_index("session_id")
     assert list(got.columns) == ["tracking_id", "user_id", *FEATURES]
     human, burst = got.loc["s1"], got.loc["s2"]
     assert (human["duration_seconds"], human["events_per_minute"]) == (120.0, 3.0)
     assert (human["distinct_products"], human["cart_to_purchase"]) == (3.0, 0.5)
+    # 120 s over 5 gaps; 30.0 over 3 items
+    assert (human["seconds_between_events"], human["mean_item_price"]) == (24.0, 10.0)
     assert (human["seconds_to_add_to_cart"], human["seconds_to_purchase"]) == (40.0, 110.0)
     # Half a second counts as the 1 s floor: 12 events per second.
     assert (burst["duration_seconds"], burst["events_per_minute"]) == (0.5, 720.0)
-    assert burst["distinct_products"] == 1.0
+    assert (burst["distinct_products"], burst["countries"], human["countries"]) == (1.0, 3.0, 1.0)
+    assert (burst["seconds_between_events"], burst["mean_item_price"]) == (pytest.approx(0.5 / 11), 0.0)
     assert (burst["cart_to_purchase"], burst["seconds_to_purchase"]) == (0.0, -1.0)
 
 
@@ -62,13 +79,14 @@ def test_training_on_an_empty_range_exits_with_a_clear_message(sample_lake):
 
 
 @pytest.mark.slow  # streams a lake of its own and trains three times
-def test_train_register_promote_and_the_stream_scores_with_the_champion(spark, lake_settings):
+def test_train_register_promote_and_the_stream_scores_with_the_champion(spark, lake_settings, monkeypatch):
     s = lake_settings
     copy_sample(s.input, slice(0, 6))
     run_available_now(spark, s)
     assert read(spark, s, "gold/anomaly_scores").count() == 0  # no champion yet: not scored
 
-    weak = s.model_copy(update={"anomaly": s.anomaly.model_copy(update={"n_estimators": 1})})
+    # A version that sees only the clicks cannot tell a bot from a shopper.
+    weak = s.model_copy(update={"anomaly": s.anomaly.model_copy(update={"features": ["clicks"]})})
     first = run_train(weak, truth_path=TRUTH)
     assert (first.version, first.champion, first.reason) == (1, 1, "first version")
 
@@ -80,7 +98,7 @@ def test_train_register_promote_and_the_stream_scores_with_the_champion(spark, l
     closed = read(spark, s, "gold/session_funnel").where("NOT is_open")
     assert scored.join(closed, "session_id", "left_anti").count() == 0  # closed sessions only
 
-    better = run_train(s, truth_path=TRUTH)  # 200 trees: a better ROC-AUC on the same sessions
+    better = run_train(s, truth_path=TRUTH)  # every feature: a better ROC-AUC on the same sessions
     assert (better.version, better.champion) == (2, 2), better.reason
     same = run_train(s, truth_path=TRUTH)  # the same model again: no improvement, no move
     assert (same.version, same.champion) == (3, 2), same.reason
@@ -99,3 +117,54 @@ def test_train_register_promote_and_the_stream_scores_with_the_champion(spark, l
 
     shown = {v["version"]: v["aliases"] for v in review(s)}
     assert shown == {3: [], 2: ["champion"], 1: []}
+
+    # A backfill scores the range's closed sessions with the version asked for: each closed
+    # session once per version, the stream's version-1 rows left as they were; again: nothing.
+    day = date(2026, 11, 2)
+    stream_v1 = {r.session_id: r.anomaly_score for r in scored.where("model_version = 1").collect()}
+    closed = read(spark, s, "gold/session_funnel").where("NOT is_open AND session_date = '2026-11-02'")
+    n_closed = closed.count()
+    first_run = backfill_scores(spark, s, day, day, version=1)
+    assert (first_run.read, first_run.added, first_run.removed) == (n_closed, n_closed - len(stream_v1), 0)
+    v1 = read(spark, s, "gold/anomaly_scores").where("model_version = 1")
+    assert_df_equality(v1.select("session_id"), closed.select("session_id"), ignore_row_order=True)
+    assert {r.session_id: r.anomaly_score for r in v1.collect() if r.session_id in stream_v1} == stream_v1
+    assert backfill_scores(spark, s, day, day, version=1).changed == 0
+    assert backfill_scores(spark, s, day, day).added == closed.count() - versions[2]  # the champion: v2
+
+    monkeypatch.setenv("FUNNELHOUSE_LAKE", s.lake)
+    _review_notebook(spark, s)
+    _mlflow_ui(s)
+
+
+def _review_notebook(spark, s):
+    """notebooks/model_review.ipynb runs on this lake: the champion, the runs, the score plot,
+    and the champion's top-scored session first among the top anomalies."""
+    nb = nbformat.read(REPO_ROOT / "notebooks" / "model_review.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO_ROOT)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    text = " ".join(str(o.get("data", {}).get("text/plain", o.get("text", ""))) for o in outputs)
+    assert "champion: version 2" in text
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    top = (read(spark, s, "gold/anomaly_scores").where("model_version = 2")
+           .orderBy(F.desc("anomaly_score")).first())
+    table = outputs[-1]["data"]["text/html"]
+    body = table[table.index("<tbody>"):]
+    assert top.session_id in body[:body.index("</tr>")]  # the first row
+
+
+def _mlflow_ui(s):
+    """``make mlflow-ui`` serves the lake's registry: the champion alias on version 2."""
+    port = free_port()
+    ui = subprocess.Popen(["make", "-s", "mlflow-ui", f"LAKE={s.lake}", f"MLFLOW_PORT={port}"], cwd=REPO_ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/get?name=funnelhouse-anomaly"
+        wait_http(url, timeout=90)
+        with urllib.request.urlopen(url) as reply:
+            model = json.load(reply)["registered_model"]
+        assert {a["alias"]: a["version"] for a in model["aliases"]} == {"champion": "2"}
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)

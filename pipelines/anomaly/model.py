@@ -24,16 +24,23 @@ log = logging.getLogger(__name__)
 ALIAS = "champion"
 
 
-def fit(features: pd.DataFrame, n_estimators: int, contamination: float, seed: int) -> IsolationForest:
+def fit(features: pd.DataFrame, n_estimators: int, contamination: float, seed: int,
+        names: list[str] | None = None) -> IsolationForest:
+    """Fit on the ``names`` columns of ``features`` (default: all of ``FEATURES``); the model
+    keeps their names (``feature_names_in_``), so it scores with the columns it learned."""
+    unknown = sorted(set(names or []) - set(FEATURES))
+    if unknown:
+        raise ValueError(f"unknown anomaly features {unknown}; choose from {FEATURES}")
     model = IsolationForest(n_estimators=n_estimators, contamination=contamination, random_state=seed)
-    return model.fit(features[FEATURES].astype(float))
+    return model.fit(features[names or FEATURES].astype(float))
 
 
 def scores(model: IsolationForest, features: pd.DataFrame) -> np.ndarray:
-    """Higher means more anomalous (the negated ``score_samples``)."""
+    """Higher means more anomalous (the negated ``score_samples``), over the features the
+    model was trained on (a version trained before a feature was added still scores)."""
     if features.empty:
         return np.zeros(0)
-    return -model.score_samples(features[FEATURES].astype(float))
+    return -model.score_samples(features[list(model.feature_names_in_)].astype(float))
 
 
 def threshold(model: IsolationForest) -> float:
@@ -119,22 +126,11 @@ class Champion:
     def _refresh(self) -> None:
         if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists():
             return self._none_yet()  # no store yet: do not create one (and load MLflow) for nothing
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
-        client = mlflow.MlflowClient()
-        try:
-            version = client.get_model_version_by_alias(self.name, ALIAS)
-        except MlflowException:
+        version = holder(self.name, self.uri)
+        if version is None:
             return self._none_yet()
-        if int(version.version) != self._version:
-            import mlflow.sklearn
-
-            self._model = mlflow.sklearn.load_model(f"models:/{self.name}/{version.version}")
-            self._threshold = float(client.get_run(version.run_id).data.params["threshold"])
-            self._version = int(version.version)
+        if version != self._version:
+            self._version, self._model, self._threshold = load(self.name, self.uri, version)
             log.info("scoring with %s version %d", self.name, self._version)
 
     def _none_yet(self) -> None:
@@ -142,6 +138,32 @@ class Champion:
             log.warning("no %s model holds the alias %r yet: sessions are not scored "
                         "(run `funnelhouse train`)", self.name, ALIAS)
             self._warned = True
+
+
+def holder(name: str, uri: str, alias: str = ALIAS) -> int | None:
+    """The version of ``name`` that holds ``alias`` in the registry at ``uri``, or None."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        return int(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def load(name: str, uri: str, version: int) -> tuple[int, IsolationForest, float]:
+    """(version, model, threshold) of a registered version; MlflowException if there is none."""
+    import mlflow
+    import mlflow.sklearn
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient()
+    registered = client.get_model_version(name, str(version))
+    model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    return version, model, float(client.get_run(registered.run_id).data.params["threshold"])
 
 
 def score_rows(sessions: pd.DataFrame, model: IsolationForest, cut: float, version: int,

@@ -13,6 +13,8 @@ the rows the changes name:
   product left with nothing is deleted. The funnel MERGE is pruned to the cells' dates.
 - ``gold/campaign_performance``: one row per campaign; totals added, then the budget shares
   recomputed over all campaigns (they depend on each other).
+- ``gold/user_profile``: per user, counts and revenue added, ``first_seen``/``last_seen``
+  the earlier/later, ``countries`` the sorted union.
 - alerts, reminders, flags, offers: inserted when their id is new.
 """
 
@@ -111,6 +113,18 @@ def campaign_performance(commit: Commit, delta: pa.Table, path: str) -> None:
     rows = performance(add_totals(current, delta.to_pandas()))
     commit.overwrite(pa.Table.from_pandas(rows, schema=arrow_schema(T.CAMPAIGN_PERFORMANCE),
                                           preserve_index=False), path, T.CAMPAIGN_PERFORMANCE)
+
+
+def user_profiles(commit: Commit, deltas: pa.Table, path: str) -> None:
+    """Per-user deltas (``gold/profiles.profile_deltas``) -> ``gold/user_profile``."""
+    updates = {c: f"t.{c} + s.{c}" for c in ("sessions", "purchases", "revenue", "fraud_flags")}
+    updates |= {"first_seen": "CASE WHEN t.first_seen IS NULL OR s.first_seen < t.first_seen "
+                              "THEN s.first_seen ELSE t.first_seen END",
+                "last_seen": "CASE WHEN t.last_seen IS NULL OR s.last_seen > t.last_seen "
+                             "THEN s.last_seen ELSE t.last_seen END",
+                "countries": "array_sort(array_union(t.countries, s.countries))"}
+    commit.merge(deltas, path, T.USER_PROFILE, "t.user_id = s.user_id",
+                 lambda m: m.when_matched_update(updates=updates).when_not_matched_insert_all())
 
 
 def closing_cells(path: str, watermark: datetime, gap: timedelta) -> pa.Table:

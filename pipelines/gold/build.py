@@ -20,6 +20,7 @@ from pipelines.gold.abandonment import product_abandonment
 from pipelines.gold.alerts import dropoff_alerts
 from pipelines.gold.campaigns import campaign_totals, performance
 from pipelines.gold.funnel import campaign_funnel
+from pipelines.gold.profiles import user_profiles
 from pipelines.gold.reminders import cart_reminders
 from pipelines.gold.retarget import batch_offers, to_offer_rows
 from pipelines.gold.sessions import batch_sessions, to_session_rows
@@ -83,6 +84,11 @@ def flag_rows(s: Settings, watermark: datetime | None) -> Transform:
         T.conform(T.FRAUD_FLAGS))
 
 
+def profile_rows(flags: DataFrame) -> Transform:
+    """Sessions and ``flags`` (``gold/fraud_flags``) -> ``gold/user_profile``."""
+    return lambda sessions: sessions.transform(user_profiles(flags)).transform(T.conform(T.USER_PROFILE))
+
+
 def latest_event_time(events: DataFrame) -> datetime | None:
     return events.agg(F.max("event_time")).first()[0]
 
@@ -94,6 +100,7 @@ def build_gold(events: DataFrame, s: Settings, watermark: datetime | None = None
         watermark = event_watermark(latest_event_time(events), s.stream.watermark_delay)
     sessions = events.transform(session_rows(s, watermark))
     funnel = sessions.transform(funnel_rows(s, watermark))
+    flags = events.transform(flag_rows(s, watermark))
     return {
         T.SESSION_FUNNEL.name: sessions,
         T.CAMPAIGN_FUNNEL.name: funnel,
@@ -102,5 +109,6 @@ def build_gold(events: DataFrame, s: Settings, watermark: datetime | None = None
         T.ALERTS.name: funnel.transform(alert_rows(s, watermark)),
         T.CART_REMINDERS.name: sessions.transform(reminder_rows(s)),
         T.RETARGET_OFFERS.name: events.transform(offer_rows(s, watermark)),
-        T.FRAUD_FLAGS.name: events.transform(flag_rows(s, watermark)),
+        T.FRAUD_FLAGS.name: flags,
+        T.USER_PROFILE.name: sessions.transform(profile_rows(flags)),
     }

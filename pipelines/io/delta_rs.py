@@ -43,6 +43,13 @@ def to_arrow(df: DataFrame, table: Table) -> pa.Table:
     return df.toArrow().cast(arrow_schema(table))
 
 
+def from_pandas(frame, table: Table) -> pa.Table:
+    """Some of ``table``'s columns, as a pandas frame holds them, typed as the table types them."""
+    schema = arrow_schema(table)
+    return pa.Table.from_pandas(frame, preserve_index=False,
+                                schema=pa.schema([schema.field(c) for c in frame.columns]))
+
+
 def read(path: str, filters: list[tuple] | None = None) -> pa.Table:
     """Read (part of) a small table with delta-rs, without Spark. ``filters`` are pyarrow
     ``(column, op, value)`` conjunctions; partitions and file statistics prune what is read."""

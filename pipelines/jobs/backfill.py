@@ -19,10 +19,11 @@ from pipelines.report import print_backfill
 
 
 def run_backfill(spark: SparkSession, s: Settings, start: date, end: date, layers: list[str],
-                 console: Console | None = None, source: str = "bronze") -> dict[str, Changes]:
+                 console: Console | None = None, source: str = "bronze",
+                 model_version: int | None = None) -> dict[str, Changes]:
     """Backfill each day of [start, end] through ``layers`` in order, silver from ``source``
-    (``bronze`` or ``landing-archive``); return the totals per table (rows read, written,
-    added, removed)."""
+    (``bronze`` or ``landing-archive``), anomaly scores with ``model_version`` (default: the
+    champion); return the totals per table (rows read, written, added, removed)."""
     unknown = set(layers) - set(LAYERS)
     if unknown or not layers:
         raise ValueError(f"unknown layers {sorted(unknown)}; choose from {list(LAYERS)}")
@@ -39,7 +40,7 @@ def run_backfill(spark: SparkSession, s: Settings, start: date, end: date, layer
         for day in days(start, end):
             progress.update(task, description=f"backfill {day}")
             for layer in layers:
-                for c in LAYERS[layer](spark, s, day, day, source, checks):
+                for c in LAYERS[layer](spark, s, day, day, source, checks, model_version):
                     t = totals[c.table]
                     totals[c.table] = Changes(c.table, t.read + c.read, t.written + c.written,
                                               t.added + c.added, t.removed + c.removed)

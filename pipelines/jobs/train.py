@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from pipelines import tables as T
 from pipelines.anomaly import model as M
-from pipelines.anomaly.features import FEATURES, session_features
+from pipelines.anomaly.features import session_features
 from pipelines.config import Settings
 from pipelines.io.delta_rs import read
 from pipelines.lake_sql import connect
@@ -56,15 +56,26 @@ def closed_sessions(s: Settings, start: date | None, end: date | None) -> pd.Dat
     return read(path, filters).to_pandas()
 
 
-def anomalous_tracking_ids(s: Settings, truth: dict) -> set[str]:
-    """The journeys holding an event the generator injected as an anomaly (its fraud bursts
-    and, when present, its ``anomalies``)."""
-    injected = truth.get("fraud_bursts", []) + truth.get("anomalies", [])
-    ids = [e for burst in injected for e in burst["event_ids"]]
+def injected_kinds(s: Settings, truth: dict) -> dict[str, str]:
+    """tracking_id -> what the generator injected in that journey: the rule of a fraud burst
+    (R1-R3) or the kind of an anomaly (scraper, card_tester, speed_runner)."""
+    kinds = pa.table({
+        "event_id": [e for b in truth.get("fraud_bursts", []) for e in b["event_ids"]]
+        + [e for a in truth.get("anomalies", []) for e in a["event_ids"]],
+        "kind": [b["rule"] for b in truth.get("fraud_bursts", []) for _ in b["event_ids"]]
+        + [a["kind"] for a in truth.get("anomalies", []) for _ in a["event_ids"]]})
     con = connect(s.lake, ["silver_events"])
-    con.register("anomalous", pa.table({"event_id": ids}))
-    found = con.sql("SELECT DISTINCT tracking_id FROM silver_events JOIN anomalous USING (event_id)")
-    return {r[0] for r in found.fetchall()}
+    con.register("injected", kinds)
+    found = con.sql("SELECT tracking_id, min(kind) FROM silver_events JOIN injected USING (event_id) "
+                    "GROUP BY tracking_id")
+    return dict(found.fetchall())
+
+
+def caught_by_kind(score: np.ndarray, cut: float, tracking_ids: pd.Series,
+                   kinds: dict[str, str]) -> dict[str, float]:
+    """Per injected kind, the share of its sessions scored at or above ``cut``."""
+    flagged = pd.DataFrame({"kind": tracking_ids.map(kinds), "flagged": score >= cut}).dropna()
+    return {f"caught_{k}": float(v) for k, v in flagged.groupby("kind")["flagged"].mean().items()}
 
 
 def run_train(s: Settings, start: date | None = None, end: date | None = None,
@@ -79,28 +90,30 @@ def run_train(s: Settings, start: date | None = None, end: date | None = None,
         raise EmptyRange(f"no closed sessions in gold/session_funnel between {start or 'the start'} "
                          f"and {end or 'the end'}: nothing to train on")
     features = session_features(sessions)
-    labels = None
+    labels, kinds = None, {}
     if truth_path is not None:
-        bad = anomalous_tracking_ids(s, json.loads(Path(truth_path).read_text()))
-        labels = features["tracking_id"].isin(bad).to_numpy(dtype=int)
+        kinds = injected_kinds(s, json.loads(Path(truth_path).read_text()))
+        labels = features["tracking_id"].isin(kinds).to_numpy(dtype=int)
 
     M.use_lake(s.lake, s.mlflow.tracking_uri)
     client = mlflow.MlflowClient()
-    model = M.fit(features, a.n_estimators, a.contamination, a.seed)
+    model = M.fit(features, a.n_estimators, a.contamination, a.seed, a.features)
     score = M.scores(model, features)
     with mlflow.start_run() as run:
         mlflow.log_params({"n_estimators": a.n_estimators, "contamination": a.contamination,
-                           "seed": a.seed, "features": ",".join(FEATURES), "sessions": len(features),
-                           "from": str(start or ""), "to": str(end or ""), "threshold": M.threshold(model)})
+                           "seed": a.seed, "features": ",".join(model.feature_names_in_),
+                           "sessions": len(features), "from": str(start or ""), "to": str(end or ""),
+                           "threshold": M.threshold(model)})
         metrics = {"flagged_share": float((score >= M.threshold(model)).mean())}
         if labels is not None:
             metrics |= M.evaluate(score, labels, a.fpr).as_metrics()
+            metrics |= caught_by_kind(score, M.threshold(model), features["tracking_id"], kinds)
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             plot = Path(tmp) / "score_distribution.png"
             score_plot(score, labels, M.threshold(model), plot)
             mlflow.log_artifact(str(plot))
-        X = features[FEATURES].astype(float)
+        X = features[list(model.feature_names_in_)].astype(float)
         # skops, not pickle; the one type it cannot vouch for is the trees' node storage, which
         # this process has just built.
         info = mlflow.sklearn.log_model(model, name="model", registered_model_name=a.model_name,
