@@ -73,7 +73,7 @@ backfill: setup
 MLFLOW_STORE ?= sqlite:///$(abspath $(LAKE))/_mlflow/mlflow.db
 MLFLOW_PORT  ?= 5000
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(MLFLOW_PORT)
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 ## kafka-up: start a single-node Kafka broker (KRaft, 127.0.0.1:9092) and create TOPIC (events)
 TOPIC ?= events

@@ -314,7 +314,7 @@ def backfill_scores(spark: SparkSession, s: Settings, start: date, end: date,
     ``version`` of the anomaly model (default: the champion; none yet: nothing is scored)
     -> ``gold/anomaly_scores``, through the stream's ``score_rows``. Runs on the driver
     (delta-rs + pandas), like the stream's scoring."""
-    from pipelines.anomaly.model import holder, load, score_rows, tracking_uri  # scikit-learn: on use
+    from pipelines.anomaly.model import holder, load, missing_features, score_rows, tracking_uri
 
     name, table = s.anomaly.model_name, T.ANOMALY_SCORES
     none = Changes(table.name, 0, 0, 0, 0)
@@ -324,6 +324,10 @@ def backfill_scores(spark: SparkSession, s: Settings, start: date, end: date,
         log.warning("no %s model holds the alias champion: the backfill scores no session", name)
         return none
     version, model, cut = load(name, uri, version)
+    if missing_features(model):
+        raise ValueError(f"{name} version {version} needs features this release does not compute "
+                         f"({', '.join(missing_features(model))}): train a new version, or pass another "
+                         "--model-version")
     sessions = delta_read(s.table(T.SESSION_FUNNEL.name), [
         ("is_open", "=", False), ("session_date", ">=", start), ("session_date", "<=", end)]).to_pandas()
     if sessions.empty:

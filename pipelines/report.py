@@ -240,18 +240,25 @@ def print_maintenance(console: Console, done: list, dry_run: bool) -> None:
 
 
 def print_models(versions: list[dict], console: Console, name: str) -> None:
-    """Registered versions side by side (``funnelhouse model review``)."""
+    """Registered versions side by side, one column each, newest first (``funnelhouse model
+    review``): aliases, when, what it was trained on, and every metric its run logged."""
     if not versions:
         console.print(f"no version of {name} is registered yet: run `funnelhouse train`")
         return
     table = RichTable(title=f"{name}: registered versions")
-    metrics = sorted({m for v in versions for m in v["metrics"]})
-    for col in ("version", "aliases", "created", "sessions", "contamination", "threshold", *metrics):
-        table.add_column(col.replace("_", " "), justify="left" if col in ("aliases", "created") else "right")
+    table.add_column("")
     for v in versions:
-        p = v["params"]
-        table.add_row(str(v["version"]), ", ".join(v["aliases"]) or "-", f"{v['created']:%m-%d %H:%M}",
-                      p.get("sessions", "-"), p.get("contamination", "-"),
-                      f"{float(p['threshold']):.4f}" if "threshold" in p else "-",
-                      *(f"{v['metrics'][m]:.4g}" if m in v["metrics"] else "-" for m in metrics))
+        table.add_column(f"v{v['version']}", justify="right")
+
+    def row(label: str, cell) -> None:
+        table.add_row(label, *(cell(v) for v in versions))
+
+    row("aliases", lambda v: ", ".join(v["aliases"]) or "-")
+    row("created", lambda v: f"{v['created']:%Y-%m-%d %H:%M}")
+    row("sessions", lambda v: v["params"].get("sessions", "-"))
+    row("features", lambda v: str(len(v["params"].get("features", "").split(","))))
+    row("contamination", lambda v: v["params"].get("contamination", "-"))
+    row("threshold", lambda v: f"{float(v['params'].get('threshold', 'nan')):.4f}")
+    for m in sorted({m for v in versions for m in v["metrics"]}):
+        row(m.replace("_", " "), lambda v, m=m: f"{v['metrics'][m]:.4g}" if m in v["metrics"] else "-")
     console.print(table)

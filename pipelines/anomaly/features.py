@@ -1,7 +1,11 @@
 """Session features for the anomaly model: one pure pandas transform over ``gold/session_funnel``
 rows, shared by training (``funnelhouse train``) and scoring (the gold stream).
 
-Every feature is a number per closed session; docs/anomaly.md says what each catches.
+Every feature is a number per closed session; docs/anomaly.md says what each catches. Shapes
+and rates rather than sizes: a big, slow, honest basket is rare but not suspicious, while a
+burst of adds in a second is. The heavy-tailed ones (``LOG_SCALED``) are ``log1p``-scaled, so
+the isolation forest's random cuts spread over orders of magnitude instead of over the few
+largest normal sessions.
 """
 
 from __future__ import annotations
@@ -10,23 +14,21 @@ import numpy as np
 import pandas as pd
 
 FEATURES = [
-    "event_count",          # events in the session
-    "clicks",               # ad clicks
-    "adds",                 # add_to_cart events
-    "purchases",            # purchase events
-    "items",                # units bought
-    "revenue",              # money spent
-    "funnel_level",         # deepest step reached (1-6)
-    "distinct_products",    # products added or bought
-    "countries",            # distinct countries the session's addresses are in
-    "duration_seconds",     # last event - first event
-    "events_per_minute",    # event_count over the duration (a floor of 1 s)
-    "seconds_between_events",   # mean gap between consecutive events (0 for one event)
-    "mean_item_price",      # revenue / items (0 without purchases)
-    "cart_to_purchase",     # purchases / adds (0 without adds)
-    "seconds_to_add_to_cart",   # from the session's first event; -1 when never reached
-    "seconds_to_purchase",      # idem
+    "event_count",             # events in the session
+    "adds",                    # add_to_cart events
+    "purchases",               # purchase events
+    "funnel_level",            # deepest step reached in order (0-6; 0 without an ad impression)
+    "distinct_products",       # products added or bought
+    "countries",               # distinct countries of the session's addresses
+    "duration_seconds",        # last event - first event
+    "events_per_minute",       # event_count over the duration (a floor of 1 s)
+    "seconds_between_events",  # mean gap between consecutive events (0 for one event)
+    "mean_item_price",         # revenue / items (0 without purchases)
+    "items_per_purchase",      # items / purchase events (0 without purchases)
+    "cart_to_purchase",        # purchases / adds (0 without adds)
 ]
+LOG_SCALED = {"event_count", "adds", "purchases", "distinct_products", "duration_seconds",
+              "events_per_minute", "seconds_between_events", "mean_item_price", "items_per_purchase"}
 
 KEYS = ["session_id", "tracking_id", "user_id"]
 
@@ -38,27 +40,30 @@ def session_features(sessions: pd.DataFrame) -> pd.DataFrame:
     start = pd.to_datetime(sessions["session_start"], utc=True)
     end = pd.to_datetime(sessions["session_end"], utc=True)
     duration = (end - start).dt.total_seconds().clip(lower=0).to_numpy()
-    events = sessions["event_count"].astype(float).to_numpy()
-    adds = sessions["adds"].astype(float).to_numpy()
-    purchases = sessions["purchases"].astype(float).to_numpy()
-    products = [len(set(_list(a)) | set(_list(b)))
-                for a, b in zip(sessions["added_products"], sessions["purchased_products"], strict=True)]
+    counts = {c: sessions[c].astype(float).fillna(0.0).to_numpy()
+              for c in ("event_count", "adds", "purchases", "items", "revenue", "funnel_level")}
+    events, adds, purchases, items = (counts[c] for c in ("event_count", "adds", "purchases", "items"))
+    raw = {
+        "event_count": events, "adds": adds, "purchases": purchases, "funnel_level": counts["funnel_level"],
+        "distinct_products": np.asarray([len(set(_list(a)) | set(_list(b))) for a, b in
+                                         zip(sessions["added_products"], sessions["purchased_products"],
+                                             strict=True)], dtype=float),
+        "countries": np.asarray([len(_list(c)) for c in sessions["countries"]], dtype=float),
+        "duration_seconds": duration,
+        "events_per_minute": events / (np.maximum(duration, 1.0) / 60.0),
+        "seconds_between_events": np.where(events > 1, duration / np.maximum(events - 1.0, 1.0), 0.0),
+        "mean_item_price": _ratio(counts["revenue"], items),
+        "items_per_purchase": _ratio(items, purchases),
+        "cart_to_purchase": _ratio(purchases, adds),
+    }
     out = pd.DataFrame({k: sessions[k].to_numpy() for k in KEYS})
-    for column in ("event_count", "clicks", "adds", "purchases", "items", "revenue", "funnel_level"):
-        out[column] = sessions[column].astype(float).fillna(0.0).to_numpy()
-    out["distinct_products"] = np.asarray(products, dtype=float)
-    out["countries"] = np.asarray([len(_list(c)) for c in sessions["countries"]], dtype=float)
-    out["duration_seconds"] = duration
-    out["events_per_minute"] = events / (np.maximum(duration, 1.0) / 60.0)
-    gaps = np.maximum(events - 1.0, 1.0)
-    out["seconds_between_events"] = np.where(events > 1, duration / gaps, 0.0)
-    items = out["items"].to_numpy()
-    out["mean_item_price"] = np.divide(out["revenue"].to_numpy(), items, out=np.zeros_like(items),
-                                       where=items > 0)
-    out["cart_to_purchase"] = np.divide(purchases, adds, out=np.zeros_like(adds), where=adds > 0)
-    for step in ("add_to_cart", "purchase"):
-        out[f"seconds_to_{step}"] = sessions[f"seconds_to_{step}"].astype(float).fillna(-1.0).to_numpy()
-    return out[KEYS + FEATURES]
+    for name in FEATURES:
+        out[name] = np.log1p(raw[name]) if name in LOG_SCALED else raw[name]
+    return out
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
 
 
 def _list(value) -> list:

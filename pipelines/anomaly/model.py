@@ -112,6 +112,7 @@ class Champion:
         self._model = None
         self._threshold = 0.0
         self._warned = False
+        self._refused: set[int] = set()
 
     def current(self) -> tuple[int, IsolationForest, float] | None:
         """(version, model, threshold), or None while no version holds the alias."""
@@ -129,8 +130,17 @@ class Champion:
         version = holder(self.name, self.uri)
         if version is None:
             return self._none_yet()
-        if version != self._version:
-            self._version, self._model, self._threshold = load(self.name, self.uri, version)
+        if version != self._version and version not in self._refused:
+            _, model, cut = load(self.name, self.uri, version)
+            unknown = missing_features(model)
+            if unknown:  # trained by an older release on features this one no longer computes
+                self._refused.add(version)
+                log.error("%s version %d needs features this release does not compute (%s): sessions "
+                          "are not scored until a version trained now holds %r (`funnelhouse train`)",
+                          self.name, version, ", ".join(unknown), ALIAS)
+                self._version = None
+                return
+            self._version, self._model, self._threshold = version, model, cut
             log.info("scoring with %s version %d", self.name, self._version)
 
     def _none_yet(self) -> None:
@@ -138,6 +148,11 @@ class Champion:
             log.warning("no %s model holds the alias %r yet: sessions are not scored "
                         "(run `funnelhouse train`)", self.name, ALIAS)
             self._warned = True
+
+
+def missing_features(model: IsolationForest) -> list[str]:
+    """The features ``model`` was trained on that ``session_features`` no longer computes."""
+    return sorted(set(model.feature_names_in_) - set(FEATURES))
 
 
 def holder(name: str, uri: str, alias: str = ALIAS) -> int | None:

@@ -118,10 +118,19 @@ def run_train(s: Settings, start: date | None = None, end: date | None = None,
         # this process has just built.
         info = mlflow.sklearn.log_model(model, name="model", registered_model_name=a.model_name,
                                         signature=infer_signature(X, score), input_example=X.head(5),
-                                        skops_trusted_types=["sklearn.tree._tree.Tree"])
+                                        skops_trusted_types=["sklearn.tree._tree.Tree"],
+                                        pip_requirements=_requirements())
     version = int(info.registered_model_version)
     champion, reason = _promote(client, a.model_name, version, promote, features, labels, metrics)
     return Trained(version, run.info.run_id, len(features), metrics, champion, reason)
+
+
+def _requirements() -> list[str]:
+    """What loading the model needs, pinned to this environment: given, because MLflow's own
+    inference imports the process's modules in a subprocess (12 s of a 20 s training run)."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("scikit-learn", "skops", "numpy", "scipy", "pandas")]
 
 
 def _promote(client, name: str, version: int, promote: bool, features: pd.DataFrame,
@@ -142,6 +151,10 @@ def _promote(client, name: str, version: int, promote: bool, features: pd.DataFr
     import mlflow.sklearn
 
     old = mlflow.sklearn.load_model(f"models:/{name}/{current.version}")
+    if M.missing_features(old):  # trained by an older release: it cannot score these sessions
+        client.set_registered_model_alias(name, M.ALIAS, str(version))
+        return version, (f"champion v{current.version} needs features this release does not compute "
+                         f"({', '.join(M.missing_features(old))})")
     old_auc = M.evaluate(M.scores(old, features), labels, 0.01).roc_auc
     if metrics["roc_auc"] > old_auc:
         client.set_registered_model_alias(name, M.ALIAS, str(version))
