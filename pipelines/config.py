@@ -226,7 +226,7 @@ class AnomalySettings(Strict):
 
     enabled: StrictBool = True  # the gold stream scores closed sessions with the champion
     model_name: str = "funnelhouse-anomaly"
-    n_estimators: int = Field(200, ge=1)
+    n_estimators: int = Field(100, ge=1)
     features: list[str] | None = None  # a subset of anomaly.features.FEATURES; None: all of them
     contamination: float = Field(0.01, gt=0, le=0.5)  # share of sessions flagged; sets the threshold
     seed: int = 42

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 FEATURES = [
     "event_count",             # events in the session
@@ -45,10 +47,8 @@ def session_features(sessions: pd.DataFrame) -> pd.DataFrame:
     events, adds, purchases, items = (counts[c] for c in ("event_count", "adds", "purchases", "items"))
     raw = {
         "event_count": events, "adds": adds, "purchases": purchases, "funnel_level": counts["funnel_level"],
-        "distinct_products": np.asarray([len(set(_list(a)) | set(_list(b))) for a, b in
-                                         zip(sessions["added_products"], sessions["purchased_products"],
-                                             strict=True)], dtype=float),
-        "countries": np.asarray([len(_list(c)) for c in sessions["countries"]], dtype=float),
+        "distinct_products": _distinct(sessions["added_products"], sessions["purchased_products"]),
+        "countries": _distinct(sessions["countries"]),
         "duration_seconds": duration,
         "events_per_minute": events / (np.maximum(duration, 1.0) / 60.0),
         "seconds_between_events": np.where(events > 1, duration / np.maximum(events - 1.0, 1.0), 0.0),
@@ -66,5 +66,14 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
 
 
-def _list(value) -> list:
-    return [] if value is None or (isinstance(value, float) and np.isnan(value)) else list(value)
+def _distinct(*columns: pd.Series) -> np.ndarray:
+    """Per row, how many distinct values the row's lists in ``columns`` hold together (a null
+    list holds none). Vectorised through Arrow: no Python work per row."""
+    n = len(columns[0])
+    lists = [pa.array(c, type=pa.list_(pa.string()), from_pandas=True) for c in columns]
+    row = np.concatenate([pc.list_parent_indices(a).to_numpy() for a in lists])
+    value = np.concatenate([pc.list_flatten(a).to_numpy(zero_copy_only=False) for a in lists])
+    codes, uniques = pd.factorize(value)
+    width = max(len(uniques), 1)
+    pairs = np.unique(row.astype(np.int64) * width + codes)
+    return np.bincount(pairs // width, minlength=n).astype(float)
