@@ -356,9 +356,9 @@ class GoldBatch(Handler):
         """The sessions this batch closed and the flags it raised -> ``gold/user_profile``
         (a MERGE of the users they name)."""
         closed = closed if closed is not None else pd.DataFrame(columns=T.SESSION_FUNNEL.columns)
-        if len(closed) or (flags is not None and len(flags)):
-            deltas = from_pandas(profile_deltas(closed, flags), T.USER_PROFILE)
-            apply.user_profiles(commit, deltas, self.paths[T.USER_PROFILE.name])
+        deltas = profile_deltas(closed, flags)
+        if len(deltas):
+            apply.user_profiles(commit, from_pandas(deltas, T.USER_PROFILE), self.paths[T.USER_PROFILE.name])
 
     def _score(self, commit: Commit, closed: pd.DataFrame) -> dict[str, pa.Table]:
         """The sessions this batch closed, scored by the champion anomaly model (none while no

@@ -51,6 +51,15 @@ def test_batch_build_gives_the_hand_written_profile(spark):
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_a_batch_that_closes_nothing_and_flags_only_an_address_changes_no_profile():
+    no_sessions = _sessions().iloc[0:0]
+    assert profile_deltas(no_sessions, _flags()[_flags()["entity_type"] == "ip"]).empty
+    assert profile_deltas(no_sessions, None).empty
+    flagged = profile_deltas(no_sessions, _flags())  # user flags alone: rows of their own
+    assert flagged[["user_id", "fraud_flags"]].to_dict("records") == [
+        {"user_id": "u1", "fraud_flags": 1}, {"user_id": "u3", "fraud_flags": 1}]
+
+
 def test_stream_deltas_merged_batch_by_batch_give_the_same_profile(spark, tmp_path):
     path = str(tmp_path / "user_profile")
     write_deltalake(path, arrow_schema(T.USER_PROFILE).empty_table())

@@ -41,8 +41,10 @@ def profile_deltas(sessions: pd.DataFrame, flags: pd.DataFrame | None) -> pd.Dat
             "user_id": on_users["entity_id"].to_numpy(object), "first_seen": pd.NaT, "last_seen": pd.NaT,
             "sessions": 0, "purchases": 0, "revenue": 0.0, "fraud_flags": 1,
             "countries": [[] for _ in range(len(on_users))]}))
-    rows = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) \
-        else per_session
+    parts = [p for p in parts if len(p)]
+    if not parts:  # no session closed and no user flagged (an IP flag alone)
+        return pd.DataFrame(columns=USER_PROFILE.columns)
+    rows = pd.concat(parts, ignore_index=True)
     grouped = rows.groupby("user_id", sort=True)
     out = grouped.agg(first_seen=("first_seen", "min"), last_seen=("last_seen", "max"),
                       sessions=("sessions", "sum"), purchases=("purchases", "sum"),
