@@ -119,6 +119,9 @@ def run(
         s = s.model_copy(update={"spark": s.spark.model_copy(update={"master": master})})
     notify_channels(s)  # a channel configured in part stops the job before Spark starts
     # The job's modules (Great Expectations among them: ~6 s of CPU) load while the JVM starts.
+    # PySpark is imported here first, whole: its package imports itself in a cycle, and two
+    # threads importing it at once can each see the other's half-initialised module.
+    importlib.import_module("pyspark.sql")
     loading = threading.Thread(target=importlib.import_module, args=("pipelines.jobs.run",))
     loading.start()
     with spark_for(s) as spark:
