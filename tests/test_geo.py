@@ -7,8 +7,8 @@ import pytest
 from chispa import assert_df_equality
 
 from pipelines.config import load_settings
-from pipelines.generate import home_ip
 from pipelines.geo import ip_locations, locate, read_networks
+from pipelines.inject import home_ip
 
 
 def _file(tmp_path, text: str):
