@@ -51,6 +51,7 @@ from pipelines.io.delta_rs import Commit, arrow_schema, merge
 from pipelines.io.delta_rs import read as delta_read
 from pipelines.io.lease import lease
 from pipelines.io.ledger import Ledger
+from pipelines.privacy import ip_salt
 from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe, event_watermark, parse, to_silver, valid_events
 
@@ -228,13 +229,13 @@ def backfill_silver(spark: SparkSession, s: Settings, start: date, end: date,
         bronze.unpersist()
         return Changes(T.SILVER_EVENTS.name, 0, 0, 0, 0)
 
-    locations = ip_locations(spark, s.geo.ip_locations)
+    locations, ip_key = ip_locations(spark, s.geo.ip_locations), ip_salt(s.lake)
 
-    def rows() -> DataFrame:  # the stream's chain: parse -> valid -> dedupe -> mark_late -> locate -> conform
+    def rows() -> DataFrame:  # the stream's chain: parse -> valid -> dedupe -> to_silver
         # The cutoff again: a stream appending to bronze re-caches ``bronze`` at its new version.
         return (bronze.where(F.col("ingest_time") <= F.lit(cutoff)).transform(parse).transform(valid_events)
                 .where(F.col("event_date").between(F.lit(start), F.lit(end))).transform(dedupe)
-                .transform(to_silver(None, locations)))
+                .transform(to_silver(None, locations, ip_key)))
 
     where = (f"event_date >= {_lit_date(start)} AND event_date <= {_lit_date(end)}"
              f" AND ingest_time <= '{cutoff.isoformat()}'")

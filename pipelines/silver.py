@@ -1,8 +1,9 @@
 """Silver: parse with an explicit schema, validate against the contract, split the rejects.
 
 One chain serves the stream and the backfill: ``parse -> valid_events -> dedupe ->
-to_silver`` (``to_silver`` is ``mark_late -> locate -> conform``; ``locate`` is the IP ->
-location join of ``geo.py``). Deduplication is the one step with two
+to_silver`` (``to_silver`` is ``mark_late -> locate -> pseudonymize -> conform``: ``locate``
+is the IP -> location join of ``geo.py``, ``pseudonymize`` replaces the raw IP with its keyed
+hash and network, ``privacy.py``; the raw IP stays in bronze). Deduplication is the one step with two
 forms: ``dedupe`` over a whole batch, and ``dedupe_stream`` with state in the streaming query,
 which runs before ``valid_events`` there (the same rule: one row per ``event_id``, the first
 delivery wins). ``event_watermark`` is the
@@ -21,6 +22,7 @@ from pipelines import contract as C
 from pipelines.common import Transform, require_columns
 from pipelines.geo import COLUMNS as LOCATION
 from pipelines.geo import locate
+from pipelines.privacy import PSEUDONYM, pseudonymize, redact
 from pipelines.tables import BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, conform
 
 _JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": C.CORRUPT}
@@ -59,16 +61,18 @@ def parse(df: DataFrame) -> DataFrame:
     keep = ["source_file", "kafka_topic", "kafka_partition", "kafka_offset"]
     parsed = df.withColumn("p", F.from_json("raw", C.RAW_EVENT_SCHEMA, _JSON_OPTIONS))
     return parsed.select(*[v.alias(k) for k, v in typed.items()], reason.alias("reason"),
-                         F.when(reason.isNotNull(), F.col("raw")).alias("raw"), *keep)
+                         F.when(reason.isNotNull(), redact(F.col("raw"))).alias("raw"), *keep)
 
 
 def valid_events(df: DataFrame) -> DataFrame:
-    """Parsed rows without a reason, as ``silver/events`` before ``locate`` (``late`` false).
+    """Parsed rows without a reason, as ``silver/events`` before ``locate`` and
+    ``pseudonymize`` (so with ``ip``; ``late`` false).
 
     Grain: one row per delivery; ``dedupe`` then keeps one per ``event_id``.
     """
+    added = {*LOCATION, *PSEUDONYM}
     return df.where(F.col("reason").isNull()).select(
-        *[F.col(f.name).cast(f.dataType) for f in SILVER_EVENTS.schema.fields if f.name not in LOCATION])
+        *[F.col(f.name).cast(f.dataType) for f in SILVER_EVENTS.schema.fields if f.name not in added], "ip")
 
 
 def quarantined(df: DataFrame) -> DataFrame:
@@ -120,11 +124,12 @@ def mark_late(watermark: datetime | None) -> Transform:
     return _
 
 
-def to_silver(watermark: datetime | None, locations: DataFrame) -> Transform:
+def to_silver(watermark: datetime | None, locations: DataFrame, ip_key: bytes) -> Transform:
     """Valid, deduplicated events -> ``silver/events`` rows: ``mark_late`` -> ``locate``
-    (``locations``: ``geo.ip_locations``) -> conform."""
+    (``locations``: ``geo.ip_locations``) -> ``pseudonymize`` (``ip_key``:
+    ``privacy.ip_salt``) -> conform."""
     return lambda events: (events.transform(mark_late(watermark)).transform(locate(locations))
-                           .transform(conform(SILVER_EVENTS)))
+                           .transform(pseudonymize(ip_key)).transform(conform(SILVER_EVENTS)))
 
 
 def _null_if_blank(c: Column) -> Column:

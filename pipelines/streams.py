@@ -51,6 +51,7 @@ from pipelines.io.ledger import Ledger
 from pipelines.notify.channels import channels
 from pipelines.notify.messages import SOURCE_TABLE
 from pipelines.notify.outbox import open_outbox, record_rows
+from pipelines.privacy import ip_salt
 from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe_stream, event_watermark, parse, quarantined, to_silver, valid_events
 from pipelines.stateful import fraud, offers, sessions
@@ -131,6 +132,7 @@ class SilverBatch(Handler):
         T.ensure(spark, s.lake, T.QUALITY_RESULTS)
         self.quality = Quality(s.lake, "silver_events", s.quality, "silver") if s.quality.enabled else None
         self.locations = ip_locations(spark, s.geo.ip_locations)
+        self.ip_key = ip_salt(s.lake)
         self._latest: datetime | None = None
         self._known = False
 
@@ -147,7 +149,8 @@ class SilverBatch(Handler):
         watermark = event_watermark(self.latest(spark), self.s.stream.watermark_delay)
         parsed = batch.persist()
         try:
-            events = parsed.transform(valid_events).transform(to_silver(watermark, self.locations))
+            events = parsed.transform(valid_events).transform(
+                to_silver(watermark, self.locations, self.ip_key))
             rejected = parsed.transform(quarantined)
             checks = self.quality.counts(now) if self.quality else []
             stats = events.agg(F.count(F.lit(1)).alias("_rows"), F.count_if("late").alias("_late"),

@@ -66,7 +66,8 @@ BRONZE_EVENTS = Table("bronze/events", _schema(
 SILVER_EVENTS = Table("silver/events", _schema(
     ("event_id", STR), ("event_type", STR), ("step", INT), ("event_time", TS), ("user_id", STR),
     ("tracking_id", STR), ("campaign_id", STR), ("ad_id", STR), ("product_id", STR), ("price", DBL),
-    ("quantity", INT), ("ip", STR), ("user_agent", STR), ("ip_country", STR), ("ip_region", STR),
+    ("quantity", INT), ("ip_hash", STR), ("ip_prefix", STR), ("user_agent", STR), ("ip_country", STR),
+    ("ip_region", STR),
     ("event_date", DATE), ("ingest_time", TS), ("late", BOOL),
 ), partition_by=("event_date",), key=("event_id",),
    stats=("event_time", "ingest_time", "event_type", "tracking_id", "user_id"))

@@ -117,7 +117,7 @@ def rule_events(rules: list[FraudRule], buckets: int) -> Transform:
     def _(events: DataFrame) -> DataFrame:
         matches = []
         for r in rules:
-            entity = F.col("user_id") if r.key == "user" else F.col("ip")
+            entity = F.col("user_id") if r.key == "user" else F.col("ip_hash")
             value = F.lit(1) if r.measure == "count" else F.coalesce(F.col("quantity"), F.lit(1))
             hit = F.col("event_type").isin(*r.event_types) & entity.isNotNull()
             matches.append(F.when(hit, F.struct(F.lit(r.name).alias("rule"),

@@ -1,0 +1,87 @@
+"""Personal data: the keyed IP hash (Spark == the standard library's HMAC), the network prefix,
+the lake's own key, redaction of quarantined text, and no raw IP past bronze."""
+
+import hashlib
+import hmac
+import json
+import os
+import stat
+
+import pytest
+from chispa import assert_df_equality
+from helpers import SAMPLE, read
+from pyspark.sql import functions as F
+
+from pipelines.privacy import SALT_FILE, SALT_VARIABLE, hash_ip, ip_hash, ip_prefix, ip_salt, redact
+
+IPS = ["10.0.0.1", "172.16.3.200", "255.255.255.255", "2001:db8:1:2::7", "2001:DB8::1", "::1",
+       "10.300.1.1", "not an ip", "", None]
+
+
+@pytest.mark.parametrize("key", [b"k", b"s3cr3t" * 20])  # shorter and longer than SHA-256's block
+def test_spark_hash_is_hmac_sha256_of_the_address(spark, key):
+    df = spark.createDataFrame([(ip,) for ip in IPS], "ip string")
+    got = [r.h for r in df.select(ip_hash(F.col("ip"), key).alias("h")).collect()]
+    expected = [None if ip is None else hmac.new(key, ip.encode(), hashlib.sha256).hexdigest()[:32]
+                for ip in IPS]
+    assert got == expected
+    assert [hash_ip(ip, key) for ip in IPS] == expected
+
+
+def test_network_prefix(spark):
+    df = spark.createDataFrame([(ip,) for ip in IPS], "ip string")
+    expected = spark.createDataFrame(list(zip(IPS, [
+        "10.0.0.0/24", "172.16.3.0/24", "255.255.255.0/24", "2001:db8:1::/48", "2001:db8:0::/48",
+        "0:0:0::/48", None, None, None, None], strict=True)), "ip string, ip_prefix string")
+    assert_df_equality(df.withColumn("ip_prefix", ip_prefix(F.col("ip"))), expected, ignore_nullable=True)
+
+
+def test_the_lake_keeps_one_private_key_unless_the_environment_gives_one(tmp_path):
+    lake = str(tmp_path / "lake")
+    first = ip_salt(lake, environ={})
+    assert len(first) == 64 and ip_salt(lake, environ={}) == first  # made once, then read
+    assert stat.S_IMODE(os.stat(tmp_path / "lake" / SALT_FILE).st_mode) == 0o600
+    assert ip_salt(str(tmp_path / "other"), environ={}) != first
+    assert ip_salt(lake, environ={SALT_VARIABLE: "from-vault"}) == b"from-vault"
+    with pytest.raises(RuntimeError, match=SALT_VARIABLE):
+        ip_salt("s3a://bucket/lake", environ={})
+
+
+def test_redaction_hides_addresses_and_the_ip_value_only(spark):
+    lines = ['{"event_id": "e1", "ip": "2001:db8::1", "event_time": "2026-11-02T12:30:45Z"',
+             'garbage 10.1.2.3 and 1.2.3.4.5 and price 12.50',
+             '{"ip":"10.0.0.9","price":"x"}']
+    df = spark.createDataFrame([(x,) for x in lines], "raw string")
+    got = [r.r for r in df.select(redact(F.col("raw")).alias("r")).collect()]
+    assert got == ['{"event_id": "e1", "ip": "<ip>", "event_time": "2026-11-02T12:30:45Z"',
+                   'garbage <ip> and 1.2.3.4.5 and price 12.50',
+                   '{"ip":"<ip>","price":"x"}']
+
+
+def test_no_raw_ip_of_the_input_reaches_silver_or_gold(spark, sample_lake):
+    """Every address in the sample's lines, searched for in every column of every silver and
+    gold table (as text), and the key that hashes them nowhere either."""
+    addresses = set()
+    for f in sorted((SAMPLE / "events").rglob("*")):
+        for line in f.read_text(errors="replace").splitlines() if f.is_file() else []:
+            try:
+                ip = json.loads(line).get("ip")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(ip, str) and ip:
+                addresses.add(ip)
+    assert len(addresses) > 100
+    key = ip_salt(sample_lake.lake).decode()
+    names = ["silver/events", "silver/quarantine", "gold/session_funnel", "gold/fraud_flags", "gold/alerts",
+             "gold/user_profile", "gold/retarget_offers", "gold/cart_reminders", "gold/anomaly_scores"]
+    found = {}
+    for name in names:
+        df = read(spark, sample_lake, name)
+        text = df.select(F.to_json(F.struct(*df.columns)).alias("j"))
+        words = text.select(F.explode(F.split("j", r'[",:\[\]{} ]+')).alias("w")).distinct()
+        hits = words.where(F.col("w").isin(*addresses) | (F.col("w") == key)).collect()
+        if hits:
+            found[name] = [h.w for h in hits[:5]]
+        assert found == {}, f"raw addresses in {found}"
+    flags = read(spark, sample_lake, "gold/fraud_flags").where(F.col("entity_type") == "ip").collect()
+    assert flags and all(len(f.entity_id) == 32 for f in flags)
