@@ -305,6 +305,8 @@ def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
     out.append(replace_range(spark, lambda: flags, s.table(T.FRAUD_FLAGS.name), where, T.FRAUD_FLAGS.name))
     out.append(replace_range(spark, lambda: table(T.SESSION_FUNNEL).transform(
         build.profile_rows(table(T.FRAUD_FLAGS))), s.table(T.USER_PROFILE.name), "true", T.USER_PROFILE.name))
+    out.append(replace_range(spark, lambda: table(T.SESSION_FUNNEL).transform(build.ip_profile_rows),
+                             s.table(T.IP_PROFILE.name), "true", T.IP_PROFILE.name))
     events.unpersist()
     return out
 
@@ -316,6 +318,7 @@ def backfill_scores(spark: SparkSession, s: Settings, start: date, end: date,
     -> ``gold/anomaly_scores``, through the stream's ``score_rows``. Runs on the driver
     (delta-rs + pandas), like the stream's scoring."""
     from pipelines.anomaly.model import holder, load, missing_features, score_rows, tracking_uri
+    from pipelines.anomaly.sessions import closed_sessions
 
     name, table = s.anomaly.model_name, T.ANOMALY_SCORES
     none = Changes(table.name, 0, 0, 0, 0)
@@ -329,8 +332,7 @@ def backfill_scores(spark: SparkSession, s: Settings, start: date, end: date,
         raise ValueError(f"{name} version {version} needs features this release does not compute "
                          f"({', '.join(missing_features(model))}): train a new version, or pass another "
                          "--model-version")
-    sessions = delta_read(s.table(T.SESSION_FUNNEL.name), [
-        ("is_open", "=", False), ("session_date", ">=", start), ("session_date", "<=", end)]).to_pandas()
+    sessions = closed_sessions(s.table(T.SESSION_FUNNEL.name), start, end)
     if sessions.empty:
         return none
     new = score_rows(sessions, model, cut, version, pd.Timestamp.now(tz="UTC").tz_localize(None))

@@ -30,6 +30,7 @@ from pyspark.sql.types import StructType
 
 from pipelines import metrics
 from pipelines import tables as T
+from pipelines.anomaly.features import with_history
 from pipelines.anomaly.model import Champion, score_rows
 from pipelines.bronze import to_bronze
 from pipelines.config import Settings, spark_interval
@@ -39,7 +40,7 @@ from pipelines.gold.abandonment import product_count_deltas
 from pipelines.gold.build import alert_rows
 from pipelines.gold.campaigns import campaign_total_deltas
 from pipelines.gold.funnel import funnel_cell_deltas
-from pipelines.gold.profiles import profile_deltas
+from pipelines.gold.profiles import ip_deltas, profile_deltas
 from pipelines.gold.reminders import reminder_columns
 from pipelines.gold.retarget import to_offer_rows
 from pipelines.gold.sessions import typed_session_rows
@@ -356,21 +357,30 @@ class GoldBatch(Handler):
             commit, spark.createDataFrame(reminders).select(*reminder_columns()), T.CART_REMINDERS)}
 
     def _profiles(self, commit: Commit, closed: pd.DataFrame | None, flags: pd.DataFrame | None) -> None:
-        """The sessions this batch closed and the flags it raised -> ``gold/user_profile``
-        (a MERGE of the users they name)."""
+        """The sessions this batch closed and the flags it raised -> ``gold/user_profile`` and
+        ``gold/ip_profile`` (MERGEs of the users and addresses they name)."""
         closed = closed if closed is not None else pd.DataFrame(columns=T.SESSION_FUNNEL.columns)
         deltas = profile_deltas(closed, flags)
         if len(deltas):
             apply.user_profiles(commit, from_pandas(deltas, T.USER_PROFILE), self.paths[T.USER_PROFILE.name])
+        by_ip = ip_deltas(closed)
+        if len(by_ip):
+            apply.ip_profiles(commit, from_pandas(by_ip, T.IP_PROFILE), self.paths[T.IP_PROFILE.name])
 
     def _score(self, commit: Commit, closed: pd.DataFrame) -> dict[str, pa.Table]:
-        """The sessions this batch closed, scored by the champion anomaly model (none while no
-        version holds the alias) -> ``gold/anomaly_scores``."""
+        """The sessions this batch closed, with their history (the stored profiles of their
+        users and addresses, read before this batch's MERGE), scored by the champion anomaly
+        model (none while no version holds the alias) -> ``gold/anomaly_scores``."""
         champion = self.champion.current() if self.champion is not None and len(closed) else None
         if champion is None:
             return {}
         version, model, cut = champion
-        rows = score_rows(closed, model, cut, version, pd.Timestamp.now(tz="UTC").tz_localize(None))
+        users = _stored(self.paths[T.USER_PROFILE.name], "user_id", closed["user_id"],
+                        ["user_id", "first_session_end"])
+        ips = _stored(self.paths[T.IP_PROFILE.name], "ip_hash", closed["ip_hashes"].explode().dropna(),
+                      ["ip_hash", "users"])
+        rows = score_rows(with_history(closed, users, ips), model, cut, version,
+                          pd.Timestamp.now(tz="UTC").tz_localize(None))
         scored = from_pandas(rows, T.ANOMALY_SCORES)
         commit.append(scored, self.paths[T.ANOMALY_SCORES.name], T.ANOMALY_SCORES)
         metrics.ANOMALIES.labels(str(version)).inc(int(rows["is_anomaly"].sum()))
@@ -417,6 +427,13 @@ def funnel_metrics(funnel_path: str, performance_path: str) -> None:
         metrics.CAMPAIGN_CLICKS.labels(campaign).set(row["clicks"])
         metrics.CAMPAIGN_PURCHASES.labels(campaign).set(row["purchases"])
         metrics.CAMPAIGN_REVENUE.labels(campaign).set(row["revenue"])
+
+
+def _stored(path: str, key: str, keys: pd.Series, columns: list[str]) -> pd.DataFrame:
+    """The rows of a profile table whose ``key`` is among ``keys``."""
+    table = delta_read(path).select(columns)
+    wanted = pa.array(pd.unique(keys.to_numpy(object)), pa.string())
+    return table.filter(pc.is_in(table[key], value_set=wanted)).to_pandas()
 
 
 def _counts(rows: pa.Table, column: str) -> dict[str, int]:

@@ -84,7 +84,8 @@ SESSION_FUNNEL = Table("gold/session_funnel", _schema(
     ("session_id", STR), ("tracking_id", STR), ("session_start", TS), ("session_end", TS),
     ("user_id", STR), ("campaign_id", STR), ("funnel_level", INT), ("event_count", LONG),
     ("clicks", LONG), ("adds", LONG), ("purchases", LONG), ("items", LONG), ("revenue", DBL),
-    ("added_products", STRS), ("purchased_products", STRS), ("countries", STRS), *_TO_STEP,
+    ("added_products", STRS), ("purchased_products", STRS), ("countries", STRS),
+    ("ip_hashes", STRS), *_TO_STEP,
     ("is_open", BOOL),
     ("session_date", DATE),
 ), partition_by=("session_date", "is_open"), key=("session_id",))
@@ -137,8 +138,13 @@ FRAUD_FLAGS = Table("gold/fraud_flags", FLAG_SCHEMA, key=("flag_id",))
 # Per user: closed sessions and fraud flags so far (``gold/profiles.py``), merged per batch.
 USER_PROFILE = Table("gold/user_profile", _schema(
     ("user_id", STR), ("first_seen", TS), ("last_seen", TS), ("sessions", LONG), ("purchases", LONG),
-    ("revenue", DBL), ("fraud_flags", LONG), ("countries", STRS),
+    ("revenue", DBL), ("fraud_flags", LONG), ("countries", STRS), ("first_session_end", TS),
 ), key=("user_id",))
+
+# Per keyed IP hash: closed sessions and the users seen on it so far, merged per batch.
+IP_PROFILE = Table("gold/ip_profile", _schema(
+    ("ip_hash", STR), ("first_seen", TS), ("last_seen", TS), ("sessions", LONG), ("users", STRS),
+), key=("ip_hash",))
 
 # The champion anomaly model's score of each closed session (``pipelines/anomaly/``).
 ANOMALY_SCORES = Table("gold/anomaly_scores", _schema(
@@ -163,7 +169,7 @@ NOTIFICATIONS = Table("ops/notifications", _schema(
 # The gold tables the batch build (and so a backfill) makes from silver, and every table the
 # gold stream writes: those plus the anomaly scores, which come from a registered model.
 GOLD: list[Table] = [SESSION_FUNNEL, CAMPAIGN_FUNNEL, CAMPAIGN_PERFORMANCE, PRODUCT_ABANDONMENT, ALERTS,
-                     CART_REMINDERS, RETARGET_OFFERS, FRAUD_FLAGS, USER_PROFILE]
+                     CART_REMINDERS, RETARGET_OFFERS, FRAUD_FLAGS, USER_PROFILE, IP_PROFILE]
 GOLD_STREAM: list[Table] = [*GOLD, ANOMALY_SCORES]
 ALL: list[Table] = [BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, *GOLD_STREAM, QUALITY_RESULTS,
                     NOTIFICATIONS]

@@ -18,10 +18,11 @@ from helpers import SAMPLE, copy_sample, free_port, read, wait_http
 from nbclient import NotebookClient
 from pyspark.sql import functions as F
 
-from pipelines.anomaly.features import FEATURES, LOG_SCALED, session_features
+from pipelines.anomaly.features import FEATURES, LOG_SCALED, session_features, with_history
 from pipelines.anomaly.model import evaluate
 from pipelines.backfill import backfill_scores
 from pipelines.config import REPO_ROOT
+from pipelines.gold.profiles import ip_deltas, profile_deltas
 from pipelines.jobs.run import run_available_now
 from pipelines.jobs.train import EmptyRange, review, run_train
 
@@ -34,7 +35,7 @@ def _session(**over) -> dict:
             "session_end": pd.Timestamp("2026-11-02 10:02:00"),
             "event_count": 6, "clicks": 1, "adds": 2, "purchases": 1, "items": 3, "revenue": 30.0,
             "funnel_level": 6, "added_products": ["p1", "p2"], "purchased_products": ["p2", "p3"],
-            "countries": ["US"],
+            "countries": ["US"], "ip_hashes": ["h1"],
             "seconds_to_add_to_cart": 40.0, "seconds_to_purchase": 110.0}
     return base | over
 
@@ -44,8 +45,8 @@ def test_features_of_hand_built_sessions():
                    session_end=pd.Timestamp("2026-11-02 10:00:00.5"), event_count=12, clicks=0, adds=12,
                    purchases=0, items=0, revenue=0.0, funnel_level=4, added_products=["p9"],
                    purchased_products=None, seconds_to_add_to_cart=0.0, seconds_to_purchase=None,
-                   countries=["US", "JP", "BR"])
-    got = session_features(pd.DataFrame([_session(), bot])).set_index("session_id")
+                   countries=["US", "JP", "BR"], user_id="u2")
+    got = session_features(with_history(pd.DataFrame([_session(), bot]))).set_index("session_id")
     assert list(got.columns) == ["tracking_id", "user_id", *FEATURES]
     # The heavy-tailed features are log1p-scaled: undo it to compare with hand-computed values.
     human, burst = (got.loc[s].copy() for s in ("s1", "s2"))
@@ -57,14 +58,42 @@ def test_features_of_hand_built_sessions():
                       "countries": 1, "duration_seconds": 120, "events_per_minute": 3,
                       "seconds_between_events": 24,  # 120 s over 5 gaps
                       "mean_item_price": 10,         # 30.0 over 3 items
-                      "items_per_purchase": 3, "cart_to_purchase": 0.5}
+                      "items_per_purchase": 3, "cart_to_purchase": 0.5,
+                      "returning": 0, "ip_users": 2}  # u1 and u2 (whose session ended first) on h1
     expected_burst = {"event_count": 12, "adds": 12, "purchases": 0, "funnel_level": 4,
                       "distinct_products": 1, "countries": 3, "duration_seconds": 0.5,
                       "events_per_minute": 720,      # half a second counts as the 1 s floor
                       "seconds_between_events": 0.5 / 11, "mean_item_price": 0,
-                      "items_per_purchase": 0, "cart_to_purchase": 0}
+                      "items_per_purchase": 0, "cart_to_purchase": 0,
+                      "returning": 0, "ip_users": 1}  # only itself on h1 by its end
     assert human[FEATURES].to_dict() == pytest.approx(expected_human)
     assert burst[FEATURES].to_dict() == pytest.approx(expected_burst)
+
+
+def _m(minute: int) -> pd.Timestamp:
+    return pd.Timestamp("2026-11-02 10:00") + pd.Timedelta(minutes=minute)
+
+
+HISTORY = pd.DataFrame([  # session, user, start, end, addresses -> returning, ip_users
+    ("A", "u1", _m(0), _m(5), ["h1"], 0, 1),
+    ("B", "u2", _m(2), _m(6), ["h1"], 0, 2),          # u1 and itself on h1 by minute 6
+    ("E", "u2", _m(5), _m(7), [], 0, 0),              # B ended at 6, after E began: not returning
+    ("C", "u1", _m(10), _m(12), ["h2"], 1, 1),        # A ended before C began
+    ("D", "u3", _m(3), _m(20), ["h1", "h2"], 0, 3),   # h1: u1, u2, u3 (h2 has 2)
+], columns=["session_id", "user_id", "session_start", "session_end", "ip_hashes", "returning", "ip_users"])
+
+
+def test_history_in_one_batch_and_across_two_equals_the_hand_written_values():
+    sessions = HISTORY.drop(columns=["returning", "ip_users"]).assign(
+        purchases=0, revenue=0.0, countries=[[]] * len(HISTORY))
+    expected = HISTORY.set_index("session_id")[["returning", "ip_users"]].astype(float)
+    whole = with_history(sessions).set_index("session_id")[["returning", "ip_users"]]
+    pd.testing.assert_frame_equal(whole, expected)
+    # The stream: A, B and E close first; C and D later, against the profiles stored by then.
+    first, later = sessions.iloc[:3], sessions.iloc[3:]
+    users, ips = profile_deltas(first, None), ip_deltas(first)
+    streamed = pd.concat([with_history(first), with_history(later, users, ips)]).set_index("session_id")
+    pd.testing.assert_frame_equal(streamed[["returning", "ip_users"]], expected)
 
 
 def test_evaluation_on_hand_built_scores():

@@ -36,5 +36,5 @@ def test_an_unknown_layout_is_refused(files):
     schema = pa.schema([("processor", pa.string())]).with_metadata({"layout": "driver-state-0"})
     with pa.ipc.new_file(files.dir / "0.arrow", schema) as writer:
         writer.write_table(schema.empty_table())
-    with pytest.raises(RuntimeError, match="layout driver-state-0, not driver-state-1"):
+    with pytest.raises(RuntimeError, match="layout driver-state-0, not driver-state-2"):
         files.load(1)

@@ -12,6 +12,7 @@ from chispa import assert_df_equality
 from helpers import SAMPLE, read
 from pyspark.sql import functions as F
 
+from pipelines import tables as T
 from pipelines.privacy import SALT_FILE, SALT_VARIABLE, hash_ip, ip_hash, ip_prefix, ip_salt, redact
 
 IPS = ["10.0.0.1", "172.16.3.200", "255.255.255.255", "2001:db8:1:2::7", "2001:DB8::1", "::1",
@@ -72,8 +73,7 @@ def test_no_raw_ip_of_the_input_reaches_silver_or_gold(spark, sample_lake):
                 addresses.add(ip)
     assert len(addresses) > 100
     key = ip_salt(sample_lake.lake).decode()
-    names = ["silver/events", "silver/quarantine", "gold/session_funnel", "gold/fraud_flags", "gold/alerts",
-             "gold/user_profile", "gold/retarget_offers", "gold/cart_reminders", "gold/anomaly_scores"]
+    names = ["silver/events", "silver/quarantine", *[t.name for t in T.GOLD_STREAM]]
     found = {}
     for name in names:
         df = read(spark, sample_lake, name)

@@ -1,6 +1,6 @@
-"""gold/user_profile on hand-built sessions and flags: the stream's pandas deltas, merged in
-two batches into a real Delta table, equal the batch build's rows, and both equal the hand-written
-profile."""
+"""gold/user_profile and gold/ip_profile on hand-built sessions and flags: the stream's pandas
+deltas, merged in two batches into real Delta tables, equal the batch build's rows, and both
+equal the hand-written profiles."""
 
 from datetime import datetime
 
@@ -10,8 +10,8 @@ from deltalake import write_deltalake
 
 from pipelines import tables as T
 from pipelines.gold import apply
-from pipelines.gold.build import profile_rows
-from pipelines.gold.profiles import profile_deltas
+from pipelines.gold.build import ip_profile_rows, profile_rows
+from pipelines.gold.profiles import ip_deltas, profile_deltas
 from pipelines.io.delta_rs import Commit, arrow_schema, from_pandas, read
 from pipelines.io.ledger import Ledger
 
@@ -20,23 +20,28 @@ def _t(minute: int) -> datetime:
     return datetime(2026, 11, 2, 10, minute)
 
 
-SESSIONS = [  # user, start, end, purchases, revenue, countries, is_open
-    ("u1", _t(0), _t(5), 1, 20.0, ["US"], False),
-    ("u1", _t(40), _t(42), 0, 0.0, ["JP", "US"], False),
-    ("u2", _t(10), _t(11), 2, 7.5, [], False),
-    ("u2", _t(50), _t(55), 1, 99.0, ["DE"], True),  # still open: not in the profile yet
+SESSIONS = [  # user, start, end, purchases, revenue, countries, ip_hashes, is_open
+    ("u1", _t(0), _t(5), 1, 20.0, ["US"], ["h1"], False),
+    ("u1", _t(40), _t(42), 0, 0.0, ["JP", "US"], ["h1", "h2"], False),
+    ("u2", _t(10), _t(11), 2, 7.5, [], [], False),
+    ("u2", _t(50), _t(55), 1, 99.0, ["DE"], ["h1"], True),  # still open: not in the profiles yet
 ]
 FLAGS = [("f1", "R1", "user", "u1"), ("f2", "R3", "ip", "172.16.0.1"), ("f3", "R2", "user", "u3")]
-EXPECTED = [  # user_id, first_seen, last_seen, sessions, purchases, revenue, fraud_flags, countries
-    ("u1", _t(0), _t(42), 2, 1, 20.0, 1, ["JP", "US"]),
-    ("u2", _t(10), _t(11), 1, 2, 7.5, 0, []),
-    ("u3", None, None, 0, 0, 0.0, 1, []),  # flagged, no closed session yet
+EXPECTED = [  # user_id, first_seen, last_seen, sessions, purchases, revenue, fraud_flags, countries,
+    # first_session_end
+    ("u1", _t(0), _t(42), 2, 1, 20.0, 1, ["JP", "US"], _t(5)),
+    ("u2", _t(10), _t(11), 1, 2, 7.5, 0, [], _t(11)),
+    ("u3", None, None, 0, 0, 0.0, 1, [], None),  # flagged, no closed session yet
+]
+EXPECTED_IPS = [  # ip_hash, first_seen, last_seen, sessions, users
+    ("h1", _t(0), _t(42), 2, ["u1"]),
+    ("h2", _t(40), _t(42), 1, ["u1"]),
 ]
 
 
 def _sessions() -> pd.DataFrame:
     return pd.DataFrame(SESSIONS, columns=["user_id", "session_start", "session_end", "purchases",
-                                           "revenue", "countries", "is_open"])
+                                           "revenue", "countries", "ip_hashes", "is_open"])
 
 
 def _flags() -> pd.DataFrame:
@@ -49,6 +54,9 @@ def test_batch_build_gives_the_hand_written_profile(spark):
     got = sessions.transform(profile_rows(flags))
     expected = spark.createDataFrame(EXPECTED, T.USER_PROFILE.schema)
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+    by_ip = sessions.transform(ip_profile_rows)
+    assert_df_equality(by_ip, spark.createDataFrame(EXPECTED_IPS, T.IP_PROFILE.schema),
+                       ignore_row_order=True, ignore_nullable=True)
 
 
 def test_a_batch_that_closes_nothing_and_flags_only_an_address_changes_no_profile():
@@ -60,15 +68,20 @@ def test_a_batch_that_closes_nothing_and_flags_only_an_address_changes_no_profil
         {"user_id": "u1", "fraud_flags": 1}, {"user_id": "u3", "fraud_flags": 1}]
 
 
-def test_stream_deltas_merged_batch_by_batch_give_the_same_profile(spark, tmp_path):
-    path = str(tmp_path / "user_profile")
+def test_stream_deltas_merged_batch_by_batch_give_the_same_profiles(spark, tmp_path):
+    path, ip_path = str(tmp_path / "user_profile"), str(tmp_path / "ip_profile")
     write_deltalake(path, arrow_schema(T.USER_PROFILE).empty_table())
+    write_deltalake(ip_path, arrow_schema(T.IP_PROFILE).empty_table())
     closed = _sessions()[~_sessions()["is_open"]]
     ledger = Ledger()
     # Batch 0 closes u1's first session and u2's; batch 1 closes u1's second and raises the flags.
     for batch, (rows, flags) in enumerate([(closed.iloc[[0, 2]], None), (closed.iloc[[1]], _flags())]):
         deltas = from_pandas(profile_deltas(rows, flags), T.USER_PROFILE)
         apply.user_profiles(Commit("test", batch, ledger), deltas, path)
+        apply.ip_profiles(Commit("test", batch, ledger), from_pandas(ip_deltas(rows), T.IP_PROFILE), ip_path)
     got = spark.createDataFrame(read(path).to_pandas(), T.USER_PROFILE.schema)
     expected = spark.createDataFrame(EXPECTED, T.USER_PROFILE.schema)
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+    got = spark.createDataFrame(read(ip_path).to_pandas(), T.IP_PROFILE.schema)
+    assert_df_equality(got, spark.createDataFrame(EXPECTED_IPS, T.IP_PROFILE.schema),
+                       ignore_row_order=True, ignore_nullable=True)

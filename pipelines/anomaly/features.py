@@ -1,5 +1,12 @@
-"""Session features for the anomaly model: one pure pandas transform over ``gold/session_funnel``
-rows, shared by training (``funnelhouse train``) and scoring (the gold stream).
+"""Session features for the anomaly model: pure pandas transforms over ``gold/session_funnel``
+rows, shared by training (``funnelhouse train``), the backfill and scoring (the gold stream).
+
+``with_history`` adds what the user's and the address's past say (``returning``,
+``ip_users``); ``session_features`` turns a session row with its history into numbers. The
+history of a session is defined on closed sessions alone, so the stream (which knows the
+stored profiles plus the sessions its micro-batch closes) and a batch over the whole table
+compute the same value: every session that ended before a session S started, or ended no
+later than S, closes no later than S does.
 
 Every feature is a number per closed session; docs/anomaly.md says what each catches. Shapes
 and rates rather than sizes: a big, slow, honest basket is rare but not suspicious, while a
@@ -28,15 +35,84 @@ FEATURES = [
     "mean_item_price",         # revenue / items (0 without purchases)
     "items_per_purchase",      # items / purchase events (0 without purchases)
     "cart_to_purchase",        # purchases / adds (0 without adds)
+    "returning",               # 1 when a session of the same user ended before this one started
+    "ip_users",                # most users seen on one of the session's addresses, up to its end
 ]
+HISTORY = ["returning", "ip_users"]
 LOG_SCALED = {"event_count", "adds", "purchases", "distinct_products", "duration_seconds",
-              "events_per_minute", "seconds_between_events", "mean_item_price", "items_per_purchase"}
+              "events_per_minute", "seconds_between_events", "mean_item_price", "items_per_purchase",
+              "ip_users"}
 
 KEYS = ["session_id", "tracking_id", "user_id"]
 
 
+def with_history(sessions: pd.DataFrame, users: pd.DataFrame | None = None,
+                 ips: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Closed ``gold/session_funnel`` rows -> the same rows with ``HISTORY``:
+
+    - ``returning``: some session of the user ended before this one started;
+    - ``ip_users``: the most distinct users, over the session's ``ip_hashes``, whose sessions on
+      that address ended no later than this one (its own user included; 0 without an address).
+
+    Over the rows themselves, plus, in the stream, what earlier batches stored: ``users``
+    (``gold/user_profile`` rows: ``user_id``, ``first_session_end``) and ``ips``
+    (``gold/ip_profile`` rows: ``ip_hash``, ``users``), read before this batch's MERGE."""
+    out = sessions.copy()
+    if out.empty:
+        return out.assign(returning=pd.Series(dtype=float), ip_users=pd.Series(dtype=float))
+    user = out["user_id"].to_numpy(object)
+    start, end = _us(out["session_start"]), _us(out["session_end"])
+    first_end = pd.Series(end).groupby(user).transform("min").to_numpy()
+    if users is not None and len(users):
+        stored = pd.Series(_us(users["first_session_end"]), index=users["user_id"].to_numpy(object))
+        first_end = np.fmin(first_end, pd.Series(user).map(stored).to_numpy(float))
+    out["returning"] = (first_end < start).astype(float)
+    out["ip_users"] = _ip_users(out, end, ips)
+    return out
+
+
+def _ip_users(sessions: pd.DataFrame, end: np.ndarray, ips: pd.DataFrame | None) -> np.ndarray:
+    lists = pa.array(sessions["ip_hashes"], type=pa.list_(pa.string()), from_pandas=True)
+    row = pc.list_parent_indices(lists).to_numpy()
+    uses = pd.DataFrame({"row": row, "ip": pc.list_flatten(lists).to_numpy(zero_copy_only=False),
+                         "user": sessions["user_id"].to_numpy(object)[row], "end": end[row]})
+    best = np.zeros(len(sessions))
+    if uses.empty:
+        return best
+    known = pd.Series(0, index=pd.Index([], dtype=object))
+    if ips is not None and len(ips):
+        stored = ips[["ip_hash", "users"]].explode("users").dropna()
+        known = stored.groupby("ip_hash").size()
+        seen = pd.MultiIndex.from_frame(stored.rename(columns={"ip_hash": "ip", "users": "user"}))
+        uses_new = uses[~pd.MultiIndex.from_frame(uses[["ip", "user"]]).isin(seen)]
+    else:
+        uses_new = uses
+    firsts = uses_new.groupby(["ip", "user"], sort=False)["end"].min().reset_index()
+    # Per (session, address): the users whose first session on the address ended by this one's
+    # end. Both lists sorted by (address, time), a user's first end before a query at a tie.
+    ip = np.concatenate([firsts["ip"].to_numpy(object), uses["ip"].to_numpy(object)])
+    t = np.concatenate([firsts["end"].to_numpy(float), uses["end"].to_numpy(float)])
+    is_query = np.r_[np.zeros(len(firsts), bool), np.ones(len(uses), bool)]
+    code = pd.factorize(ip)[0]
+    order = np.lexsort((is_query, t, code))
+    counted = pd.Series(~is_query[order]).groupby(code[order]).cumsum().to_numpy()
+    at = np.empty(len(order), np.int64)
+    at[order] = counted
+    per_use = at[len(firsts):] + uses["ip"].map(known).fillna(0).to_numpy()
+    np.maximum.at(best, uses["row"].to_numpy(), per_use)
+    return best
+
+
+def _us(times: pd.Series) -> np.ndarray:
+    """Times (naive UTC or zoned) -> epoch microseconds as floats (exact), NaN for none."""
+    t = pd.to_datetime(times, utc=True)
+    us = (t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
+    return us.to_numpy(dtype=float, na_value=np.nan)
+
+
 def session_features(sessions: pd.DataFrame) -> pd.DataFrame:
-    """``gold/session_funnel`` rows -> ``KEYS`` + ``FEATURES`` (floats), one row per session."""
+    """``gold/session_funnel`` rows with ``HISTORY`` (``with_history``) -> ``KEYS`` +
+    ``FEATURES`` (floats), one row per session."""
     if sessions.empty:
         return pd.DataFrame(columns=KEYS + FEATURES)
     start = pd.to_datetime(sessions["session_start"], utc=True)
@@ -55,6 +131,8 @@ def session_features(sessions: pd.DataFrame) -> pd.DataFrame:
         "mean_item_price": _ratio(counts["revenue"], items),
         "items_per_purchase": _ratio(items, purchases),
         "cart_to_purchase": _ratio(purchases, adds),
+        "returning": sessions["returning"].to_numpy(float),
+        "ip_users": sessions["ip_users"].to_numpy(float),
     }
     out = pd.DataFrame({k: sessions[k].to_numpy() for k in KEYS})
     for name in FEATURES:

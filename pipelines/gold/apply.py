@@ -13,8 +13,9 @@ the rows the changes name:
   product left with nothing is deleted. The funnel MERGE is pruned to the cells' dates.
 - ``gold/campaign_performance``: one row per campaign; totals added, then the budget shares
   recomputed over all campaigns (they depend on each other).
-- ``gold/user_profile``: per user, counts and revenue added, ``first_seen``/``last_seen``
-  the earlier/later, ``countries`` the sorted union.
+- ``gold/user_profile`` and ``gold/ip_profile``: per user or IP hash, counts and revenue
+  added, ``first_seen``/``last_seen``/``first_session_end`` the earlier/later, ``countries``
+  and ``users`` the sorted union.
 - alerts, reminders, flags, offers: inserted when their id is new.
 """
 
@@ -118,13 +119,27 @@ def campaign_performance(commit: Commit, delta: pa.Table, path: str) -> None:
 def user_profiles(commit: Commit, deltas: pa.Table, path: str) -> None:
     """Per-user deltas (``gold/profiles.profile_deltas``) -> ``gold/user_profile``."""
     updates = {c: f"t.{c} + s.{c}" for c in ("sessions", "purchases", "revenue", "fraud_flags")}
-    updates |= {"first_seen": "CASE WHEN t.first_seen IS NULL OR s.first_seen < t.first_seen "
-                              "THEN s.first_seen ELSE t.first_seen END",
-                "last_seen": "CASE WHEN t.last_seen IS NULL OR s.last_seen > t.last_seen "
-                             "THEN s.last_seen ELSE t.last_seen END",
+    updates |= {"first_seen": _earlier("first_seen"), "last_seen": _later("last_seen"),
+                "first_session_end": _earlier("first_session_end"),
                 "countries": "array_sort(array_union(t.countries, s.countries))"}
     commit.merge(deltas, path, T.USER_PROFILE, "t.user_id = s.user_id",
                  lambda m: m.when_matched_update(updates=updates).when_not_matched_insert_all())
+
+
+def ip_profiles(commit: Commit, deltas: pa.Table, path: str) -> None:
+    """Per-IP deltas (``gold/profiles.ip_deltas``) -> ``gold/ip_profile``."""
+    updates = {"sessions": "t.sessions + s.sessions", "first_seen": _earlier("first_seen"),
+               "last_seen": _later("last_seen"), "users": "array_sort(array_union(t.users, s.users))"}
+    commit.merge(deltas, path, T.IP_PROFILE, "t.ip_hash = s.ip_hash",
+                 lambda m: m.when_matched_update(updates=updates).when_not_matched_insert_all())
+
+
+def _earlier(c: str) -> str:
+    return f"CASE WHEN t.{c} IS NULL OR s.{c} < t.{c} THEN s.{c} ELSE t.{c} END"
+
+
+def _later(c: str) -> str:
+    return f"CASE WHEN t.{c} IS NULL OR s.{c} > t.{c} THEN s.{c} ELSE t.{c} END"
 
 
 def closing_cells(path: str, watermark: datetime, gap: timedelta) -> pa.Table:

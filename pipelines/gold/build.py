@@ -20,7 +20,7 @@ from pipelines.gold.abandonment import product_abandonment
 from pipelines.gold.alerts import dropoff_alerts
 from pipelines.gold.campaigns import campaign_totals, performance
 from pipelines.gold.funnel import campaign_funnel
-from pipelines.gold.profiles import user_profiles
+from pipelines.gold.profiles import ip_profiles, user_profiles
 from pipelines.gold.reminders import cart_reminders
 from pipelines.gold.retarget import batch_offers, to_offer_rows
 from pipelines.gold.sessions import batch_sessions, to_session_rows
@@ -89,6 +89,11 @@ def profile_rows(flags: DataFrame) -> Transform:
     return lambda sessions: sessions.transform(user_profiles(flags)).transform(T.conform(T.USER_PROFILE))
 
 
+def ip_profile_rows(sessions: DataFrame) -> DataFrame:
+    """Sessions -> ``gold/ip_profile``."""
+    return sessions.transform(ip_profiles).transform(T.conform(T.IP_PROFILE))
+
+
 def latest_event_time(events: DataFrame) -> datetime | None:
     return events.agg(F.max("event_time")).first()[0]
 
@@ -111,4 +116,5 @@ def build_gold(events: DataFrame, s: Settings, watermark: datetime | None = None
         T.RETARGET_OFFERS.name: events.transform(offer_rows(s, watermark)),
         T.FRAUD_FLAGS.name: flags,
         T.USER_PROFILE.name: sessions.transform(profile_rows(flags)),
+        T.IP_PROFILE.name: sessions.transform(ip_profile_rows),
     }

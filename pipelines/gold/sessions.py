@@ -32,12 +32,12 @@ from pipelines.contract import STEPS
 # xxhash64): integer keys sort fast, and ``tie`` orders equal (time, step) pairs the same way
 # however the events were batched.
 EVENT_COLUMNS = ["journey", "tracking_id", "t", "step", "tie", "user_id", "campaign_id",
-                 "product_id", "price", "quantity", "ip_country"]
+                 "product_id", "price", "quantity", "ip_country", "ip_hash"]
 AD, CLICK, CART, PURCHASE = 1, 2, 4, 6
 TO_STEP = [f"seconds_to_{s}" for s in STEPS[1:]]
 SESSION_COLUMNS = ["tracking_id", "session_start", "session_end", "user_id", "campaign_id",
                    "funnel_level", "event_count", "clicks", "adds", "purchases", "items",
-                   "revenue", "added_products", "purchased_products", "countries", *TO_STEP]
+                   "revenue", "added_products", "purchased_products", "countries", "ip_hashes", *TO_STEP]
 
 
 def order(events: pd.DataFrame) -> np.ndarray:
@@ -84,10 +84,11 @@ def sessionize(events: pd.DataFrame, gap: timedelta, attribution: str = "first_t
 
     ``session_start``/``session_end`` are epoch ms; ``campaign_id`` is that of the first
     (``first_touch``) or last (``last_touch``) ad event naming one, else None (organic);
-    ``user_id`` is the first event's; ``countries`` the sorted distinct ``ip_country`` of
-    its events (unknown ones left out); ``seconds_to_<step>`` is the time from step 1 to the
-    event that raised the level to that step. ``purchases`` counts purchase events, ``items``
-    their quantities and ``revenue`` price x quantity (a missing quantity counts 1).
+    ``user_id`` is the first event's; ``countries`` and ``ip_hashes`` the sorted distinct
+    ``ip_country`` and ``ip_hash`` of its events (unknown ones left out);
+    ``seconds_to_<step>`` is the time from step 1 to the event that raised the level to that
+    step. ``purchases`` counts purchase events, ``items`` their quantities and ``revenue``
+    price x quantity (a missing quantity counts 1).
     With ``mark`` (a boolean event column), ``marked`` says whether any event of the session
     has it set.
     """
@@ -123,8 +124,9 @@ def sessionize(events: pd.DataFrame, gap: timedelta, attribution: str = "first_t
     product = events["product_id"].to_numpy()
     out["added_products"] = _products(product, rows, sid, step == CART, len(starts))
     out["purchased_products"] = _products(product, rows, sid, is_buy, len(starts))
-    out["countries"] = _products(events["ip_country"].to_numpy(), rows, sid, np.ones(len(rows), bool),
-                                 len(starts))
+    every = np.ones(len(rows), bool)
+    out["countries"] = _products(events["ip_country"].to_numpy(), rows, sid, every, len(starts))
+    out["ip_hashes"] = _products(events["ip_hash"].to_numpy(), rows, sid, every, len(starts))
     if mark is None:
         return out[SESSION_COLUMNS]
     out["marked"] = np.logical_or.reduceat(events[mark].to_numpy(bool)[rows], starts)
@@ -198,7 +200,8 @@ SESSION_DDL = (
     "tracking_id string, session_start long, session_end long, user_id string, "
     "campaign_id string, funnel_level int, event_count long, clicks long, adds long, "
     "purchases long, items long, revenue double, added_products array<string>, "
-    "purchased_products array<string>, countries array<string>, " + ", ".join(f"{c} double" for c in TO_STEP)
+    "purchased_products array<string>, countries array<string>, ip_hashes array<string>, "
+    + ", ".join(f"{c} double" for c in TO_STEP)
 )
 
 
@@ -212,7 +215,8 @@ def session_input(buckets: int) -> Transform:
             F.xxhash64("tracking_id").alias("journey"), "tracking_id",
             F.unix_millis("event_time").alias("t"), F.col("step").cast("tinyint").alias("step"),
             F.xxhash64("event_id").alias("tie"), "user_id", "campaign_id", "product_id",
-            "price", F.col("quantity").cast("double").alias("quantity"), "ip_country", "event_time",
+            "price", F.col("quantity").cast("double").alias("quantity"), "ip_country", "ip_hash",
+            "event_time",
             F.pmod(F.xxhash64("tracking_id"), F.lit(buckets)).alias("bucket"))
     return _
 

@@ -23,15 +23,11 @@ import pyarrow as pa
 from pipelines import tables as T
 from pipelines.anomaly import model as M
 from pipelines.anomaly.features import session_features
+from pipelines.anomaly.sessions import EmptyRange, closed_sessions
 from pipelines.config import Settings
-from pipelines.io.delta_rs import read
 from pipelines.lake_sql import connect
 
 log = logging.getLogger(__name__)
-
-
-class EmptyRange(ValueError):
-    pass
 
 
 @dataclass
@@ -42,18 +38,6 @@ class Trained:
     metrics: dict[str, float]
     champion: int
     reason: str  # why the alias is where it is
-
-
-def closed_sessions(s: Settings, start: date | None, end: date | None) -> pd.DataFrame:
-    filters = [("is_open", "=", False)]
-    if start:
-        filters.append(("session_date", ">=", start))
-    if end:
-        filters.append(("session_date", "<=", end))
-    path = s.table(T.SESSION_FUNNEL.name)
-    if not Path(path, "_delta_log").is_dir():
-        raise EmptyRange(f"no gold/session_funnel under {s.lake}: run `funnelhouse run` first")
-    return read(path, filters).to_pandas()
 
 
 def injected_kinds(s: Settings, truth: dict) -> dict[str, str]:
@@ -85,7 +69,7 @@ def run_train(s: Settings, start: date | None = None, end: date | None = None,
     from mlflow.models import infer_signature
 
     a = s.anomaly
-    sessions = closed_sessions(s, start, end)
+    sessions = closed_sessions(s.table(T.SESSION_FUNNEL.name), start, end)
     if sessions.empty:
         raise EmptyRange(f"no closed sessions in gold/session_funnel between {start or 'the start'} "
                          f"and {end or 'the end'}: nothing to train on")

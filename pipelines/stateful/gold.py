@@ -36,7 +36,7 @@ from pipelines.common import Transform
 
 Process = Callable[[tuple, Iterator[pd.DataFrame], "KeyState"], Iterator[pd.DataFrame]]
 
-LAYOUT = "driver-state-1"  # bump when the file's meaning changes; an unknown layout is refused
+LAYOUT = "driver-state-2"  # bump when the file's meaning changes; an unknown layout is refused
 RETAIN = 20  # state files kept (Spark keeps 100 batches of its own state by default)
 REBUILD = ("to rebuild: stop the job, move <lake>/_checkpoints/gold and the gold tables aside, "
            "run `funnelhouse run` (gold replays silver from its first version), or `funnelhouse "

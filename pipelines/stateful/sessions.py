@@ -50,7 +50,7 @@ HELD = pa.schema([
     ("journey", pa.int64()), ("tracking_id", pa.string()), ("t", pa.int64()), ("step", pa.int8()),
     ("tie", pa.int64()), ("user_id", pa.string()), ("campaign_id", pa.string()),
     ("product_id", pa.string()), ("price", pa.float64()), ("quantity", pa.float64()),
-    ("ip_country", pa.string()), ("closes", pa.int64()),
+    ("ip_country", pa.string()), ("ip_hash", pa.string()), ("closes", pa.int64()),
 ])
 STATE_SCHEMA = StructType([StructField("held", BinaryType())])
 CHANGE_DDL = "kind string, sign int, is_open boolean, " + SESSION_DDL
@@ -82,7 +82,7 @@ def _changes(sessions: pd.DataFrame, kind: str, sign: int, is_open: bool) -> pd.
     """Session rows as changes of ``kind``. Product lists become object arrays: the state
     operator's serializer pads output with null rows, which Arrow-backed columns cannot take."""
     out = sessions[SESSION_COLUMNS].copy()
-    for col in ("added_products", "purchased_products", "countries"):
+    for col in ("added_products", "purchased_products", "countries", "ip_hashes"):
         values = out[col].array
         if isinstance(values, pd.arrays.ArrowExtensionArray):
             out[col] = pd.Series(values._pa_array.to_numpy(zero_copy_only=False), index=out.index)
