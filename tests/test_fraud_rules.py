@@ -1,6 +1,7 @@
 """Fraud bursts on hand-built event sequences (pure pandas: no Spark needed)."""
 
 import random
+import warnings
 from datetime import datetime
 
 import pandas as pd
@@ -101,3 +102,20 @@ def test_evidence_is_capped():
 def test_no_events_no_flags():
     flags, still_open = find_bursts(pd.DataFrame(columns=EVENT_COLUMNS), RULES, None, 10)
     assert flags.empty and still_open.empty
+
+
+def test_a_rule_removed_from_config_drops_its_open_bursts_from_state():
+    """State saved while R3 existed, read back by a job whose config has only R1: R3's held
+    events are let go (no flag, no crash), R1's burst still closes and flags."""
+    from pipelines.stateful.fraud import _encode, fraud_processor
+    from pipelines.stateful.gold import Held, KeyState
+
+    held = pd.concat([events("R3", "h", [0, 100, 200, 300, 400]),
+                      events("R1", "u1", [i * 100 for i in range(12)])])
+    only_r1 = FraudSettings(rules=[r for r in RULES if r.name == "R1"])
+    state = KeyState(Held((_encode(held[EVENT_COLUMNS]),), T0 + 1), T0 + 60_000, timed_out=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # before the fix: R3's window was NaN cast to int64
+        out = list(fraud_processor(only_r1)((0,), iter([]), state))
+    assert [f[["rule", "entity_id"]].values.tolist() for f in out] == [[["R1", "u1"]]]
+    assert not state.exists

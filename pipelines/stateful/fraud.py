@@ -153,6 +153,7 @@ def fraud_processor(settings: FraudSettings):
         held = [_decode(state.get[0])] if state.exists else []
         frames = [f for f in held + [b[EVENT_COLUMNS] for b in batches] if len(f)]
         events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EVENT_COLUMNS)
+        events = events[events["rule"].isin(window_ms)]  # a rule removed from config: its open bursts go
         watermark = state.getCurrentWatermarkMs()
         flags, still_open = find_bursts(events, rules, watermark, cap)
         if still_open.empty:
