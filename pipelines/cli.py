@@ -128,6 +128,7 @@ def run(
         loading.join()
         from pipelines import metrics
         from pipelines.jobs.run import StreamFailed, run_available_now, run_continuously
+        from pipelines.tables import SchemaMismatch
 
         try:
             if available_now:
@@ -141,7 +142,7 @@ def run(
                     serve_metrics(spark, s)
                 console.print("streaming; Ctrl-C (SIGINT) or SIGTERM stops cleanly")
                 run_continuously(spark, s)
-        except StreamFailed as err:
+        except (StreamFailed, SchemaMismatch) as err:
             console.print(f"[red]{err}[/red]")
             raise typer.Exit(1) from None
 
@@ -210,8 +211,9 @@ def maintain(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="compact nothing; list what VACUUM "
                                                             "would delete")] = False,
 ) -> None:
-    """Compact every table's small files (OPTIMIZE), then VACUUM files older than
-    maintenance.vacuum_retention. Safe beside a running stream; schedule it (cron, Airflow)."""
+    """Delete bronze days older than maintenance.bronze_retention, compact every table's small
+    files (OPTIMIZE), then VACUUM files older than maintenance.vacuum_retention. Safe beside a
+    running stream; schedule it (cron, Airflow)."""
     from pipelines.jobs.maintain import maintain as run_maintenance
     from pipelines.report import print_maintenance
 

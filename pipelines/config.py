@@ -191,6 +191,7 @@ class MaintenanceSettings(Strict):
     """``funnelhouse maintain``: compaction and VACUUM (``pipelines/jobs/maintain.py``)."""
 
     vacuum_retention: Duration = timedelta(days=7)  # files removed longer ago than this are deleted
+    bronze_retention: Duration | None = timedelta(days=30)  # raw lines (raw IPs) kept; None: forever
     target_file_size: int = Field(128 * 1024 * 1024, ge=1024 * 1024)  # bytes per compacted file
 
 

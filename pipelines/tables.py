@@ -182,6 +182,23 @@ def conform(table: Table) -> Callable[[DataFrame], DataFrame]:
     return _
 
 
+class SchemaMismatch(RuntimeError):
+    """A stored table's columns are not the ones this release writes."""
+
+
+def check_columns(table: Table, stored: list[str], path: str) -> None:
+    """Refuse a stored ``table`` whose columns differ from ``table.columns``, naming the
+    difference and what to do (docs/operations.md#changing-a-schema)."""
+    missing = [c for c in table.columns if c not in stored]
+    extra = [c for c in stored if c not in table.columns]
+    if missing or extra:
+        raise SchemaMismatch(
+            f"{path} was written by another release: it lacks {', '.join(missing) or 'nothing'} and has "
+            f"{', '.join(extra) or 'nothing'} this release does not write. Rebuild it: move the table (and, "
+            "for silver or gold, <lake>/_checkpoints/ of its query) aside, then run `funnelhouse run` or "
+            "`funnelhouse backfill` (docs/operations.md#changing-a-schema)")
+
+
 def ensure(spark: SparkSession, lake: str, table: Table) -> str:
     """Create ``table`` under the ``lake`` root unless it exists; return its path.
 
@@ -203,6 +220,8 @@ def ensure(spark: SparkSession, lake: str, table: Table) -> str:
             except Exception:  # another query created it meanwhile
                 if not any(log.glob("*.json")):
                     raise
+        else:
+            check_columns(table, RsTable(local).schema().to_arrow().names, path)
         return path
     builder = (DeltaTable.createIfNotExists(spark).location(path).addColumns(table.schema)
                .partitionedBy(*table.partition_by))

@@ -1,10 +1,14 @@
 """The gold processors' state files: a round trip, the batch a replay starts from, and a
-refusal (never a silent empty start) when the state a batch needs is missing or unreadable."""
+refusal (never a silent empty start) when the state a batch needs is missing or unreadable;
+and a table another release wrote, refused before anything is written to it."""
 
 import pyarrow as pa
 import pytest
+from deltalake import write_deltalake
 
+from pipelines import tables as T
 from pipelines.config import load_settings
+from pipelines.io.delta_rs import arrow_schema
 from pipelines.stateful.gold import Held, StateFiles
 from pipelines.streams import gold_processors
 
@@ -38,3 +42,15 @@ def test_an_unknown_layout_is_refused(files):
         writer.write_table(schema.empty_table())
     with pytest.raises(RuntimeError, match="layout driver-state-0, not driver-state-2"):
         files.load(1)
+
+
+def test_a_table_written_by_another_release_is_refused_naming_its_columns(tmp_path):
+    """silver/events as the release before keyed IPs wrote it (a raw ``ip``, no ``ip_hash``
+    or ``ip_prefix``): the job refuses it before writing, and says how to rebuild."""
+    old = [f for f in arrow_schema(T.SILVER_EVENTS) if f.name not in ("ip_hash", "ip_prefix")]
+    write_deltalake(str(tmp_path / "silver" / "events"),
+                    pa.schema([*old, pa.field("ip", pa.string())]).empty_table())
+    with pytest.raises(T.SchemaMismatch, match=r"lacks ip_hash, ip_prefix and has ip .*docs/operations.md"):
+        T.ensure(None, str(tmp_path), T.SILVER_EVENTS)
+    assert T.ensure(None, str(tmp_path / "new"), T.SILVER_EVENTS)  # a new lake: created
+    T.ensure(None, str(tmp_path / "new"), T.SILVER_EVENTS)  # and then accepted as it is

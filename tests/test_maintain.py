@@ -1,7 +1,8 @@
 """``funnelhouse maintain``: compaction keeps every row and leaves one file per partition;
-VACUUM deletes only files older than the retention; a dry run changes nothing."""
+VACUUM deletes only files older than the retention; bronze loses the ingest days past its
+retention; a dry run changes nothing."""
 
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 from deltalake import DeltaTable
@@ -46,3 +47,26 @@ def test_dry_run_changes_nothing(sample_lake, tmp_path):
     assert result.exit_code == 0, result.output
     assert "Maintenance (dry run)" in result.output and "silver/events" in result.output
     assert _files_on_disk(s.lake) == on_disk
+
+
+def test_bronze_days_past_the_retention_are_deleted_and_vacuumed(sample_lake, tmp_path):
+    """The sample's bronze is one ingest day (today's run); maintained as of 31 days later with
+    30 days' retention, every row goes, and VACUUM (retention 0) removes the files; as of 30
+    days later, nothing goes."""
+    s = lake_copy(sample_lake, tmp_path)
+    s = s.model_copy(update={"maintenance": s.maintenance.model_copy(
+        update={"vacuum_retention": timedelta(0), "bronze_retention": timedelta(days=30)})})
+    bronze = s.table("bronze/events")
+    days = {p["ingest_date"] for p in DeltaTable(bronze).partitions()}
+    rows = DeltaTable(bronze).to_pyarrow_table().num_rows
+    assert len(days) == 1 and rows > 14_000
+    ingested = date.fromisoformat(days.pop())
+    kept = {m.table: m for m in maintain(s, today=ingested + timedelta(days=30))}
+    assert kept["bronze/events"].expired == 0 and DeltaTable(bronze).to_pyarrow_table().num_rows == rows
+    assert {m.table: m for m in maintain(s, today=ingested + timedelta(days=31), dry_run=True)
+            }["bronze/events"].expired == rows
+    gone = {m.table: m for m in maintain(s, today=ingested + timedelta(days=31))}
+    assert gone["bronze/events"].expired == rows
+    assert DeltaTable(bronze).to_pyarrow_table().num_rows == 0
+    assert _files_on_disk(bronze) == set()
+    assert DeltaTable(s.table("silver/events")).to_pyarrow_table().num_rows > 0  # silver is untouched

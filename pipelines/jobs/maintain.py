@@ -11,12 +11,18 @@ partition, and commits the result with ``dataChange = false``, so a running stre
 VACUUM then deletes the files that left the table more than ``maintenance.vacuum_retention``
 ago. Keep that longer than the longest a stream may lag or stay stopped: a stream restarted
 from an older checkpoint needs the files of the versions it has not read yet.
+
+Before that, bronze loses the ``ingest_date`` partitions older than
+``maintenance.bronze_retention`` (a delete; the raw lines, and so the raw IP addresses, are
+gone from disk once VACUUM passes them). No stream reads bronze; a backfill of older dates
+reads the landing archive instead (docs/backfill.md).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from deltalake import DeltaTable
@@ -35,6 +41,7 @@ class Maintained:
     files_before: int
     files_after: int
     vacuumed: int
+    expired: int = 0  # rows deleted for being older than their retention (bronze)
 
 
 def _exists(path: str) -> bool:
@@ -55,16 +62,36 @@ def maintain_table(path: str, name: str, s: Settings, dry_run: bool = False) -> 
     return Maintained(name, before, after, len(deleted))
 
 
-def maintain(s: Settings, dry_run: bool = False) -> list[Maintained]:
-    """Every table of the lake that exists, bronze to gold."""
+def expire_bronze(path: str, s: Settings, today: date, dry_run: bool = False) -> int:
+    """Delete bronze's ``ingest_date`` partitions older than ``maintenance.bronze_retention``
+    before ``today``; returns the rows deleted (or that would be)."""
+    keep = s.maintenance.bronze_retention
+    if keep is None:
+        return 0
+    cutoff = today - keep
+    table = DeltaTable(rs_uri(path))
+    if dry_run:
+        return table.to_pyarrow_table(filters=[("ingest_date", "<", cutoff)],
+                                      columns=["ingest_time"]).num_rows
+    metrics = table.delete(f"ingest_date < '{cutoff.isoformat()}'")
+    log.info("bronze/events: %d rows ingested before %s deleted (retention %s)",
+             metrics.get("num_deleted_rows", 0), cutoff, keep)
+    return int(metrics.get("num_deleted_rows", 0))
+
+
+def maintain(s: Settings, dry_run: bool = False, today: date | None = None) -> list[Maintained]:
+    """Every table of the lake that exists, bronze to gold; bronze's expired days first."""
+    today = today or datetime.now(UTC).date()
     done = []
     for t in T.ALL:
         path = s.table(t.name)
         if not _exists(path):
             continue
+        expired = expire_bronze(path, s, today, dry_run) if t is T.BRONZE_EVENTS else 0
         if t in T.GOLD_STREAM:
             with lease(s.lake, who="maintain"):
-                done.append(maintain_table(path, t.name, s, dry_run))
+                m = maintain_table(path, t.name, s, dry_run)
         else:
-            done.append(maintain_table(path, t.name, s, dry_run))
+            m = maintain_table(path, t.name, s, dry_run)
+        done.append(Maintained(m.table, m.files_before, m.files_after, m.vacuumed, expired))
     return done
