@@ -90,3 +90,19 @@ class Prometheus:
     def series(self, expr: str, label: str) -> dict[str, float]:
         """label value -> current value, for every series of ``expr``."""
         return {r["metric"][label]: float(r["value"][1]) for r in self.query(expr)}
+
+
+def sample_addresses() -> set[str]:
+    """Every ``ip`` value of the committed sample's lines (the ones that parse as JSON)."""
+    import json
+
+    found = set()
+    for f in sorted((SAMPLE / "events").rglob("*")):
+        for line in f.read_text(errors="replace").splitlines() if f.is_file() else []:
+            try:
+                ip = json.loads(line).get("ip")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(ip, str) and ip:
+                found.add(ip)
+    return found

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import SAMPLE, copy_sample, read
+from helpers import SAMPLE, copy_sample, read, sample_addresses
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -115,6 +115,8 @@ def test_continuous_run_is_scraped_by_prometheus_picks_up_files_and_stops_on_sig
     info = [line for line in output.splitlines() if re.search(r"\bINFO\b", line)]
     assert info and all(" INFO pipelines." in line for line in info), info
     assert "Warning" not in output, output
+    leaked = [ip for ip in sample_addresses() if ip in output]  # no raw address in the logs
+    assert not leaked, leaked[:5]
 
 
 def _count(spark, s, table: str) -> int:
