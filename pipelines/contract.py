@@ -35,6 +35,7 @@ RAW_EVENT_SCHEMA = StructType(
 MALFORMED_JSON = "malformed_json"
 UNKNOWN_EVENT_TYPE = "unknown_event_type"
 INVALID_EVENT_TIME = "invalid_event_time"
+EVENT_TIME_OUT_OF_RANGE = "event_time_out_of_range"
 INVALID_PRICE = "invalid_price"
 NEGATIVE_PRICE = "negative_price"
 INVALID_QUANTITY = "invalid_quantity"
@@ -46,6 +47,13 @@ def missing(field: str) -> str:
 
 
 _ZONED_ISO = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})$"
+
+
+# The times an event may carry: from 2000 to 2199. Outside them a time is a broken clock or a
+# typo, not an event, and out of what the gold stream's pandas can hold (1677-2262). Times
+# ahead of the clock but inside the range are the quality suite's to judge
+# (``event_time_not_future``, docs/quality.md).
+EARLIEST_EVENT_TIME, END_OF_EVENT_TIME = "2000-01-01 00:00:00", "2200-01-01 00:00:00"
 
 
 def parse_event_time(raw: Column) -> Column:
@@ -66,8 +74,8 @@ def _blank(c: Column) -> Column:
 def rejection_reason(p: Column) -> Column:
     """The first contract rule a parsed struct ``p`` (of ``RAW_EVENT_SCHEMA``) breaks, or null.
 
-    Checked in order: JSON syntax, required fields, event type, time, price, quantity and
-    the product on commerce steps.
+    Checked in order: JSON syntax, required fields, event type, time, its range, price,
+    quantity and the product on commerce steps.
     """
     is_commerce = p["event_type"].isin(*COMMERCE_STEPS)
     price = p["price"].try_cast("double")
@@ -77,7 +85,11 @@ def rejection_reason(p: Column) -> Column:
     checks += [
         (step_index(p["event_type"]).isNull(), UNKNOWN_EVENT_TYPE),
         (parse_event_time(p["event_time"]).isNull(), INVALID_EVENT_TIME),
-        (p["price"].isNotNull() & price.isNull(), INVALID_PRICE),
+        (~parse_event_time(p["event_time"]).between(F.lit(EARLIEST_EVENT_TIME).cast("timestamp"),
+                                                     F.lit(END_OF_EVENT_TIME).cast("timestamp")),
+         EVENT_TIME_OUT_OF_RANGE),
+        (p["price"].isNotNull() & (price.isNull() | F.isnan(price) | (F.abs(price) == float("inf"))),
+         INVALID_PRICE),
         (price < 0, NEGATIVE_PRICE),
         (p["quantity"].isNotNull() & (quantity.isNull() | (quantity < 1)), INVALID_QUANTITY),
         (is_commerce & _blank(p["product_id"]), missing("product_id")),

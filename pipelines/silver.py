@@ -59,7 +59,8 @@ def parse(df: DataFrame) -> DataFrame:
     }
     reason = C.rejection_reason(p)
     keep = ["source_file", "kafka_topic", "kafka_partition", "kafka_offset"]
-    parsed = df.withColumn("p", F.from_json("raw", C.RAW_EVENT_SCHEMA, _JSON_OPTIONS))
+    text = F.regexp_replace("raw", "^\ufeff", "")  # a byte-order mark opening the line (bronze keeps it)
+    parsed = df.withColumn("p", F.from_json(text, C.RAW_EVENT_SCHEMA, _JSON_OPTIONS))
     return parsed.select(*[v.alias(k) for k, v in typed.items()], reason.alias("reason"),
                          F.when(reason.isNotNull(), redact(F.col("raw"))).alias("raw"), *keep)
 

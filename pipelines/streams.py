@@ -158,12 +158,16 @@ class SilverBatch(Handler):
                                F.max(F.when(~F.col("late"), F.col("event_time"))).alias("_latest"),
                                *checks).first()
             commit = Commit(app, batch_id, self.ledger)
+            latest = stats["_latest"]
             if self.quality is not None:  # the GX suite; may raise QualityFailure ("fail" policy)
                 events, dropped = self.quality.apply(events, commit, stats, now)
                 if dropped is not None:
                     rejected = rejected.unionByName(dropped_to_quarantine(dropped))
+                    # What a dropped row (say, an hour ahead of the clock) must not do: move the
+                    # watermark. Rare, so the newest kept time is a second pass only then.
+                    latest = events.where(~F.col("late")).agg(F.max("event_time")).first()[0]
             if stats["_rows"]:
-                self._append_events(to_arrow(events, T.SILVER_EVENTS), commit, stats["_latest"])
+                self._append_events(to_arrow(events, T.SILVER_EVENTS), commit, latest)
             quarantine = to_arrow(rejected, T.SILVER_QUARANTINE)
             if commit.append(quarantine, self.quarantine, T.SILVER_QUARANTINE):
                 metrics.ROWS.labels(T.SILVER_QUARANTINE.name).inc(quarantine.num_rows)

@@ -44,7 +44,13 @@ CASES = [
     (line(event_time="2026-11-02T10:00:00.250"), "invalid_event_time"),
     (line(event_time="25/11/2026 10:00:00"), "invalid_event_time"),
     (line(event_time="2026-13-45T10:00:00.000Z"), "invalid_event_time"),
+    (line(event_time="1999-12-31T23:59:59.999Z"), "event_time_out_of_range"),
+    (line(event_time="2200-01-01T00:00:00.001Z"), "event_time_out_of_range"),
+    (line(event_time="0001-01-01T00:00:00Z"), "event_time_out_of_range"),
     (line(price="cheap"), "invalid_price"),
+    (line(price="NaN"), "invalid_price"),
+    (line(price="-Infinity"), "invalid_price"),
+    (json.dumps(GOOD).replace('"price": 12.5', '"price": NaN'), "invalid_price"),
     (line(price=-0.01), "negative_price"),
     (line(quantity=0), "invalid_quantity"),
     (line(quantity="two"), "invalid_quantity"),
@@ -56,7 +62,16 @@ CASES = [
 @pytest.mark.parametrize(("raw", "reason"), CASES)
 def test_each_bad_input_gets_its_reason(spark, raw, reason):
     out = bronze(spark, raw).transform(parse).transform(quarantined).collect()
-    assert [(r.raw, r.reason) for r in out] == [(raw, reason)]
+    redacted = raw.replace('"ip": "10.0.0.1"', '"ip": "<ip>"')  # bronze keeps the address; quarantine not
+    assert [(r.raw, r.reason) for r in out] == [(redacted, reason)]
+
+
+def test_a_byte_order_mark_opening_the_line_is_ignored_and_the_edges_of_the_time_range_pass(spark):
+    lines = ["\ufeff" + line(event_id="bom"), line(event_id="first", event_time="2000-01-01T00:00:00Z"),
+             line(event_id="last", event_time="2200-01-01T00:00:00Z")]
+    parsed = bronze(spark, *lines).transform(parse)
+    assert parsed.where("reason IS NOT NULL").count() == 0
+    assert sorted(r.event_id for r in parsed.transform(valid_events).collect()) == ["bom", "first", "last"]
 
 
 def test_all_bad_cases_at_once_keep_one_row_each(spark):
