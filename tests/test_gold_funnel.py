@@ -20,11 +20,11 @@ STEP = {"ad_impression": 1, "ad_click": 2, "landing_page_view": 3, "add_to_cart"
 
 def ev(rows: list, etype: str, seconds: float, tid: str = "t1", campaign: str | None = None,
        product: str | None = None, price: float | None = None, qty: int | None = None,
-       user: str = "u1", country: str | None = "US") -> None:
+       user: str = "u1", country: str | None = "US", ip: str | None = "h1") -> None:
     rows.append({"event_id": f"e{len(rows)}", "event_type": etype, "step": STEP[etype],
                  "t": MS0 + int(seconds * 1000), "user_id": user, "tracking_id": tid,
                  "campaign_id": campaign, "product_id": product, "price": price, "quantity": qty,
-                 "ip_country": country})
+                 "ip_country": country, "ip_hash": ip})
 
 
 def frame(rows: list) -> pd.DataFrame:
@@ -63,15 +63,16 @@ def test_full_journey_reaches_level_six_with_times_to_convert():
     assert list(s.countries) == ["US"]
 
 
-def test_countries_are_the_sessions_distinct_known_ones_sorted():
+def test_countries_and_addresses_are_the_sessions_distinct_known_ones_sorted():
     rows: list = []
-    ev(rows, "landing_page_view", 0, country="US")
-    ev(rows, "add_to_cart", 60, product="p1", price=10.0, qty=1, country="JP")
-    ev(rows, "add_to_cart", 90, product="p1", price=10.0, qty=1, country=None)  # address not located
-    ev(rows, "purchase", 120, product="p1", price=10.0, qty=1, country="JP")
-    ev(rows, "landing_page_view", 3 * 3600, country=None)  # a later session, nowhere known
+    ev(rows, "landing_page_view", 0, country="US", ip="h2")
+    ev(rows, "add_to_cart", 60, product="p1", price=10.0, qty=1, country="JP", ip="h1")
+    ev(rows, "add_to_cart", 90, product="p1", price=10.0, qty=1, country=None, ip=None)  # no address
+    ev(rows, "purchase", 120, product="p1", price=10.0, qty=1, country="JP", ip="h1")
+    ev(rows, "landing_page_view", 3 * 3600, country=None, ip=None)  # a later session, nowhere known
     first, later = sorted(sessions_of(rows).values(), key=lambda r: r.session_start)
     assert (list(first.countries), list(later.countries)) == (["JP", "US"], [])
+    assert (list(first.ip_hashes), list(later.ip_hashes)) == (["h1", "h2"], [])
 
 
 def test_a_skipped_step_stops_the_level():
@@ -158,7 +159,7 @@ def test_first_and_last_touch(attribution, campaign):
 
 SILVER_COLS = ("event_id string, event_type string, step int, event_time timestamp, user_id string, "
                "tracking_id string, campaign_id string, product_id string, price double, quantity int, "
-               "ip_country string")
+               "ip_country string, ip_hash string")
 
 
 def test_spark_sessions_are_typed_rows_of_the_table(spark):
@@ -170,7 +171,7 @@ def test_spark_sessions_are_typed_rows_of_the_table(spark):
     events = spark.createDataFrame(
         [(r["event_id"], r["event_type"], r["step"], T0 + timedelta(milliseconds=r["t"] - MS0),
           r["user_id"], r["tracking_id"], r["campaign_id"], r["product_id"], r["price"], r["quantity"],
-          r["ip_country"]) for r in rows], SILVER_COLS)
+          r["ip_country"], r["ip_hash"]) for r in rows], SILVER_COLS)
     s = load_settings(environ={}, local=False)
     watermark = T0 + timedelta(hours=1)  # closes the first session, not the second
     got = events.transform(session_rows(s, watermark)).select(

@@ -114,6 +114,7 @@ event = st.fixed_dictionaries({
     "campaign_id": st.sampled_from([None, "c1", "c2"]),
     "product_id": st.sampled_from([None, "p1", "p2"]),
     "ip_country": st.sampled_from([None, "US", "JP"]),
+    "ip_hash": st.sampled_from([None, "h1", "h2"]),
 })
 
 
@@ -121,7 +122,8 @@ def _frame(events: list[dict]) -> pd.DataFrame:
     rows = [{"event_id": f"e{i}", "tracking_id": e["tracking_id"],
              "t": (e["minute"] * 60 + e["second"]) * 1000, "step": e["step"],
              "user_id": "u" + e["tracking_id"], "campaign_id": e["campaign_id"],
-             "product_id": e["product_id"], "price": 2.0, "quantity": 1.0, "ip_country": e.get("ip_country")}
+             "product_id": e["product_id"], "price": 2.0, "quantity": 1.0, "ip_country": e.get("ip_country"),
+             "ip_hash": e.get("ip_hash")}
             for i, e in enumerate(events)]
     df = pd.DataFrame(rows, columns=["event_id", *EVENT_COLUMNS])
     df["journey"] = [hash(t) % 1000 for t in df["tracking_id"]]
