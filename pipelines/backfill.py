@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -54,6 +55,7 @@ from pipelines.io.ledger import Ledger
 from pipelines.privacy import ip_salt
 from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe, event_watermark, parse, to_silver, valid_events
+from pipelines.stateful.gold import latest_seen
 
 log = logging.getLogger(__name__)
 MARGIN = timedelta(days=1)
@@ -260,10 +262,16 @@ def backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
 def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
                    checks: Checks | None) -> list[Changes]:
     # Under the lease no other writer touches these gold tables, so one snapshot of silver
-    # serves every table (and any retry). The watermark is the stream's: event_watermark of
-    # the newest on-time event, so open sessions and windows are open here too.
+    # serves every table (and any retry). The watermark is the gold stream's: event_watermark
+    # of the newest on-time event it has seen (its state), or of silver's when it never ran.
+    # Never silver's when the stream lags it: a session the backfill wrote as closed while
+    # the stream still held it open would be closed (inserted) a second time by the stream.
     silver = spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name)).where(~F.col("late"))
-    watermark = event_watermark(build.latest_event_time(silver), s.stream.watermark_delay)
+    latest = build.latest_event_time(silver)
+    streamed = latest_seen(Path(s.checkpoint("gold")))
+    if streamed is not None and latest is not None:
+        latest = min(latest, datetime.fromtimestamp(streamed / 1000, UTC).replace(tzinfo=None))
+    watermark = event_watermark(latest, s.stream.watermark_delay)
     events = silver.where(F.col("event_date").between(
         F.lit(start - MARGIN), F.lit(end + MARGIN))).persist()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +14,10 @@ from pyspark.sql import SparkSession
 from pipelines.config import Settings, SparkSettings, load_settings
 from pipelines.jobs.run import run_available_now
 from pipelines.session import build_spark
+
+# One IP hashing key for every lake of the run (a lake would otherwise make its own), so tests
+# that compare two lakes' silver and gold (a cluster run with a local one) compare like for like.
+os.environ.setdefault("FUNNELHOUSE_IP_SALT", "funnelhouse-tests")
 
 
 @pytest.fixture(scope="session")

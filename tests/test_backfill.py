@@ -159,6 +159,24 @@ def test_a_gold_batch_waits_while_a_backfill_holds_the_lease(spark, lake_setting
 
 
 @pytest.mark.slow
+def test_a_backfill_while_gold_lags_silver_closes_no_session_the_stream_holds_open(spark, lake_settings):
+    """Silver has read three files, gold only the first two: a gold backfill then judges
+    sessions open or closed by the gold stream's watermark, not silver's newer one. With
+    silver's it wrote sessions closed that the stream still held open, and the stream, on
+    closing them later, inserted each a second time."""
+    s = lake_settings
+    copy_sample(s.input, slice(0, 2))
+    run_available_now(spark, s)
+    copy_sample(s.input, slice(2, 3))
+    run_available_now(spark, s, ["bronze", "silver"])  # gold now lags silver by a file
+    run_backfill(spark, s, DAY, DAY, ["gold"])
+    copy_sample(s.input, slice(3, None))
+    run_available_now(spark, s)
+    sessions = read(spark, s, "gold/session_funnel")
+    assert sessions.count() == sessions.select("session_id").distinct().count() > 0
+
+
+@pytest.mark.slow
 def test_backfill_leaves_silver_rows_newer_than_its_bronze_snapshot(spark, lake_settings):
     """A row the stream inserted from bronze the backfill has not read (ingest_time after the
     snapshot's newest) is outside the backfill's replaceWhere, so it survives."""

@@ -114,6 +114,17 @@ def advance(p: Processor, rows: pd.DataFrame | None, held: Held, before_ms: int,
     return [f for f in out if len(f)], held
 
 
+def latest_seen(checkpoint: Path) -> int | None:
+    """The newest event time (epoch ms) the gold query had seen after its last micro-batch,
+    from its newest state file; None when it never ran or saw no event."""
+    files = sorted((int(f.stem), f) for f in (checkpoint / "processors").glob("*.arrow") if f.stem.isdigit())
+    if not files:
+        return None
+    with pa.ipc.open_file(files[-1][1]) as reader:
+        latest = (reader.schema.metadata or {}).get(b"latest_ms", b"")
+    return int(latest) if latest else None
+
+
 class StateFiles:
     """The processors' state after each micro-batch, under ``<checkpoint>/processors``."""
 
