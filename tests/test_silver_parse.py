@@ -114,3 +114,21 @@ def test_extra_fields_are_ignored_by_silver(spark):
 def test_silver_refuses_input_without_bronze_columns(spark):
     with pytest.raises(MissingColumns, match="ingest_time"):
         spark.createDataFrame([("x",)], "raw string").transform(parse)
+
+
+# Schema drift: what a producer's change to the event's shape does (docs/bad-input.md).
+DRIFT = [
+    ("a new field", line(coupon="SAVE10", session={"n": 1}), None),
+    ("a field whose type changed", line(quantity=2.5), "invalid_quantity"),
+    ("a field whose type changed to an object", line(price={"amount": 12.5, "currency": "EUR"}),
+     "invalid_price"),
+    ("a renamed field", line(event_time=..., eventTime="2026-11-02T10:00:00Z"), "missing_event_time"),
+]
+
+
+@pytest.mark.parametrize(("change", "raw", "reason"), DRIFT, ids=[d[0] for d in DRIFT])
+def test_schema_drift_is_kept_or_quarantined_with_its_reason(spark, change, raw, reason):
+    parsed = bronze(spark, raw).transform(parse)
+    assert [r.reason for r in parsed.collect()] == [reason], change
+    if reason is None:  # the event is kept; the new field stays in bronze's raw line only
+        assert [r.event_id for r in parsed.transform(valid_events).collect()] == ["e1"]
