@@ -1,0 +1,83 @@
+"""Exactly-once through SIGKILLs: ``funnelhouse run`` as its own process, killed (-9, the
+whole process group: Python and its JVM) at random moments while micro-batches are under way,
+then restarted, at least five times; the run that is finally left alone finishes. Every
+table then equals the tables of the uninterrupted run on the same input with the same
+batching (the session's sample lake): no row missing, none doubled, no notice recorded twice.
+
+The kill moments: after a query plans a new micro-batch (a new offset file in a checkpoint),
+a random 0-2.5 s later, so the kills land in a ``foreachBatch`` body (parsing, the gold
+processors), in a Delta commit, or in the state and checkpoint writes around them. The seed
+is printed; ``FUNNELHOUSE_CRASH_SEED=<seed> pytest tests/test_crash.py`` replays the same
+delays (the moments move a little with the machine's speed).
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import assert_same_rows, copy_sample, read
+
+from pipelines import tables as T
+from pipelines.config import REPO_ROOT
+
+KILLS = 5
+# Columns that say when or from which path a row was written, not what it holds.
+WHEN = ("created_at", "ingest_time", "quarantine_time", "source_file", "ingest_date", "validated_at",
+        "sent_at", "scored_at")
+
+
+def _offsets(lake: Path) -> int:
+    """Micro-batches planned so far, over every query (offset files in the checkpoints)."""
+    return sum(1 for f in (lake / "_checkpoints").glob("**/offsets/*") if f.name.isdigit())
+
+
+@pytest.mark.slow  # six processes, each starting a JVM
+def test_sigkill_at_random_moments_loses_and_doubles_nothing(spark, sample_lake, tmp_path):
+    seed = int(os.environ.get("FUNNELHOUSE_CRASH_SEED", random.SystemRandom().randrange(10**6)))
+    print(f"crash seed: {seed} (FUNNELHOUSE_CRASH_SEED={seed} replays these delays)")
+    rng = random.Random(seed)
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    copy_sample(landing)
+    conf = tmp_path / "crash.yaml"  # the sample lake's batching, two files per micro-batch
+    conf.write_text("stream:\n  max_files_per_trigger: 2\nspark:\n  jvm_options: -XX:TieredStopAtLevel=1\n")
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--available-now", "--config", str(conf),
+               "--input", str(landing), "--lake", str(lake)]
+    kills, finished, log = [], False, tmp_path / "runs.log"
+    with log.open("w") as out:
+        while not finished:
+            proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            if len(kills) >= KILLS:  # enough: this run is left to finish
+                assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+                finished = True
+                break
+            planned = _offsets(lake) if lake.exists() else 0
+            while proc.poll() is None and (not lake.exists() or _offsets(lake) <= planned):
+                time.sleep(0.05)
+            if proc.poll() is not None:  # it finished before planning more: nothing left to do
+                assert proc.returncode == 0, log.read_text()[-3000:]
+                finished = True
+                break
+            delay = rng.uniform(0, 2.5)
+            time.sleep(delay)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=60)
+                kills.append(round(delay, 2))
+    print(f"killed {len(kills)} times, {kills} s after a micro-batch was planned")
+    assert len(kills) >= KILLS, f"the work ended after {len(kills)} kills (seed {seed})"
+
+    crashed = sample_lake.model_copy(update={"lake": str(lake), "input": str(landing)})
+    for table in T.ALL:
+        keep = [c for c in table.columns if c not in WHEN]
+        got = read(spark, crashed, table.name).select(keep)
+        want = read(spark, sample_lake, table.name).select(keep)
+        assert want.count() > 0 or table in (T.ANOMALY_SCORES,), table.name
+        assert_same_rows(got, want, precision=1e-6)  # the same rows, each as often: none lost or doubled
+    notices = read(spark, crashed, T.NOTIFICATIONS.name)
+    assert notices.count() == notices.select("notification_id").distinct().count()
