@@ -48,6 +48,17 @@ def spark_for(s: Settings) -> Iterator[SparkSession]:
             spark.stop()
 
 
+def preflight(s: Settings) -> None:
+    """Exit 2 with one line per problem ``preflight.problems`` finds, before Spark starts."""
+    from pipelines.preflight import problems
+
+    found = problems(s)
+    for problem in found:
+        console.print(f"[red]{problem}[/red]", soft_wrap=True)
+    if found:
+        raise typer.Exit(2)
+
+
 def settings(config: Path | None, **overrides: object) -> Settings:
     try:
         return load_settings(config, overrides)
@@ -117,6 +128,7 @@ def run(
     s = settings(config, lake=lake, input=input, source=source)
     if master:
         s = s.model_copy(update={"spark": s.spark.model_copy(update={"master": master})})
+    preflight(s)
     notify_channels(s)  # a channel configured in part stops the job before Spark starts
     # The job's modules (Great Expectations among them: ~6 s of CPU) load while the JVM starts.
     # PySpark is imported here first, whole: its package imports itself in a cycle, and two
