@@ -155,7 +155,7 @@ def run(
                 console.print("streaming; Ctrl-C (SIGINT) or SIGTERM stops cleanly")
                 run_continuously(spark, s)
         except (StreamFailed, SchemaMismatch) as err:
-            console.print(f"[red]{err}[/red]")
+            console.print(f"[red]{err}[/red]", soft_wrap=True)
             raise typer.Exit(1) from None
 
 

@@ -3,7 +3,8 @@
 
 from pathlib import Path
 
-from helpers import free_port
+import pytest
+from helpers import free_port, lake_copy
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -51,3 +52,16 @@ def test_run_exits_2_with_one_line_and_writes_nothing(tmp_path):
     assert result.output.splitlines() == [
         f"cannot write the lake at {tmp_path / 'a-file' / 'lake'}: Not a directory",
         f"the landing folder {tmp_path / 'nowhere'} does not exist (create it, or pass --input)"]
+
+
+def test_a_corrupt_checkpoint_stops_the_run_with_one_line_naming_query_and_checkpoint(
+        spark, sample_lake, tmp_path):
+    from pipelines.jobs.run import StreamFailed, run_available_now
+
+    s = lake_copy(sample_lake, tmp_path)
+    Path(s.checkpoint("silver/events"), "metadata").write_text("garbage{")
+    with pytest.raises(StreamFailed) as failed:
+        run_available_now(spark, s)
+    assert str(failed.value).startswith(
+        f"query silver could not start (checkpoint {s.checkpoint('silver/events')}): JsonParseException: "
+        "Unrecognized token 'garbage'")

@@ -6,6 +6,7 @@ Started by ``funnelhouse run`` (``spark-submit ... pipelines/cli.py run --input 
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -16,7 +17,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.config import Settings
-from pipelines.streams import LAYERS
+from pipelines.streams import CHECKPOINTS, LAYERS
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,27 @@ def _cause(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def _start(name: str, spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
+    """Start query ``name``; a failure to start (an unreadable checkpoint, a source that is not
+    there) becomes one line naming the query and its checkpoint."""
+    try:
+        return LAYERS[name](spark, s, available_now)
+    except (RuntimeError, ValueError, OSError):  # ours, already one clear line (state layout, ...)
+        raise
+    except Exception as err:  # noqa: BLE001 - Py4J and Spark errors: one line, the cause kept
+        match = re.search(r"(?:^|[:\s])([\w.]*(?:Exception|Error)): (.+)", str(err), re.M)
+        cause = f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}" if match else _cause(err)
+        raise StreamFailed(f"query {name} could not start (checkpoint {s.checkpoint(CHECKPOINTS[name])}): "
+                           f"{cause.strip()}") from err
+
+
 def run_available_now(spark: SparkSession, s: Settings, layers: Iterable[str] = LAYERS) -> None:
     """Process everything pending, then return. Bronze and silver both read the source, so
     they run side by side; gold reads what silver wrote, so it starts when silver is done."""
     layers = list(layers)
     stages = [[n for n in layers if n != "gold"], [n for n in layers if n == "gold"]]
     for stage in filter(None, stages):
-        queries = {name: LAYERS[name](spark, s, True) for name in stage}
+        queries = {name: _start(name, spark, s, True) for name in stage}
         for name, query in queries.items():
             try:
                 query.awaitTermination()
@@ -66,7 +81,7 @@ def run_continuously(spark: SparkSession, s: Settings, layers: Iterable[str] = L
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
     spark.streams.resetTerminated()  # forget queries that ended before this run
-    queries = [LAYERS[name](spark, s, False) for name in layers]
+    queries = [_start(name, spark, s, False) for name in layers]
     try:
         while not stop.is_set():
             if spark.streams.awaitAnyTermination(timeout=1):
