@@ -49,6 +49,7 @@ def print_summary(s: Settings, console: Console) -> None:
         if DeltaTable.is_deltatable(path):
             counts.add_row(t.name, f"{row_count(path):,}")
     console.print(counts)
+    print_conservation(s, console)
 
     quarantine = _load(s, tables.SILVER_QUARANTINE)
     if quarantine is not None:
@@ -68,6 +69,43 @@ def print_summary(s: Settings, console: Console) -> None:
     print_report(s, console, quiet=True)
     print_fraud(s, console)
     print_notifications(s, console)
+
+
+_EVENT_ID = r'"event_id"\s*:\s*"([^"]*)"'
+
+
+def conservation(s: Settings) -> dict[str, int] | None:
+    """Every bronze line is a silver row, a quarantine row, or a removed redelivery of an event
+    kept once: the counts, with the redeliveries counted on their own (bronze lines whose
+    ``event_id`` is that of an event silver kept, or the quality suite dropped, beyond the
+    first) so that the sum checks something. None before the three tables exist."""
+    bronze, silver, quarantine = (_load(s, t) for t in (tables.BRONZE_EVENTS, tables.SILVER_EVENTS,
+                                                        tables.SILVER_QUARANTINE))
+    if bronze is None or silver is None or quarantine is None:
+        return None
+    [row] = _rows(f"""
+        WITH kept AS (SELECT event_id AS id FROM s
+                      UNION SELECT regexp_extract(raw, '{_EVENT_ID}', 1) FROM q
+                            WHERE reason LIKE 'expectation:%'),
+             lines AS (SELECT regexp_extract(raw, '{_EVENT_ID}', 1) AS id FROM b)
+        SELECT (SELECT count(*) FROM b) AS bronze, (SELECT count(*) FROM s) AS silver,
+               (SELECT count(*) FROM q) AS quarantine,
+               (SELECT count(*) FROM lines WHERE id IN (SELECT id FROM kept)) - (SELECT count(*) FROM kept)
+                   AS duplicates""",
+        b=bronze.select(["raw"]), s=silver.select(["event_id"]), q=quarantine.select(["raw", "reason"]))
+    return row
+
+
+def print_conservation(s: Settings, console: Console) -> None:
+    """bronze = silver + quarantine + removed redeliveries, and whether it holds."""
+    c = conservation(s)
+    if c is None:
+        return
+    off = c["bronze"] - c["silver"] - c["quarantine"] - c["duplicates"]
+    verdict = "holds" if off == 0 else f"[red]does not hold: {off:+,} lines unaccounted for[/red]"
+    console.print(f"conservation: bronze {c['bronze']:,} = silver {c['silver']:,} + quarantine "
+                  f"{c['quarantine']:,} + redeliveries removed {c['duplicates']:,}: {verdict}",
+                  soft_wrap=True)
 
 
 def print_notifications(s: Settings, console: Console, examples: int = 3) -> None:

@@ -43,6 +43,10 @@ def test_summary_counts_rows_and_quarantine_reasons(spark, sample_lake):
     for reason, n in TRUTH["malformed_by_reason"].items():
         assert re.search(rf"{reason}\s*│\s*{n}\s*│", result.output), reason
     assert "Funnel per campaign" in result.output
+    # Conservation, every term counted on its own and each the generator's number.
+    assert (f"conservation: bronze {TRUTH['lines']:,} = silver {TRUTH['valid_unique_events']:,} + quarantine "
+            f"{TRUTH['malformed_lines']:,} + redeliveries removed {TRUTH['duplicate_deliveries']:,}: holds"
+            ) in result.output
 
 
 def test_unknown_config_key_exits_2_naming_it(tmp_path: Path):
