@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+
+# A pytest-xdist worker's __main__ (execnet's) has no __file__; PySpark's connect module,
+# which Great Expectations imports, then takes the process for a doctest run and exits.
+_main = sys.modules["__main__"]
+if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+    _main.__file__ = "<pytest-xdist worker>"
 
 import pytest
 from helpers import Prometheus, copy_sample, free_port, wait_http
