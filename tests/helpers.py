@@ -106,3 +106,14 @@ def sample_addresses() -> set[str]:
             if isinstance(ip, str) and ip:
                 found.add(ip)
     return found
+
+
+# Columns that say when or from which path a row was written, not what it holds: left out
+# when two runs of the same input are compared.
+WHEN = ("created_at", "ingest_time", "quarantine_time", "source_file", "ingest_date", "validated_at",
+        "sent_at", "scored_at")
+
+
+def what_it_holds(table) -> list[str]:
+    """``table``'s columns without ``WHEN``."""
+    return [c for c in table.columns if c not in WHEN]

@@ -20,15 +20,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_same_rows, copy_sample, read
+from helpers import assert_same_rows, copy_sample, read, what_it_holds
 
 from pipelines import tables as T
 from pipelines.config import REPO_ROOT
 
 KILLS = 5
-# Columns that say when or from which path a row was written, not what it holds.
-WHEN = ("created_at", "ingest_time", "quarantine_time", "source_file", "ingest_date", "validated_at",
-        "sent_at", "scored_at")
 
 
 def _offsets(lake: Path) -> int:
@@ -74,7 +71,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(spark, sample_lake,
 
     crashed = sample_lake.model_copy(update={"lake": str(lake), "input": str(landing)})
     for table in T.ALL:
-        keep = [c for c in table.columns if c not in WHEN]
+        keep = what_it_holds(table)
         got = read(spark, crashed, table.name).select(keep)
         want = read(spark, sample_lake, table.name).select(keep)
         assert want.count() > 0 or table in (T.ANOMALY_SCORES,), table.name
