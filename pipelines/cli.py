@@ -128,8 +128,7 @@ def run(
     s = settings(config, lake=lake, input=input, source=source)
     if master:
         s = s.model_copy(update={"spark": s.spark.model_copy(update={"master": master})})
-    preflight(s)
-    notify_channels(s)  # a channel configured in part stops the job before Spark starts
+    preflight(s)  # a channel configured in part stops the job here too, before Spark starts
     # The job's modules (Great Expectations among them: ~6 s of CPU) load while the JVM starts.
     # PySpark is imported here first, whole: its package imports itself in a cycle, and two
     # threads importing it at once can each see the other's half-initialised module.

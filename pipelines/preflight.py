@@ -5,7 +5,8 @@ problem and a non-zero exit (never a JVM stack trace, never a half-written commi
 - the landing folder exists (the files source);
 - the Delta and Kafka jars are there (``make setup`` fetches them);
 - the Kafka brokers answer a TCP connect (the kafka source), within ``timeout`` seconds;
-- the lake's IP hashing key is available (``privacy.ip_salt``).
+- the lake's IP hashing key is available (``privacy.ip_salt``);
+- no alert channel is configured in part (``notify.channels``: the variable it lacks).
 
 What it cannot see before Spark runs (a corrupt checkpoint, a full disk mid-run) fails the
 query, and ``funnelhouse run`` reports it in one line too (``jobs/run.StreamFailed``).
@@ -18,6 +19,7 @@ import socket
 from pathlib import Path
 
 from pipelines.config import Settings
+from pipelines.notify.channels import ChannelConfigError, channels
 from pipelines.privacy import ip_salt
 
 
@@ -52,6 +54,10 @@ def problems(s: Settings, jars_dir: Path | None = None, timeout: float = 5.0) ->
                 why = getattr(err, "strerror", None) or err
                 found.append(f"Kafka broker {server.strip()} is unreachable: {why} (is it running? "
                              "`make kafka-up` starts a local one)")
+    try:
+        channels(s.notify)
+    except ChannelConfigError as err:
+        found.append(str(err))
     if not any(p.startswith("cannot write the lake") for p in found):
         try:
             ip_salt(s.lake)

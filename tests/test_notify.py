@@ -238,8 +238,12 @@ def test_a_channel_configured_in_part_is_a_clear_start_up_error(tmp_path, monkey
     result = CliRunner().invoke(app, ["notify", "--lake", str(tmp_path / "lake")])
     assert result.exit_code == 2
     assert "set FUNNELHOUSE_SMTP_FROM" in result.output
-    result = CliRunner().invoke(app, ["run", "--lake", str(tmp_path / "lake"), "--available-now"])
-    assert result.exit_code == 2 and "set FUNNELHOUSE_SMTP_FROM" in result.output
+    # The job reports it with every other preflight problem (here: no landing folder).
+    result = CliRunner().invoke(app, ["run", "--lake", str(tmp_path / "lake"), "--available-now",
+                                      "--input", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert "set FUNNELHOUSE_SMTP_FROM" in result.output
+    assert "the landing folder" in result.output
 
 
 @pytest.mark.slow
