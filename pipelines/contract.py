@@ -71,23 +71,30 @@ def _blank(c: Column) -> Column:
     return c.isNull() | (F.trim(c) == "")
 
 
-def rejection_reason(p: Column) -> Column:
+def typed_fields(p: Column) -> dict[str, Column]:
+    """The values of a parsed struct ``p`` that the rules and the silver row share, each
+    typed once: ``step``, ``event_time``, ``price`` and ``quantity``."""
+    return {"step": step_index(p["event_type"]), "event_time": parse_event_time(p["event_time"]),
+            "price": p["price"].try_cast("double"), "quantity": p["quantity"].try_cast("int")}
+
+
+def rejection_reason(p: Column, typed: dict[str, Column] | None = None) -> Column:
     """The first contract rule a parsed struct ``p`` (of ``RAW_EVENT_SCHEMA``) breaks, or null.
+    ``typed``: ``typed_fields(p)``, when the caller has them as columns already (computed once).
 
     Checked in order: JSON syntax, required fields, event type, time, its range, price,
     quantity and the product on commerce steps.
     """
+    typed = typed or typed_fields(p)
+    event_time, price, quantity = typed["event_time"], typed["price"], typed["quantity"]
     is_commerce = p["event_type"].isin(*COMMERCE_STEPS)
-    price = p["price"].try_cast("double")
-    quantity = p["quantity"].try_cast("int")
     checks: list[tuple[Column, str]] = [(p[CORRUPT].isNotNull() | p.isNull(), MALFORMED_JSON)]
     checks += [(_blank(p[f]), missing(f)) for f in REQUIRED_FIELDS]
     checks += [
-        (step_index(p["event_type"]).isNull(), UNKNOWN_EVENT_TYPE),
-        (parse_event_time(p["event_time"]).isNull(), INVALID_EVENT_TIME),
-        (~parse_event_time(p["event_time"]).between(F.lit(EARLIEST_EVENT_TIME).cast("timestamp"),
-                                                     F.lit(END_OF_EVENT_TIME).cast("timestamp")),
-         EVENT_TIME_OUT_OF_RANGE),
+        (typed["step"].isNull(), UNKNOWN_EVENT_TYPE),
+        (event_time.isNull(), INVALID_EVENT_TIME),
+        (~event_time.between(F.lit(EARLIEST_EVENT_TIME).cast("timestamp"),
+                             F.lit(END_OF_EVENT_TIME).cast("timestamp")), EVENT_TIME_OUT_OF_RANGE),
         (p["price"].isNotNull() & (price.isNull() | F.isnan(price) | (F.abs(price) == float("inf"))),
          INVALID_PRICE),
         (price < 0, NEGATIVE_PRICE),

@@ -23,6 +23,7 @@ from pipelines.common import Transform
 
 SCHEMA = "ip_first long, ip_last long, ip_country string, ip_region string"
 COLUMNS = ("ip_country", "ip_region")
+BLOCK_BITS = 16  # ``locate`` joins on the address's /16 block
 
 
 @dataclass(frozen=True)
@@ -61,23 +62,35 @@ def ip_locations(spark: SparkSession, path: str | Path) -> DataFrame:
     return spark.createDataFrame(rows, SCHEMA)
 
 
-def ipv4_number(ip: Column) -> Column:
-    """A dotted IPv4 address as its 32-bit number; null for anything else."""
-    parts = F.split(ip, r"\.")
-    octets = [parts.getItem(i).try_cast("int") for i in range(4)]
+def ipv4_number(ip: Column, octets: Column) -> Column:
+    """A dotted IPv4 address as its 32-bit number; null for anything else. ``octets``:
+    ``ipv4_octets(ip)``, as a column of its own (so the split runs once per row)."""
     shaped = ip.rlike(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$")
-    in_range = F.greatest(*octets) <= 255
-    number = sum((o.cast("long") * (256 ** (3 - i)) for i, o in enumerate(octets)), F.lit(0).cast("long"))
-    return F.when(shaped & in_range, number)
+    parts = [octets.getItem(i).cast("long") for i in range(4)]
+    number = parts[0] * 16777216 + parts[1] * 65536 + parts[2] * 256 + parts[3]
+    return F.when(shaped & (F.array_max(octets) <= 255), number)
+
+
+def ipv4_octets(ip: Column) -> Column:
+    """The dot-separated parts of ``ip`` as ints (null where one is not a number)."""
+    return F.split(ip, r"\.", 5).try_cast("array<int>")
 
 
 def locate(locations: DataFrame) -> Transform:
     """Events with ``ip`` -> the same events with ``ip_country`` and ``ip_region`` (grain
-    unchanged: networks do not overlap, so an address falls in at most one)."""
+    unchanged: networks do not overlap, so an address falls in at most one).
+
+    A range join alone is a nested loop (every event against every network). So both sides
+    also carry the /16 block of the address (a network: each block it spans), the join is
+    an equi-join on the block, and the range condition picks the network within it."""
     def _(events: DataFrame) -> DataFrame:
-        net = F.broadcast(locations).alias("net")
-        located = events.withColumn("_ip_number", ipv4_number(F.col("ip")))
-        joined = located.join(net, (F.col("_ip_number") >= F.col("net.ip_first"))
+        blocks = F.sequence(F.shiftright("ip_first", BLOCK_BITS), F.shiftright("ip_last", BLOCK_BITS))
+        net = F.broadcast(locations.withColumn("_net_block", F.explode(blocks))).alias("net")
+        located = events.withColumn("_ip_octets", ipv4_octets(F.col("ip"))).withColumn(
+            "_ip_number", ipv4_number(F.col("ip"), F.col("_ip_octets"))).withColumn(
+            "_ip_block", F.shiftright("_ip_number", BLOCK_BITS))
+        joined = located.join(net, (F.col("_ip_block") == F.col("net._net_block"))
+                              & (F.col("_ip_number") >= F.col("net.ip_first"))
                               & (F.col("_ip_number") <= F.col("net.ip_last")), "left")
-        return joined.drop("_ip_number", "ip_first", "ip_last")
+        return joined.drop("_ip_octets", "_ip_number", "_ip_block", "_net_block", "ip_first", "ip_last")
     return _

@@ -85,12 +85,13 @@ def ip_hash(ip: Column, key: bytes) -> Column:
 def ip_prefix(ip: Column) -> Column:
     """``a.b.c.0/24`` of an IPv4 address, ``g1:g2:g3::/48`` of an IPv6 one (groups as written,
     lower case, ``::`` expanded where it falls in the first three); null for anything else."""
-    v4 = F.concat_ws(".", *[F.regexp_extract(ip, _IPV4, i) for i in (1, 2, 3)], F.lit("0/24"))
+    octets = F.split(ip, r"\.", 4)
+    v4 = F.concat_ws(".", *[octets.getItem(i) for i in (0, 1, 2)], F.lit("0/24"))
     head = F.filter(F.split(F.substring_index(F.lower(ip), "::", 1), ":"), lambda g: g != "")
     groups = F.when(ip.contains("::"), F.concat(head, F.array(*[F.lit("0")] * 3))).otherwise(head)
     v6 = F.concat(F.concat_ws(":", F.slice(groups, 1, 3)), F.lit("::/48"))
     six_ok = ip.rlike(_IPV6) & (F.size(groups) >= 3)
-    octets_ok = F.greatest(*[F.regexp_extract(ip, _IPV4, i).try_cast("int") for i in (1, 2, 3, 4)]) <= 255
+    octets_ok = F.greatest(*[octets.getItem(i).try_cast("int") for i in range(4)]) <= 255
     return F.when(ip.rlike(_IPV4) & octets_ok, v4).when(six_ok, v6)
 
 

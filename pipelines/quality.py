@@ -19,13 +19,14 @@ Checks over a whole batch (uniqueness) can only warn or fail.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import reduce
 
 import great_expectations as gx
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -145,17 +146,29 @@ class Quality:
         of its own."""
         return [_unexpected(c).alias(c.name) for c in self.checks(now)]
 
-    def apply(self, df: DataFrame, commit: Commit, counts=None, now: datetime | None = None
-              ) -> tuple[DataFrame, DataFrame | None]:
-        """Judge ``df`` (cached by the caller) with the suite: record the results (once per
-        batch), and return the rows that go on and those a ``drop`` check rejects (with
-        ``_reason``), or None when none is rejected. Raises ``QualityFailure`` on a failed
-        ``fail`` check, before anything else is written. ``counts``: a row holding ``_rows``
-        and the ``counts(now)`` aggregates, when the caller computed them already."""
-        now = now or datetime.now(UTC)
+    def breaks(self, now: datetime) -> dict[str, Column]:
+        """Per check with a row rule: a predicate named after it, true where a row breaks it.
+        A caller that collects its batch adds them as columns, and ``count_arrow`` and
+        ``drop_reason`` read them there: checking costs no Spark pass of its own."""
+        rules = {c.name: row_rule(c.expectation) for c in self.checks(now)}
+        return {name: ~rule for name, rule in rules.items() if rule is not None}
+
+    def count_arrow(self, rows: pa.Table, now: datetime) -> dict[str, int]:
+        """``counts(now)`` over collected rows that carry the ``breaks(now)`` columns."""
+        out = {"_rows": rows.num_rows}
+        for c in self.checks(now):
+            if c.name in rows.column_names:
+                out[c.name] = pc.sum(rows[c.name]).as_py() or 0
+            else:  # ExpectColumnValuesToBeUnique: non-null values beyond the first of each
+                values = rows[c.expectation.column]
+                out[c.name] = pc.count(values).as_py() - pc.count_distinct(values).as_py()
+        return out
+
+    def judge(self, counts: Mapping[str, int], commit: Commit, now: datetime) -> list[str]:
+        """Record a batch's ``counts`` (once per batch), raise ``QualityFailure`` on a failed
+        ``fail`` check before anything else is written, warn on the others; the names of the
+        failed ``drop`` checks with a row rule, in the suite's order."""
         checks = self.checks(now)
-        if counts is None:
-            counts = df.agg(F.count(F.lit(1)).alias("_rows"), *self.counts(now)).first()
         if counts["_rows"]:
             self._record(checks, counts, commit, now)
         failed = [c for c in checks if counts[c.name]]
@@ -165,7 +178,20 @@ class Quality:
             if c.policy == "fail":
                 raise QualityFailure(message)
             log.warning("%s (%s)", message, c.policy)
-        drops = [c for c in failed if c.policy == "drop" and row_rule(c.expectation) is not None]
+        return [c.name for c in failed if c.policy == "drop" and row_rule(c.expectation) is not None]
+
+    def apply(self, df: DataFrame, commit: Commit, counts=None, now: datetime | None = None
+              ) -> tuple[DataFrame, DataFrame | None]:
+        """Judge ``df`` (cached by the caller) with the suite (``judge``), and return the rows
+        that go on and those a ``drop`` check rejects (with ``_reason``), or None when none
+        is rejected. ``counts``: a row holding ``_rows`` and the ``counts(now)`` aggregates,
+        when the caller computed them already."""
+        now = now or datetime.now(UTC)
+        checks = self.checks(now)
+        if counts is None:
+            counts = df.agg(F.count(F.lit(1)).alias("_rows"), *self.counts(now)).first()
+        names = self.judge(counts, commit, now)
+        drops = [c for c in checks if c.name in names]
         if not drops:
             return df, None
         reason = F.lit(None).cast("string")
@@ -186,6 +212,15 @@ class Quality:
             for c in checks:
                 if counts[c.name]:
                     metrics.QUALITY_FAILED.labels(self.suite, c.name).inc()
+
+
+def drop_reason(rows: pa.Table, drops: list[str]) -> pa.Array:
+    """Per collected row (with the ``breaks`` columns): ``expectation:<name>`` of the first
+    of the ``drops`` checks it breaks, null when it breaks none."""
+    reason = pa.nulls(rows.num_rows, pa.string())
+    for name in reversed(drops):
+        reason = pc.if_else(pc.fill_null(rows[name], False), f"expectation:{name}", reason)
+    return reason
 
 
 def dropped_to_quarantine(dropped: DataFrame) -> DataFrame:

@@ -17,9 +17,13 @@ BASE_CONF: dict[str, str] = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
     "spark.sql.session.timeZone": "UTC",
+    # -XX:-DontCompileHugeMethods: HotSpot never JIT-compiles a method over 8,000 bytes of
+    # bytecode, and whole-stage codegen of silver's projection (parse, contract checks, IP
+    # location and hash) makes one; interpreted, it cost 14 s per 1M events (docs/performance.md).
     "spark.driver.extraJavaOptions":
-        f"-Duser.timezone=UTC -Dlog4j2.configurationFile={REPO_ROOT / 'conf' / 'log4j2.properties'}",
-    "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        f"-Duser.timezone=UTC -XX:-DontCompileHugeMethods "
+        f"-Dlog4j2.configurationFile={REPO_ROOT / 'conf' / 'log4j2.properties'}",
+    "spark.executor.extraJavaOptions": "-Duser.timezone=UTC -XX:-DontCompileHugeMethods",
     "spark.sql.streaming.stateStore.providerClass":
         "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
     "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",

@@ -1,7 +1,9 @@
 """Silver: parse with an explicit schema, validate against the contract, split the rejects.
 
 One chain serves the stream and the backfill: ``parse -> valid_events -> dedupe ->
-to_silver`` (``to_silver`` is ``mark_late -> locate -> pseudonymize -> conform``: ``locate``
+to_silver`` (``to_silver`` is ``enrich`` = ``mark_late -> locate -> pseudonymize``, then
+conform; the stream's ``silver_and_quarantine`` runs ``enrich`` over valid and rejected rows
+at once, so a micro-batch is one Spark pass). ``locate``
 is the IP -> location join of ``geo.py``, ``pseudonymize`` replaces the raw IP with its keyed
 hash and network, ``privacy.py``; the raw IP stays in bronze). Deduplication is the one step with two
 forms: ``dedupe`` over a whole batch, and ``dedupe_stream`` with state in the streaming query,
@@ -13,6 +15,7 @@ read silver) never drop a row silver kept as on time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from pyspark.sql import Column, DataFrame
@@ -32,36 +35,41 @@ def parse(df: DataFrame) -> DataFrame:
     """Bronze rows -> every row typed as ``silver/events`` types it, plus ``reason`` (the first
     contract rule it breaks; null when valid) and the source columns the quarantine keeps.
 
-    One projection: the line is parsed once and each typed value serves both the row and its
-    checks (Spark computes the shared expressions once). ``raw`` is kept only for rejected
-    rows; a valid row's text is in bronze. Grain: unchanged.
+    The line is parsed once, and each typed value (``contract.typed_fields``) is computed
+    once, in a projection of its own, and serves both the row and its checks. ``raw`` is
+    kept only for rejected rows; a valid row's text is in bronze. Grain: unchanged.
     """
     require_columns(df, *BRONZE_EVENTS.columns)
     p = F.col("p")
-    event_time = C.parse_event_time(p["event_time"])
-    typed: dict[str, Column] = {
+    text = F.when(F.startswith("raw", F.lit("\ufeff")), F.substr("raw", F.lit(2)))  # a byte-order mark
+    parsed = df.withColumn("p", F.from_json(F.coalesce(text, "raw"), C.RAW_EVENT_SCHEMA, _JSON_OPTIONS))
+    # The values both the checks and the row need, typed once (a projection of their own:
+    # Spark would otherwise evaluate each again inside every CASE branch that uses it).
+    typed = C.typed_fields(p)
+    parsed = parsed.select("*", *[v.alias(f"_{k}") for k, v in typed.items()])
+    typed = {k: F.col(f"_{k}") for k in typed}
+    event_time = typed["event_time"]
+    columns: dict[str, Column] = {
         "event_id": p["event_id"],
         "event_type": p["event_type"],
-        "step": C.step_index(p["event_type"]),
+        "step": typed["step"],
         "event_time": event_time,
         "user_id": p["user_id"],
         "tracking_id": p["tracking_id"],
         "campaign_id": _null_if_blank(p["campaign_id"]),
         "ad_id": _null_if_blank(p["ad_id"]),
         "product_id": _null_if_blank(p["product_id"]),
-        "price": p["price"].try_cast("double"),
-        "quantity": p["quantity"].try_cast("int"),
+        "price": typed["price"],
+        "quantity": typed["quantity"],
         "ip": p["ip"],
         "user_agent": p["user_agent"],
         "event_date": F.to_date(event_time),
         "ingest_time": F.col("ingest_time"),
         "late": F.lit(False),
     }
-    reason = C.rejection_reason(p)
+    reason = C.rejection_reason(p, typed)
     keep = ["source_file", "kafka_topic", "kafka_partition", "kafka_offset"]
-    text = F.regexp_replace("raw", "^\ufeff", "")  # a byte-order mark opening the line (bronze keeps it)
-    parsed = df.withColumn("p", F.from_json(text, C.RAW_EVENT_SCHEMA, _JSON_OPTIONS))
-    return parsed.select(*[v.alias(k) for k, v in typed.items()], reason.alias("reason"),
+    return parsed.select(*[v.alias(k) for k, v in columns.items()], reason.alias("reason"),
                          F.when(reason.isNotNull(), redact(F.col("raw"))).alias("raw"), *keep)
 
 
@@ -78,11 +86,12 @@ def valid_events(df: DataFrame) -> DataFrame:
 
 def quarantined(df: DataFrame) -> DataFrame:
     """Parsed rows with a reason, as ``silver/quarantine``: the raw text and why it failed."""
-    now = F.current_timestamp()
-    out = (df.where(F.col("reason").isNotNull())
-             .withColumn("quarantine_time", now)
-             .withColumn("ingest_date", F.to_date("ingest_time")))
-    return out.transform(conform(SILVER_QUARANTINE))
+    return df.where(F.col("reason").isNotNull()).withColumns(_stamped()).transform(conform(SILVER_QUARANTINE))
+
+
+def _stamped() -> dict[str, Column]:
+    """The quarantine's own columns: when a row was quarantined, and its partition."""
+    return {"quarantine_time": F.current_timestamp(), "ingest_date": F.to_date("ingest_time")}
 
 
 def dedupe(df: DataFrame) -> DataFrame:
@@ -125,12 +134,34 @@ def mark_late(watermark: datetime | None) -> Transform:
     return _
 
 
-def to_silver(watermark: datetime | None, locations: DataFrame, ip_key: bytes) -> Transform:
-    """Valid, deduplicated events -> ``silver/events`` rows: ``mark_late`` -> ``locate``
-    (``locations``: ``geo.ip_locations``) -> ``pseudonymize`` (``ip_key``:
-    ``privacy.ip_salt``) -> conform."""
+def enrich(watermark: datetime | None, locations: DataFrame, ip_key: bytes) -> Transform:
+    """``mark_late`` -> ``locate`` (``locations``: ``geo.ip_locations``) -> ``pseudonymize``
+    (``ip_key``: ``privacy.ip_salt``). Grain: unchanged."""
     return lambda events: (events.transform(mark_late(watermark)).transform(locate(locations))
-                           .transform(pseudonymize(ip_key)).transform(conform(SILVER_EVENTS)))
+                           .transform(pseudonymize(ip_key)))
+
+
+def to_silver(watermark: datetime | None, locations: DataFrame, ip_key: bytes) -> Transform:
+    """Valid, deduplicated events -> ``silver/events`` rows: ``enrich``, then conform."""
+    return lambda events: (events.transform(enrich(watermark, locations, ip_key))
+                           .transform(conform(SILVER_EVENTS)))
+
+
+def silver_and_quarantine(watermark: datetime | None, locations: DataFrame, ip_key: bytes,
+                          breaks: Mapping[str, Column] | None = None) -> Transform:
+    """Parsed, deduplicated rows, valid and rejected -> one frame holding the columns of
+    both ``silver/events`` and ``silver/quarantine`` (``to_silver`` and ``quarantined`` of the
+    same rows), so the stream computes a micro-batch in one pass and splits it on ``reason``
+    (null: silver; else: the quarantine). ``breaks``: named predicates over silver's columns
+    (``Quality.breaks``); each becomes a column of that name, true where a valid row breaks it.
+    """
+    def _(parsed: DataFrame) -> DataFrame:
+        rows = parsed.transform(enrich(watermark, locations, ip_key)).withColumns(_stamped())
+        columns = {f.name: f.dataType for t in (SILVER_EVENTS, SILVER_QUARANTINE) for f in t.schema.fields}
+        out = rows.select(*[F.col(name).cast(kind) for name, kind in columns.items()])
+        valid = F.col("reason").isNull()
+        return out.withColumns({name: F.when(valid, rule) for name, rule in (breaks or {}).items()})
+    return _
 
 
 def _null_if_blank(c: Column) -> Column:

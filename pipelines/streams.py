@@ -53,8 +53,8 @@ from pipelines.notify.channels import channels
 from pipelines.notify.messages import SOURCE_TABLE
 from pipelines.notify.outbox import open_outbox, record_rows
 from pipelines.privacy import ip_salt
-from pipelines.quality import Quality, dropped_to_quarantine
-from pipelines.silver import dedupe_stream, event_watermark, parse, quarantined, to_silver, valid_events
+from pipelines.quality import Quality, drop_reason, dropped_to_quarantine
+from pipelines.silver import dedupe_stream, event_watermark, parse, silver_and_quarantine
 from pipelines.stateful import fraud, offers, sessions
 from pipelines.stateful.gold import Held, Processor, StateFiles, advance
 from pipelines.steps import STEPS
@@ -146,42 +146,51 @@ class SilverBatch(Handler):
         return self._latest
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        spark, app, now = batch.sparkSession, self.app_id(), datetime.now(UTC)
-        watermark = event_watermark(self.latest(spark), self.s.stream.watermark_delay)
-        parsed = batch.persist()
-        try:
-            events = parsed.transform(valid_events).transform(
-                to_silver(watermark, self.locations, self.ip_key))
-            rejected = parsed.transform(quarantined)
-            checks = self.quality.counts(now) if self.quality else []
-            stats = events.agg(F.count(F.lit(1)).alias("_rows"), F.count_if("late").alias("_late"),
-                               F.max(F.when(~F.col("late"), F.col("event_time"))).alias("_latest"),
-                               *checks).first()
-            commit = Commit(app, batch_id, self.ledger)
-            latest = stats["_latest"]
-            if self.quality is not None:  # the GX suite; may raise QualityFailure ("fail" policy)
-                events, dropped = self.quality.apply(events, commit, stats, now)
-                if dropped is not None:
-                    rejected = rejected.unionByName(dropped_to_quarantine(dropped))
-                    # What a dropped row (say, an hour ahead of the clock) must not do: move the
-                    # watermark. Rare, so the newest kept time is a second pass only then.
-                    latest = events.where(~F.col("late")).agg(F.max("event_time")).first()[0]
-            if stats["_rows"]:
-                self._append_events(to_arrow(events, T.SILVER_EVENTS), commit, latest)
-            quarantine = to_arrow(rejected, T.SILVER_QUARANTINE)
-            if commit.append(quarantine, self.quarantine, T.SILVER_QUARANTINE):
-                metrics.ROWS.labels(T.SILVER_QUARANTINE.name).inc(quarantine.num_rows)
-                for reason, n in _counts(quarantine, "reason").items():
-                    metrics.QUARANTINED.labels(reason).inc(n)
-            metrics.LATE.inc(stats["_late"])
-            metrics.set_watermark("silver", watermark)
-            if stats["_late"]:
-                log.info("silver batch %d: %d events at or behind the watermark %s", batch_id,
-                         stats["_late"], watermark)
-        finally:
-            parsed.unpersist()
+        app, now = self.app_id(), datetime.now(UTC)
+        watermark = event_watermark(self.latest(batch.sparkSession), self.s.stream.watermark_delay)
+        breaks = self.quality.breaks(now) if self.quality else {}
+        # One Spark pass: parse, dedupe, enrich and the quality predicates, collected as Arrow;
+        # the split, the counts and the checks run on the collected batch.
+        split = silver_and_quarantine(watermark, self.locations, self.ip_key, breaks)
+        rows = batch.transform(split).toArrow()
+        valid = pc.is_null(rows["reason"])
+        events = rows.filter(valid)
+        rejected = rows.filter(pc.invert(valid)).select(T.SILVER_QUARANTINE.columns)
+        commit = Commit(app, batch_id, self.ledger)
+        if self.quality is not None:  # the GX suite; may raise QualityFailure ("fail" policy)
+            drops = self.quality.judge(self.quality.count_arrow(events, now), commit, now)
+            if drops:
+                reason = drop_reason(events, drops)
+                rejected = pa.concat_tables([rejected.cast(arrow_schema(T.SILVER_QUARANTINE)),
+                                             self._dropped(batch.sparkSession, events, reason)])
+                events = events.filter(pc.is_null(reason))
+        late = pc.sum(events["late"]).as_py() or 0
+        on_time = events["event_time"].filter(pc.invert(events["late"]))
+        latest = pc.max(on_time).as_py() if len(on_time) else None
+        self._append_events(events.select(T.SILVER_EVENTS.columns), commit,
+                            latest.replace(tzinfo=None) if latest else None)
+        quarantine = rejected.select(T.SILVER_QUARANTINE.columns)
+        if commit.append(quarantine, self.quarantine, T.SILVER_QUARANTINE):
+            metrics.ROWS.labels(T.SILVER_QUARANTINE.name).inc(quarantine.num_rows)
+            for reason, n in _counts(quarantine, "reason").items():
+                metrics.QUARANTINED.labels(reason).inc(n)
+        metrics.LATE.inc(late)
+        metrics.set_watermark("silver", watermark)
+        if late:
+            log.info("silver batch %d: %d events at or behind the watermark %s", batch_id, late, watermark)
+
+    @staticmethod
+    def _dropped(spark: SparkSession, events: pa.Table, reason: pa.Array) -> pa.Table:
+        """The events a ``drop`` check rejected, as quarantine rows (``dropped_to_quarantine``:
+        rare, so a second, small Spark job)."""
+        kept = pc.is_valid(reason)
+        dropped = events.select(T.SILVER_EVENTS.columns).filter(kept)
+        dropped = dropped.append_column("_reason", reason.filter(kept))
+        return to_arrow(dropped_to_quarantine(spark.createDataFrame(dropped)), T.SILVER_QUARANTINE)
 
     def _append_events(self, events: pa.Table, commit: Commit, latest: datetime | None) -> None:
+        if events.num_rows == 0:
+            return
         if commit.append(events, self.events, T.SILVER_EVENTS):
             metrics.ROWS.labels(T.SILVER_EVENTS.name).inc(events.num_rows)
             if latest is not None and (self._latest is None or latest > self._latest):

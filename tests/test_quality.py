@@ -156,6 +156,9 @@ def test_one_pass_counts_what_great_expectations_counts(spark, violating, unchec
     counts = silver.agg(*ours.counts(now)).first().asDict()
     assert counts["price_in_range"] == counts["quantity_in_range"] == 4  # the injected ones
     assert counts["event_id_unique"] == 3
+    # The stream's path: the same rules as columns of the collected batch, counted in Arrow.
+    collected = silver.select("*", *[rule.alias(name) for name, rule in ours.breaks(now).items()]).toArrow()
+    assert ours.count_arrow(collected, now) == {"_rows": silver.count(), **counts}
 
     context = gx.get_context(mode="ephemeral")
     batch = (context.data_sources.add_spark("s").add_dataframe_asset("silver")
