@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -37,7 +39,7 @@ def profile_deltas(sessions: pd.DataFrame, flags: pd.DataFrame | None) -> pd.Dat
         "purchases": sessions["purchases"].to_numpy(np.int64),
         "revenue": sessions["revenue"].to_numpy(np.float64),
         "fraud_flags": np.zeros(len(sessions), np.int64),
-        "countries": _lists(sessions["countries"])})
+        "countries": list(sessions["countries"])})
     parts = [per_session]
     if flags is not None and len(flags):
         on_users = flags[flags["entity_type"] == "user"]
@@ -60,30 +62,46 @@ def profile_deltas(sessions: pd.DataFrame, flags: pd.DataFrame | None) -> pd.Dat
 def ip_deltas(sessions: pd.DataFrame) -> pd.DataFrame:
     """Closed ``gold/session_funnel`` rows -> one row per IP hash they used (``IP_PROFILE``
     columns): sessions, the first start, the last end, and the users."""
-    per_ip = pd.DataFrame({"user_id": sessions["user_id"].to_numpy(object),
-                           "first_seen": pd.to_datetime(sessions["session_start"]).to_numpy(),
-                           "last_seen": pd.to_datetime(sessions["session_end"]).to_numpy(),
-                           "ip_hash": _lists(sessions["ip_hashes"])})
-    per_ip = per_ip.explode("ip_hash").dropna(subset="ip_hash")
+    hashes = _list_array(sessions["ip_hashes"])
+    at = pc.list_parent_indices(hashes).to_numpy()  # the session of each (session, hash) pair
+    per_ip = pd.DataFrame({"ip_hash": pc.list_flatten(hashes).to_numpy(zero_copy_only=False),
+                           "user_id": sessions["user_id"].to_numpy(object)[at],
+                           "first_seen": pd.to_datetime(sessions["session_start"]).to_numpy()[at],
+                           "last_seen": pd.to_datetime(sessions["session_end"]).to_numpy()[at]})
+    per_ip = per_ip.dropna(subset="ip_hash")
     if per_ip.empty:
         return pd.DataFrame(columns=IP_PROFILE.columns)
     out = per_ip.groupby("ip_hash", sort=True).agg(
         first_seen=("first_seen", "min"), last_seen=("last_seen", "max"), sessions=("user_id", "size"))
-    users = per_ip[["ip_hash", "user_id"]].drop_duplicates().sort_values(["ip_hash", "user_id"])
-    out["users"] = users.groupby("ip_hash", sort=True)["user_id"].agg(list)
+    out["users"] = _distinct_sorted(per_ip["ip_hash"], per_ip["user_id"])
     return out.reset_index()[IP_PROFILE.columns]
 
 
-def _lists(column: pd.Series) -> list[list]:
-    return [list(v) if v is not None else [] for v in column]
+def _list_array(column: pd.Series) -> pa.ListArray:
+    """A column of string lists (lists, arrays or None) as Arrow."""
+    return pa.array(list(column), pa.list_(pa.string()))
 
 
 def _sets(keys: pd.Series, lists: pd.Series) -> pd.Series:
-    """Per key, the sorted distinct values of its rows' lists."""
-    pairs = pd.DataFrame({"k": keys.to_numpy(object), "v": list(lists)}).explode("v").dropna()
-    pairs = pairs.drop_duplicates().sort_values(["k", "v"])
-    out = pairs.groupby("k", sort=True)["v"].agg(list)
-    return out.reindex(pd.unique(keys.to_numpy(object))).map(lambda v: v if isinstance(v, list) else [])
+    """Per key (in order of first appearance), the sorted distinct values of its rows' lists."""
+    values = _list_array(lists)
+    at = pc.list_parent_indices(values).to_numpy()
+    keys = keys.to_numpy(object)
+    flat = pc.list_flatten(values).to_numpy(zero_copy_only=False)
+    found = _distinct_sorted(pd.Series(keys[at]), pd.Series(flat))
+    return found.reindex(pd.unique(keys)).map(lambda v: v if isinstance(v, list) else [])
+
+
+def _distinct_sorted(keys: pd.Series, values: pd.Series) -> pd.Series:
+    """Per key (sorted), the sorted distinct non-null values paired with it, as a list:
+    grouped in Arrow (a pandas ``groupby(...).agg(list)`` is a Python call per key)."""
+    pairs = pa.table({"k": pa.array(keys.to_numpy(object), pa.string()),
+                      "v": pa.array(values.to_numpy(object), pa.string())})
+    pairs = pairs.filter(pc.is_valid(pairs["v"])).group_by(["k", "v"]).aggregate([])
+    pairs = pairs.sort_by([("k", "ascending"), ("v", "ascending")])
+    grouped = pairs.group_by("k", use_threads=False).aggregate([("v", "list")])  # keeps the order
+    return pd.Series(grouped["v_list"].to_pylist(), index=pd.Index(grouped["k"].to_pylist(), name="k"),
+                     dtype=object)
 
 
 def user_profiles(flags: DataFrame) -> Transform:
