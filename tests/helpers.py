@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from chispa import assert_approx_df_equality, assert_df_equality
@@ -117,3 +119,30 @@ WHEN = ("created_at", "ingest_time", "quarantine_time", "source_file", "ingest_d
 def what_it_holds(table) -> list[str]:
     """``table``'s columns without ``WHEN``."""
     return [c for c in table.columns if c not in WHEN]
+
+
+class Receiver:
+    """An HTTP server that records each POST (path, headers, JSON body); 503 while ``down``."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict, dict]] = []
+        self.down = False
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.posts.append((self.path, dict(self.headers), json.loads(body)))
+                self.send_response(503 if receiver.down else 200)
+                self.end_headers()
+                self.wfile.write(b"unavailable" if receiver.down else b"ok")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def bodies(self, path: str) -> list[dict]:
+        return [b for p, _, b in self.posts if p == path]

@@ -7,17 +7,15 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 from collections import Counter
 from datetime import date, datetime
 from email import message_from_bytes
 from email.policy import default as email_policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from aiosmtpd.controller import Controller
 from deltalake import DeltaTable
-from helpers import SAMPLE, copy_sample, free_port, lake_copy
+from helpers import SAMPLE, Receiver, copy_sample, free_port, lake_copy
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -28,33 +26,6 @@ from pipelines.notify.messages import email_message, notices, notification_id, s
 
 TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
 SECRET = "T000/B000/not-a-real-secret-9f8e7d"
-
-
-class Receiver:
-    """An HTTP server that records each POST (path, headers, JSON body); 503 while ``down``."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[str, dict, dict]] = []
-        self.down = False
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.posts.append((self.path, dict(self.headers), json.loads(body)))
-                self.send_response(503 if receiver.down else 200)
-                self.end_headers()
-                self.wfile.write(b"unavailable" if receiver.down else b"ok")
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def bodies(self, path: str) -> list[dict]:
-        return [b for p, _, b in self.posts if p == path]
 
 
 class Inbox:

@@ -9,6 +9,7 @@ from helpers import SAMPLE, copy_sample, read
 from pyspark.sql import functions as F
 
 from pipelines.jobs.run import run_available_now
+from pipelines.streams import CHECKPOINTS
 
 TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
 
@@ -70,3 +71,24 @@ def test_a_replayed_batch_writes_nothing_twice(spark, lake_settings):
     run_available_now(spark, s, ["silver"])
     assert read(spark, s, "silver/events").count() == TRUTH["valid_unique_events"]
     assert read(spark, s, "silver/quarantine").count() == TRUTH["malformed_lines"]
+
+
+@pytest.mark.slow
+def test_a_kill_while_the_first_offset_was_written_does_not_stop_the_restart(spark, lake_settings):
+    """What a SIGKILL left once (tests/test_crash.py, seed 5387): ``offsets/`` holding only the
+    temporary file of batch 0. Spark alone refuses to restart on it (the folder is not empty)."""
+    s = lake_settings
+    copy_sample(s.input, slice(0, 1))
+    run_available_now(spark, s, ["silver"])
+    first = read(spark, s, "silver/events").count()
+    checkpoint = Path(s.checkpoint(CHECKPOINTS["silver"]))
+    for done in (checkpoint / "commits").iterdir():  # batch 0 never finished...
+        done.unlink()
+    shutil.rmtree(checkpoint / "state", ignore_errors=True)
+    offsets = checkpoint / "offsets"  # ...and its offset file was still being written
+    (offsets / "0").rename(offsets / ".0.f633ce43-3921-4240-9974-3cd8d31de52f.tmp")
+    (offsets / ".0.crc").unlink(missing_ok=True)
+    (offsets / "..0.f633ce43-3921-4240-9974-3cd8d31de52f.tmp.crc").write_bytes(b"")
+    run_available_now(spark, s, ["silver"])
+    assert read(spark, s, "silver/events").count() == first  # batch 0 again: nothing doubled
+    assert (offsets / "0").exists() and not any(".tmp" in f.name for f in offsets.iterdir())

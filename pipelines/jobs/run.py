@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
@@ -40,9 +41,28 @@ def _cause(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def clear_unborn_offsets(checkpoint: Path) -> list[Path]:
+    """Remove what a kill while Spark wrote a query's first offset file left: ``offsets/``
+    holding only a temporary file (``.0.<uuid>.tmp`` and its ``.crc``) and no offset. Spark
+    then takes the query for a new one and refuses the folder as not empty
+    (``STATE_STORE_CHECKPOINT_LOCATION_NOT_EMPTY``). A temporary file was never an offset,
+    so nothing is lost; once a batch's offset exists, nothing is touched. Returns what went."""
+    offsets = checkpoint / "offsets"
+    if not offsets.is_dir() or any(f.name.isdigit() for f in offsets.iterdir()):
+        return []
+    leftovers = [f for f in offsets.iterdir() if f.name.startswith(".") and ".tmp" in f.name]
+    for f in leftovers:
+        f.unlink()
+    return leftovers
+
+
 def _start(name: str, spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
     """Start query ``name``; a failure to start (an unreadable checkpoint, a source that is not
     there) becomes one line naming the query and its checkpoint."""
+    checkpoint = s.checkpoint(CHECKPOINTS[name])
+    if "://" not in checkpoint and clear_unborn_offsets(Path(checkpoint)):
+        log.warning("%s: removed a half-written first offset file (the job was killed while "
+                    "writing it)", name)
     try:
         return LAYERS[name](spark, s, available_now)
     except (RuntimeError, ValueError, OSError):  # ours, already one clear line (state layout, ...)
