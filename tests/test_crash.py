@@ -12,8 +12,8 @@ exactly the notices the outbox holds as sent, each with one body, and nothing el
 
 The kill moments: after a query plans a new micro-batch (a new offset file in a checkpoint),
 a random 0-2.5 s later, so the kills land in a ``foreachBatch`` body (parsing, the gold
-processors), in a Delta commit, or in the state and checkpoint writes around them; and one
-kill right after the receiver gets a POST, so one lands in the middle of a delivery. The seed
+processors), in a Delta commit, or in the state and checkpoint writes around them; and the
+last kill right after the receiver gets a POST, so it lands in the middle of a delivery. The seed
 is printed; ``FUNNELHOUSE_CRASH_SEED=<seed> pytest tests/test_crash.py`` replays the same
 delays (the moments move a little with the machine's speed).
 """
@@ -33,7 +33,10 @@ from pipelines import tables as T
 from pipelines.config import REPO_ROOT
 
 KILLS = 5
-DURING_DELIVERY = 2  # the third kill lands right after a gold batch's first POST
+# The last kill lands right after the receiver gets a POST. Not an earlier one: in the sample
+# run gold delivers once, in its one micro-batch, after every other batch was planned, and
+# the random kills wait for a newly planned batch.
+DURING_DELIVERY = KILLS - 1
 
 
 def _offsets(lake: Path) -> int:
@@ -65,21 +68,21 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(spark, sample_lake,
                 assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
                 finished = True
                 break
-            planned = _offsets(lake) if lake.exists() else 0
-            posted = len(receiver.posts)
-            while proc.poll() is None and (not lake.exists() or _offsets(lake) <= planned):
-                time.sleep(0.05)
-            if proc.poll() is not None:  # it finished before planning more: nothing left to do
-                assert proc.returncode == 0, log.read_text()[-3000:]
-                finished = True
-                break
-            if len(kills) == DURING_DELIVERY:  # this kill waits for a POST: mid-delivery, for sure
+            if len(kills) == DURING_DELIVERY:  # the last kill waits for a POST: mid-delivery, for sure
+                posted = len(receiver.posts)
                 while proc.poll() is None and len(receiver.posts) == posted:
                     time.sleep(0.001)
                 delay = 0.0
             else:
+                planned = _offsets(lake) if lake.exists() else 0
+                while proc.poll() is None and (not lake.exists() or _offsets(lake) <= planned):
+                    time.sleep(0.05)
                 delay = rng.uniform(0, 2.5)
                 time.sleep(delay)
+            if proc.poll() is not None:  # it finished first: nothing left to do
+                assert proc.returncode == 0, log.read_text()[-3000:]
+                finished = True
+                break
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=60)
