@@ -5,7 +5,7 @@ Two sources feed one registry (``REGISTRY``):
 - **Per query**, from Spark: a ``StreamingQueryListener`` reads each micro-batch's progress
   (input and processed rows/s, batch duration, rows, state rows and memory, rows dropped by
   the watermark, the batch id). Labelled ``query`` (bronze, silver, gold).
-- **Per table and business**, from the ``foreachBatch`` bodies (``streams.py``), which know
+- **Per table and business**, from the ``foreachBatch`` bodies (``pipelines/streams/``), which know
   what Spark does not: rows committed per table, quarantine reasons, late events, the
   event-time watermark each layer keeps itself, sessions reaching each step and conversion in
   the newest funnel window, alerts, fraud flags, offers, reminders, notices by status, and

@@ -13,7 +13,7 @@ from pipelines.jobs.run import run_available_now
 from pipelines.privacy import hash_ip, ip_salt
 from pipelines.stateful.fraud import fraud_flags_batch
 from pipelines.stateful.gold import StateFiles
-from pipelines.streams import gold_processors
+from pipelines.streams.gold import gold_processors
 from pipelines.tables import SILVER_EVENTS, conform
 
 TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())

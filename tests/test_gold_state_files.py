@@ -10,7 +10,7 @@ from pipelines import tables as T
 from pipelines.config import load_settings
 from pipelines.io.delta_rs import arrow_schema
 from pipelines.stateful.gold import Held, StateFiles
-from pipelines.streams import gold_processors
+from pipelines.streams.gold import gold_processors
 
 
 @pytest.fixture

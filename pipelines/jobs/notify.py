@@ -1,6 +1,6 @@
 """The delivery job: ``funnelhouse notify`` (catch up) and ``funnelhouse notify retry``.
 
-The streaming job delivers each gold micro-batch's notices itself (``streams.GoldBatch``);
+The streaming job delivers each gold micro-batch's notices itself (``streams.gold.GoldBatch``);
 this job is for what it could not: notices of rows a backfill inserted, notices recorded
 while a channel was off, and (``retry``) notices that failed. No Spark: delta-rs reads the
 gold tables and the outbox.

@@ -1,23 +1,11 @@
-"""The streaming queries, one per layer: reader -> pure transforms -> writer.
-
-- ``bronze``: the source (landing files or Kafka) -> ``bronze/events``, every delivery.
-- ``silver``: the source -> parse -> dedupe (state) -> ``silver/events`` + ``silver/quarantine``.
-  It reads the source itself rather than bronze, so silver is one hop from arrival.
-- ``gold``: on-time ``silver/events`` -> the session, fraud and offer processors (state) ->
-  every gold table, each micro-batch's changes committed with delta-rs.
-
-Why this shape, with the measurements behind it: docs/performance.md. Each ``start_*``
-returns a started ``StreamingQuery``; with ``available_now`` it processes everything pending
-and stops, otherwise it runs on ``stream.trigger_interval``.
-"""
+"""``gold``: on-time ``silver/events`` -> the session, fraud and offer processors (state) ->
+every gold table, each micro-batch's changes committed with delta-rs."""
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from functools import reduce
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -25,16 +13,14 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
+from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.types import StructType
 
 from pipelines import metrics
 from pipelines import tables as T
 from pipelines.anomaly.features import with_history
 from pipelines.anomaly.model import Champion, score_rows
-from pipelines.bronze import to_bronze
-from pipelines.config import Settings, spark_interval
-from pipelines.geo import ip_locations
+from pipelines.config import Settings
 from pipelines.gold import apply
 from pipelines.gold.abandonment import product_count_deltas
 from pipelines.gold.build import alert_rows
@@ -44,166 +30,21 @@ from pipelines.gold.profiles import ip_deltas, profile_deltas
 from pipelines.gold.reminders import reminder_columns
 from pipelines.gold.retarget import to_offer_rows
 from pipelines.gold.sessions import typed_session_rows
-from pipelines.io import sinks, sources
+from pipelines.io import sources
 from pipelines.io.delta_rs import Commit, arrow_schema, from_pandas, max_stat, to_arrow
 from pipelines.io.delta_rs import read as delta_read
 from pipelines.io.lease import lease
-from pipelines.io.ledger import Ledger
 from pipelines.notify.channels import channels
 from pipelines.notify.messages import SOURCE_TABLE
 from pipelines.notify.outbox import open_outbox, record_rows
-from pipelines.privacy import ip_salt
-from pipelines.quality import Quality, drop_reason, dropped_to_quarantine
-from pipelines.silver import dedupe_stream, event_watermark, parse, silver_and_quarantine
+from pipelines.quality import Quality
+from pipelines.silver import event_watermark
 from pipelines.stateful import fraud, offers, sessions
 from pipelines.stateful.gold import Held, Processor, StateFiles, advance
 from pipelines.steps import STEPS
+from pipelines.streams.base import Handler, counts, writer
 
 log = logging.getLogger(__name__)
-
-# Each query's checkpoint, under <lake>/_checkpoints/.
-CHECKPOINTS = {"bronze": "bronze/events", "silver": "silver/events", "gold": "gold"}
-
-
-def query_id(checkpoint: Path) -> str:
-    """A streaming query's id: written in its checkpoint, the same across restarts."""
-    return json.loads((checkpoint / "metadata").read_text())["id"]
-
-
-def _source(spark: SparkSession, s: Settings) -> DataFrame:
-    if s.source == "kafka":
-        return sources.read_kafka(spark, s.kafka, streaming=True)
-    return sources.read_landing(spark, s.input, streaming=True,
-                                max_files_per_trigger=s.stream.max_files_per_trigger)
-
-
-def _writer(df: DataFrame, name: str, s: Settings, available_now: bool) -> DataStreamWriter:
-    """The writer of the query ``name``, with its checkpoint and trigger."""
-    return sinks.stream_writer(df, name, s.checkpoint(CHECKPOINTS[name]), available_now,
-                               spark_interval(s.stream.trigger_interval))
-
-
-class Handler:
-    """What a ``foreachBatch`` body knows: its query's checkpoint (for the app id, stable
-    across restarts) and the ledger of batches each table holds (rebuilt from the tables
-    after a restart)."""
-
-    def __init__(self, s: Settings, name: str):
-        self.s = s
-        self.checkpoint = Path(s.checkpoint(CHECKPOINTS[name]))
-        self.name = name
-        self.ledger = Ledger()
-
-    def app_id(self) -> str:
-        return f"{self.name}-{query_id(self.checkpoint)}"
-
-
-class BronzeBatch(Handler):
-    """Every delivered line, appended once per micro-batch."""
-
-    def __init__(self, spark: SparkSession, s: Settings):
-        super().__init__(s, "bronze")
-        self.path = T.ensure(spark, s.lake, T.BRONZE_EVENTS)
-
-    def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        rows = to_arrow(batch.transform(T.conform(T.BRONZE_EVENTS)), T.BRONZE_EVENTS)
-        if Commit(self.app_id(), batch_id, self.ledger).append(rows, self.path, T.BRONZE_EVENTS):
-            metrics.ROWS.labels(T.BRONZE_EVENTS.name).inc(rows.num_rows)
-
-
-def start_bronze(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
-    """Landing files (or Kafka) -> ``bronze/events``."""
-    rows = _source(spark, s).transform(to_bronze)
-    return _writer(rows, "bronze", s, available_now).foreachBatch(BronzeBatch(spark, s)).start()
-
-
-class SilverBatch(Handler):
-    """``foreachBatch`` body for parsed, deduplicated rows -> silver and the quarantine.
-
-    The watermark is ``event_watermark`` of the newest on-time event time in silver: read
-    from the table when the query starts, then advanced by each batch this process writes.
-    Events at or before it are kept with ``late`` set. Both appends are marked with the batch
-    (``io/ledger.py``), so a replayed batch adds nothing.
-    """
-
-    def __init__(self, spark: SparkSession, s: Settings):
-        super().__init__(s, "silver")
-        self.events = T.ensure(spark, s.lake, T.SILVER_EVENTS)
-        self.quarantine = T.ensure(spark, s.lake, T.SILVER_QUARANTINE)
-        T.ensure(spark, s.lake, T.QUALITY_RESULTS)
-        self.quality = Quality(s.lake, "silver_events", s.quality, "silver") if s.quality.enabled else None
-        self.locations = ip_locations(spark, s.geo.ip_locations)
-        self.ip_key = ip_salt(s.lake)
-        self._latest: datetime | None = None
-        self._known = False
-
-    def latest(self, spark: SparkSession) -> datetime | None:
-        """The newest on-time event time silver holds (after a (re)start: the files' statistics,
-        no scan; a late event is older than some on-time one, so the newest of all is on time)."""
-        if not self._known:
-            self._latest = max_stat(self.events, "event_time")
-            self._known = True
-        return self._latest
-
-    def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        app, now = self.app_id(), datetime.now(UTC)
-        watermark = event_watermark(self.latest(batch.sparkSession), self.s.stream.watermark_delay)
-        breaks = self.quality.breaks(now) if self.quality else {}
-        # One Spark pass: parse, dedupe, enrich and the quality predicates, collected as Arrow;
-        # the split, the counts and the checks run on the collected batch.
-        split = silver_and_quarantine(watermark, self.locations, self.ip_key, breaks)
-        rows = batch.transform(split).toArrow()
-        valid = pc.is_null(rows["reason"])
-        events = rows.filter(valid)
-        rejected = rows.filter(pc.invert(valid)).select(T.SILVER_QUARANTINE.columns)
-        commit = Commit(app, batch_id, self.ledger)
-        if self.quality is not None:  # the GX suite; may raise QualityFailure ("fail" policy)
-            drops = self.quality.judge(self.quality.count_arrow(events, now), commit, now)
-            if drops:
-                reason = drop_reason(events, drops)
-                rejected = pa.concat_tables([rejected.cast(arrow_schema(T.SILVER_QUARANTINE)),
-                                             self._dropped(batch.sparkSession, events, reason)])
-                events = events.filter(pc.is_null(reason))
-        late = pc.sum(events["late"]).as_py() or 0
-        on_time = events["event_time"].filter(pc.invert(events["late"]))
-        latest = pc.max(on_time).as_py() if len(on_time) else None
-        self._append_events(events.select(T.SILVER_EVENTS.columns), commit,
-                            latest.replace(tzinfo=None) if latest else None)
-        quarantine = rejected.select(T.SILVER_QUARANTINE.columns)
-        if commit.append(quarantine, self.quarantine, T.SILVER_QUARANTINE):
-            metrics.ROWS.labels(T.SILVER_QUARANTINE.name).inc(quarantine.num_rows)
-            for reason, n in _counts(quarantine, "reason").items():
-                metrics.QUARANTINED.labels(reason).inc(n)
-        metrics.LATE.inc(late)
-        metrics.set_watermark("silver", watermark)
-        if late:
-            log.info("silver batch %d: %d events at or behind the watermark %s", batch_id, late, watermark)
-
-    @staticmethod
-    def _dropped(spark: SparkSession, events: pa.Table, reason: pa.Array) -> pa.Table:
-        """The events a ``drop`` check rejected, as quarantine rows (``dropped_to_quarantine``:
-        rare, so a second, small Spark job)."""
-        kept = pc.is_valid(reason)
-        dropped = events.select(T.SILVER_EVENTS.columns).filter(kept)
-        dropped = dropped.append_column("_reason", reason.filter(kept))
-        return to_arrow(dropped_to_quarantine(spark.createDataFrame(dropped)), T.SILVER_QUARANTINE)
-
-    def _append_events(self, events: pa.Table, commit: Commit, latest: datetime | None) -> None:
-        if events.num_rows == 0:
-            return
-        if commit.append(events, self.events, T.SILVER_EVENTS):
-            metrics.ROWS.labels(T.SILVER_EVENTS.name).inc(events.num_rows)
-            if latest is not None and (self._latest is None or latest > self._latest):
-                self._latest = latest
-        else:
-            self._known = False  # a replay: the table knows better than this process
-
-
-def start_silver(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
-    """Landing files (or Kafka) -> parse -> dedupe -> ``silver/events`` and the quarantine."""
-    rows = (_source(spark, s).transform(to_bronze).transform(parse)
-            .transform(dedupe_stream(s.stream.watermark_delay)))
-    return _writer(rows, "silver", s, available_now).foreachBatch(SilverBatch(spark, s)).start()
 
 
 def gold_processors(s: Settings) -> list[Processor]:
@@ -314,7 +155,7 @@ class GoldBatch(Handler):
             for a in inserted[T.ALERTS.name].select(["rule", "campaign_id"]).to_pylist():
                 metrics.ALERTS.labels(a["rule"], a["campaign_id"]).inc()
         if T.FRAUD_FLAGS.name in inserted:
-            for rule, n in _counts(inserted[T.FRAUD_FLAGS.name], "rule").items():
+            for rule, n in counts(inserted[T.FRAUD_FLAGS.name], "rule").items():
                 metrics.FRAUD_FLAGS.labels(rule).inc(n)
         for table, counter in ((T.RETARGET_OFFERS, metrics.OFFERS), (T.CART_REMINDERS, metrics.REMINDERS)):
             if table.name in inserted:
@@ -449,10 +290,6 @@ def _stored(path: str, key: str, keys: pd.Series, columns: list[str]) -> pd.Data
     return table.filter(pc.is_in(table[key], value_set=wanted)).to_pandas()
 
 
-def _counts(rows: pa.Table, column: str) -> dict[str, int]:
-    return {c["values"]: c["counts"] for c in pc.value_counts(rows[column]).to_pylist()}
-
-
 def to_arrow_table(frame: pd.DataFrame, schema: StructType) -> pa.Table:
     """A processor's pandas output as Arrow typed by its Spark schema (naive times are UTC),
     so ``createDataFrame`` takes it without a row-by-row fallback."""
@@ -474,7 +311,4 @@ def start_gold(spark: SparkSession, s: Settings, available_now: bool) -> Streami
     ``maxFilesPerTrigger``), so a micro-batch never holds part of one silver commit."""
     path = T.ensure(spark, s.lake, T.SILVER_EVENTS)
     events = sources.read_table(spark, path, streaming=True)
-    return _writer(events, "gold", s, available_now).foreachBatch(GoldBatch(spark, s)).start()
-
-
-LAYERS = {"bronze": start_bronze, "silver": start_silver, "gold": start_gold}
+    return writer(events, "gold", s, available_now).foreachBatch(GoldBatch(spark, s)).start()

@@ -1,0 +1,56 @@
+"""What every streaming query shares: its checkpoint, its source, its writer, and the
+``foreachBatch`` handler base (the app id and the ledger)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.streaming import DataStreamWriter
+
+from pipelines.config import Settings, spark_interval
+from pipelines.io import sinks, sources
+from pipelines.io.ledger import Ledger
+
+# Each query's checkpoint, under <lake>/_checkpoints/.
+CHECKPOINTS = {"bronze": "bronze/events", "silver": "silver/events", "gold": "gold"}
+
+
+def query_id(checkpoint: Path) -> str:
+    """A streaming query's id: written in its checkpoint, the same across restarts."""
+    return json.loads((checkpoint / "metadata").read_text())["id"]
+
+
+def source(spark: SparkSession, s: Settings) -> DataFrame:
+    if s.source == "kafka":
+        return sources.read_kafka(spark, s.kafka, streaming=True)
+    return sources.read_landing(spark, s.input, streaming=True,
+                                max_files_per_trigger=s.stream.max_files_per_trigger)
+
+
+def writer(df: DataFrame, name: str, s: Settings, available_now: bool) -> DataStreamWriter:
+    """The writer of the query ``name``, with its checkpoint and trigger."""
+    return sinks.stream_writer(df, name, s.checkpoint(CHECKPOINTS[name]), available_now,
+                               spark_interval(s.stream.trigger_interval))
+
+
+class Handler:
+    """What a ``foreachBatch`` body knows: its query's checkpoint (for the app id, stable
+    across restarts) and the ledger of batches each table holds (rebuilt from the tables
+    after a restart)."""
+
+    def __init__(self, s: Settings, name: str):
+        self.s = s
+        self.checkpoint = Path(s.checkpoint(CHECKPOINTS[name]))
+        self.name = name
+        self.ledger = Ledger()
+
+    def app_id(self) -> str:
+        return f"{self.name}-{query_id(self.checkpoint)}"
+
+
+def counts(rows: pa.Table, column: str) -> dict[str, int]:
+    return {c["values"]: c["counts"] for c in pc.value_counts(rows[column]).to_pylist()}
