@@ -89,7 +89,11 @@ def _sets(keys: pd.Series, lists: pd.Series) -> pd.Series:
     keys = keys.to_numpy(object)
     flat = pc.list_flatten(values).to_numpy(zero_copy_only=False)
     found = _distinct_sorted(pd.Series(keys[at]), pd.Series(flat))
-    return found.reindex(pd.unique(keys)).map(lambda v: v if isinstance(v, list) else [])
+    out = found.reindex(pd.unique(keys))
+    empty = out.isna().to_numpy()  # keys whose lists were all empty
+    if empty.any():
+        out[empty] = pd.Series([[] for _ in range(int(empty.sum()))], index=out.index[empty], dtype=object)
+    return out
 
 
 def _distinct_sorted(keys: pd.Series, values: pd.Series) -> pd.Series:
