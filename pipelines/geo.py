@@ -16,9 +16,10 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipelines.addresses import ipv4_number, ipv4_octets
 from pipelines.common import Transform
 
 SCHEMA = "ip_first long, ip_last long, ip_country string, ip_region string"
@@ -62,20 +63,6 @@ def ip_locations(spark: SparkSession, path: str | Path) -> DataFrame:
     return spark.createDataFrame(rows, SCHEMA)
 
 
-def ipv4_number(ip: Column, octets: Column) -> Column:
-    """A dotted IPv4 address as its 32-bit number; null for anything else. ``octets``:
-    ``ipv4_octets(ip)``, as a column of its own (so the split runs once per row)."""
-    shaped = ip.rlike(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$")
-    parts = [octets.getItem(i).cast("long") for i in range(4)]
-    number = parts[0] * 16777216 + parts[1] * 65536 + parts[2] * 256 + parts[3]
-    return F.when(shaped & (F.array_max(octets) <= 255), number)
-
-
-def ipv4_octets(ip: Column) -> Column:
-    """The dot-separated parts of ``ip`` as ints (null where one is not a number)."""
-    return F.split(ip, r"\.", 5).try_cast("array<int>")
-
-
 def locate(locations: DataFrame) -> Transform:
     """Events with ``ip`` -> the same events with ``ip_country`` and ``ip_region`` (grain
     unchanged: networks do not overlap, so an address falls in at most one).
@@ -87,7 +74,7 @@ def locate(locations: DataFrame) -> Transform:
         blocks = F.sequence(F.shiftright("ip_first", BLOCK_BITS), F.shiftright("ip_last", BLOCK_BITS))
         net = F.broadcast(locations.withColumn("_net_block", F.explode(blocks))).alias("net")
         located = events.withColumn("_ip_octets", ipv4_octets(F.col("ip"))).withColumn(
-            "_ip_number", ipv4_number(F.col("ip"), F.col("_ip_octets"))).withColumn(
+            "_ip_number", ipv4_number(F.col("_ip_octets"))).withColumn(
             "_ip_block", F.shiftright("_ip_number", BLOCK_BITS))
         joined = located.join(net, (F.col("_ip_block") == F.col("net._net_block"))
                               & (F.col("_ip_number") >= F.col("net.ip_first"))

@@ -30,16 +30,15 @@ from pathlib import Path
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
+from pipelines.addresses import ANY_IPV4, IPV6, ipv4_octets
+
 PSEUDONYM = ("ip_hash", "ip_prefix")  # the silver columns that replace ``ip``
 SALT_VARIABLE = "FUNNELHOUSE_IP_SALT"
 SALT_FILE = "_secrets/ip_salt"
 HEX_CHARS = 32  # 128 bits of the HMAC: no collision among any realistic number of addresses
 _BLOCK = 64  # SHA-256's block size, in bytes
 
-_IPV4 = r"^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})$"
-_IPV6 = r"^[0-9A-Fa-f:]*:[0-9A-Fa-f:]*$"
-# What ``redact`` hides in text: dotted quads anywhere, and the value of an "ip" key.
-_ANY_IPV4 = r"(?<![0-9.])[0-9]{1,3}(\.[0-9]{1,3}){3}(?![0-9.])"
+# What ``redact`` hides in text: dotted quads anywhere (``ANY_IPV4``), and the value of an "ip" key.
 _IP_VALUE = r'("ip"\s*:\s*")[^"]*(")'
 REDACTED = "<ip>"
 
@@ -83,16 +82,16 @@ def ip_hash(ip: Column, key: bytes) -> Column:
 
 
 def ip_prefix(ip: Column) -> Column:
-    """``a.b.c.0/24`` of an IPv4 address, ``g1:g2:g3::/48`` of an IPv6 one (groups as written,
-    lower case, ``::`` expanded where it falls in the first three); null for anything else."""
-    octets = F.split(ip, r"\.", 4)
-    v4 = F.concat_ws(".", *[octets.getItem(i) for i in (0, 1, 2)], F.lit("0/24"))
+    """``a.b.c.0/24`` of an IPv4 address (its octets as numbers), ``g1:g2:g3::/48`` of an IPv6
+    one (groups as written, lower case, ``::`` expanded where it falls in the first three);
+    null for anything else."""
+    octets = ipv4_octets(ip)
+    v4 = F.concat_ws(".", *[octets.getItem(i).cast("string") for i in range(3)], F.lit("0/24"))
     head = F.filter(F.split(F.substring_index(F.lower(ip), "::", 1), ":"), lambda g: g != "")
     groups = F.when(ip.contains("::"), F.concat(head, F.array(*[F.lit("0")] * 3))).otherwise(head)
     v6 = F.concat(F.concat_ws(":", F.slice(groups, 1, 3)), F.lit("::/48"))
-    six_ok = ip.rlike(_IPV6) & (F.size(groups) >= 3)
-    octets_ok = F.greatest(*[octets.getItem(i).try_cast("int") for i in range(4)]) <= 255
-    return F.when(ip.rlike(_IPV4) & octets_ok, v4).when(six_ok, v6)
+    six_ok = ip.rlike(IPV6) & (F.size(groups) >= 3)
+    return F.when(octets.isNotNull(), v4).when(six_ok, v6)
 
 
 def pseudonymize(key: bytes):
@@ -104,4 +103,4 @@ def pseudonymize(key: bytes):
 def redact(text: Column) -> Column:
     """Text (a quarantined raw line) with every dotted IPv4 address and the value of any
     ``"ip"`` key replaced by ``<ip>``; bronze keeps the original line."""
-    return F.regexp_replace(F.regexp_replace(text, _IP_VALUE, f"$1{REDACTED}$2"), _ANY_IPV4, REDACTED)
+    return F.regexp_replace(F.regexp_replace(text, _IP_VALUE, f"$1{REDACTED}$2"), ANY_IPV4, REDACTED)

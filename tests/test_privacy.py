@@ -15,7 +15,7 @@ from pipelines import tables as T
 from pipelines.privacy import SALT_FILE, SALT_VARIABLE, hash_ip, ip_hash, ip_prefix, ip_salt, redact
 
 IPS = ["10.0.0.1", "172.16.3.200", "255.255.255.255", "2001:db8:1:2::7", "2001:DB8::1", "::1",
-       "10.300.1.1", "not an ip", "", None]
+       "10.300.1.1", "not an ip", "", None, "010.1.2.3"]
 
 
 @pytest.mark.parametrize("key", [b"k", b"s3cr3t" * 20])  # shorter and longer than SHA-256's block
@@ -32,7 +32,7 @@ def test_network_prefix(spark):
     df = spark.createDataFrame([(ip,) for ip in IPS], "ip string")
     expected = spark.createDataFrame(list(zip(IPS, [
         "10.0.0.0/24", "172.16.3.0/24", "255.255.255.0/24", "2001:db8:1::/48", "2001:db8:0::/48",
-        "0:0:0::/48", None, None, None, None], strict=True)), "ip string, ip_prefix string")
+        "0:0:0::/48", None, None, None, None, "10.1.2.0/24"], strict=True)), "ip string, ip_prefix string")
     assert_df_equality(df.withColumn("ip_prefix", ip_prefix(F.col("ip"))), expected, ignore_nullable=True)
 
 
