@@ -155,7 +155,7 @@ def growth(spark: SparkSession, root: Path, full: tuple[Path, Path] | None, land
             shutil.rmtree(s.lake, ignore_errors=True)
             shutil.copytree(lake, s.lake)
             before = _silver_rows(Path(s.lake))
-            landed = land(inc, source)
+            landed = land(inc, source, prefix="increment-")  # not the name of an input file
             try:
                 runs.append({q: _timed(lambda s=s, q=q: run_available_now(spark, s, [q])) for q in LAYERS})
             finally:

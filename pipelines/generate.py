@@ -325,15 +325,16 @@ def _deliver(w: _World, evs: list[dict[str, Any]], truth: Truth) -> list[str]:
     return lines
 
 
-def land(files: list[Path], out: Path) -> list[Path]:
+def land(files: list[Path], out: Path, prefix: str = "") -> list[Path]:
     """Copy ``files`` into the landing folder ``out`` in order, each under a dot-name then
-    renamed, with modification times one second apart: Spark's file source reads files
-    oldest first, so this keeps arrival order even when the copies land in the same second."""
+    renamed (to ``prefix`` + its name), with modification times one second apart: Spark's
+    file source reads files oldest first, so this keeps arrival order even when the copies
+    land in the same second."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.time() - len(files)
     landed = []
     for i, f in enumerate(files):
-        final = out / f.name
+        final = out / f"{prefix}{f.name}"
         tmp = out / f".{f.name}.tmp"
         shutil.copyfile(f, tmp)
         os.utime(tmp, (start + i, start + i))
