@@ -65,8 +65,14 @@ class Outbox:
         now = now or datetime.now(UTC).replace(tzinfo=None)
         ids = {n.notification_id for n in new}
         days = sorted({n.day for n in new})
+        # Of the days' rows, only these notices and the rows of their recipients matter: filter
+        # in Arrow before any Python object is made (the days' partitions are still read).
         have = self.read([("created_date", "in", days)]).select(
-            ["notification_id", "kind", "recipient", "status", "created_date"]).to_pylist()
+            ["notification_id", "kind", "recipient", "status", "created_date"])
+        ours = pc.or_(pc.is_in(have["notification_id"], value_set=pa.array(sorted(ids), pa.string())),
+                      pc.is_in(have["recipient"], value_set=pa.array(sorted({n.recipient for n in new}),
+                                                                     pa.string())))
+        have = have.filter(ours).to_pylist()
         known = {r["notification_id"] for r in have if r["notification_id"] in ids}
         used = Counter((r["kind"], r["recipient"], r["created_date"]) for r in have if r["status"] in COUNTED)
         rows = []
