@@ -277,6 +277,9 @@ def freshness(spark: SparkSession, root: Path, rate: int, seconds: float, source
                          rate])
             out[f"{name}_batch_s"] = med
             out[f"{name}_processed_rows_per_s"] = total_rows / busy
+            out[f"{name}_phases_ms"] = phases = batch_phases(last)
+            rows.append([f"{name} query: median ms per batch in " + ", ".join(phases), "",
+                         " / ".join(f"{v:,.0f}" for v in phases.values())])
     rows.append(["drain after the feeder stopped (s)", drain, ""])
     if alerts:
         lags = alert_lags(Path(s.lake), s)
@@ -290,6 +293,22 @@ def freshness(spark: SparkSession, root: Path, rate: int, seconds: float, source
                          f"continuous, trigger {s.stream.trigger_interval}",
                          ["arrival -> visible", "p50 s", "p99 s"], rows))
     return out
+
+
+def batch_phases(progress: list[dict]) -> dict[str, float]:
+    """Where a query's micro-batches spend their time, from Spark's own progress: the median
+    of each ``durationMs`` phase over ``progress``, and of its state operators' update,
+    removal (watermark eviction) and commit times, with the state's rows at the end."""
+    phases: dict[str, float] = {}
+    keys = ("latestOffset", "getBatch", "queryPlanning", "addBatch", "walCommit", "commitOffsets")
+    for k in keys:
+        phases[k] = statistics.median(p["durationMs"].get(k, 0) for p in progress)
+    ops = [p["stateOperators"][0] for p in progress if p.get("stateOperators")]
+    if ops:
+        for k in ("allUpdatesTimeMs", "allRemovalsTimeMs", "commitTimeMs"):
+            phases[f"state {k[:-6]}"] = statistics.median(o.get(k, 0) for o in ops)
+        phases["state rows (last)"] = ops[-1].get("numRowsTotal", 0)
+    return phases
 
 
 def alert_lags(lake: Path, s: Settings) -> list[float]:
