@@ -177,6 +177,30 @@ def test_a_backfill_while_gold_lags_silver_closes_no_session_the_stream_holds_op
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known bug (docs/backfill.md): a gold backfill while gold lags "
+                   "silver counts, in the aggregates, sessions of silver rows gold had not consumed yet; "
+                   "the stream then adds them again")
+def test_a_backfill_while_gold_lags_silver_counts_each_session_once(spark, lake_settings):
+    """As above, then every gold table against the batch build over the final on-time silver.
+    The backfill builds from all of silver, including the third file gold has not read; the
+    stream, reading it afterwards, adds those sessions' signed rows to the aggregates again
+    (measured: 22 of 43 campaign_funnel cells, every campaign_performance row and 220 of 399
+    products differ, and session_funnel holds one row more)."""
+    s = lake_settings
+    copy_sample(s.input, slice(0, 2))
+    run_available_now(spark, s)
+    copy_sample(s.input, slice(2, 3))
+    run_available_now(spark, s, ["bronze", "silver"])
+    run_backfill(spark, s, DAY, DAY, ["gold"])
+    copy_sample(s.input, slice(3, None))
+    run_available_now(spark, s)
+    batch = build_gold(read(spark, s, "silver/events").where(~F.col("late")), s)
+    for table in (tables.SESSION_FUNNEL, tables.CAMPAIGN_FUNNEL, tables.CAMPAIGN_PERFORMANCE,
+                  tables.PRODUCT_ABANDONMENT):
+        assert_same_rows(read(spark, s, table.name), batch[table.name], precision=1e-6)
+
+
+@pytest.mark.slow
 def test_backfill_leaves_silver_rows_newer_than_its_bronze_snapshot(spark, lake_settings):
     """A row the stream inserted from bronze the backfill has not read (ingest_time after the
     snapshot's newest) is outside the backfill's replaceWhere, so it survives."""
