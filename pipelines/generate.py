@@ -335,7 +335,7 @@ def land(files: list[Path], out: Path, prefix: str = "") -> list[Path]:
     landed = []
     for i, f in enumerate(files):
         final = out / f"{prefix}{f.name}"
-        tmp = out / f".{f.name}.tmp"
+        tmp = out / f".{final.name}.tmp"
         shutil.copyfile(f, tmp)
         os.utime(tmp, (start + i, start + i))
         tmp.rename(final)
