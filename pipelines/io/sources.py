@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from urllib.parse import unquote
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -70,3 +74,38 @@ def read_table(spark: SparkSession, path: str, streaming: bool,
     if max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
     return reader.load(path)
+
+
+def unread_appends(table: Path, checkpoint: Path) -> list[str] | None:
+    """The data files of Delta ``table`` that a ``read_table`` stream with ``checkpoint`` has
+    not read yet but will: those its next micro-batches take, by the Delta source's rules.
+
+    The stream has read through the end offset of its last *committed* micro-batch (a batch
+    whose offsets were planned but not committed runs again). After it, every commit whose
+    data-changing actions are all adds (an append) is still to come; a commit that removes
+    rows (a backfill's rewrite) is skipped (``skipChangeCommits``). Within the offset's own
+    version, files after ``index`` are still to come (a negative index: all of them; the
+    source's END_INDEX: none).
+
+    Returns paths relative to ``table``, in log order; None when the stream never committed
+    a micro-batch (it will read the whole table as it then is).
+    """
+    commits = [int(f.name) for f in (checkpoint / "commits").glob("*") if f.name.isdigit()]
+    if not commits:
+        return None
+    offset = json.loads((checkpoint / "offsets" / str(max(commits))).read_text().splitlines()[-1])
+    version, index = offset["reservoirVersion"], offset["index"]
+    if offset.get("isStartingVersion"):
+        # Mid-way through its first snapshot (more than maxFilesPerTrigger files): the rest
+        # of that snapshot is not a list of commits this can read. Let the stream finish it.
+        raise RuntimeError(f"the stream in {checkpoint} is still reading its first snapshot of {table} "
+                           f"(version {version}); let it catch up first")
+    log = table / "_delta_log"
+    unread: list[str] = []
+    while (commit := log / f"{version:020d}.json").exists():
+        actions = [json.loads(line) for line in commit.read_text().splitlines() if line.strip()]
+        if not any(a.get("remove", {}).get("dataChange", False) for a in actions):
+            adds = [unquote(a["add"]["path"]) for a in actions if a.get("add", {}).get("dataChange", False)]
+            unread += adds[index + 1:] if index >= 0 else adds  # -1, or a schema-change mark
+        version, index = version + 1, -1
+    return unread
