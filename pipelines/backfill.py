@@ -55,7 +55,7 @@ from pipelines.io.ledger import Ledger
 from pipelines.privacy import ip_salt
 from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe, event_watermark, parse, to_silver, valid_events
-from pipelines.stateful.gold import latest_seen
+from pipelines.stateful.gold import last_applied
 
 log = logging.getLogger(__name__)
 MARGIN = timedelta(days=1)
@@ -259,14 +259,17 @@ def backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
         return _backfill_gold(spark, s, start, end, checks)
 
 
-def as_gold_read_it(spark: SparkSession, s: Settings) -> DataFrame:
-    """``silver/events`` as the gold stream has consumed it: without the rows of appends it
-    has not read yet (``sources.unread_appends``), which it will add to the aggregates when
-    it does. A backfill's own rewrites, which the stream skips, are in. No gold checkpoint
-    (the stream never committed a batch): all of silver."""
+def as_gold_read_it(spark: SparkSession, s: Settings, applied: int | None) -> DataFrame:
+    """``silver/events`` as the gold stream has consumed it by its micro-batch ``applied``
+    (``last_applied``): without the rows of appends it has not read yet
+    (``sources.unread_appends``), which it will add to the aggregates when it does. A
+    backfill's own rewrites, which the stream skips, are in. None (no gold micro-batch ever
+    finished): all of silver."""
     path = s.table(T.SILVER_EVENTS.name)
     silver = spark.read.format("delta").load(path)
-    unread = sources.unread_appends(Path(path), Path(s.checkpoint("gold")))
+    if applied is None:
+        return silver
+    unread = sources.unread_appends(Path(path), Path(s.checkpoint("gold")) / "offsets" / str(applied))
     if not unread:
         return silver
     log.info("gold has not read %d silver file(s) yet: the backfill leaves their rows to the stream",
@@ -285,9 +288,13 @@ def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
     # of the newest on-time event it has seen (its state), or of silver's when it never ran.
     # Never silver's when the stream lags it: a session the backfill wrote as closed while
     # the stream still held it open would be closed (inserted) a second time by the stream.
-    silver = as_gold_read_it(spark, s).where(~F.col("late"))
+    # What the gold stream has applied: the last micro-batch whose body finished, read from
+    # its state file (written under the lease), not from Spark's commit log, which marks a
+    # batch committed only after its body returned and the lease was released.
+    applied = last_applied(Path(s.checkpoint("gold")))
+    batch, streamed = applied if applied is not None else (None, None)
+    silver = as_gold_read_it(spark, s, batch).where(~F.col("late"))
     latest = build.latest_event_time(silver)
-    streamed = latest_seen(Path(s.checkpoint("gold")))
     if streamed is not None and latest is not None:
         latest = min(latest, datetime.fromtimestamp(streamed / 1000, UTC).replace(tzinfo=None))
     watermark = event_watermark(latest, s.stream.watermark_delay)

@@ -1,4 +1,4 @@
-"""Where a Delta stream stands: ``sources.unread_appends`` on hand-written logs and checkpoints."""
+"""What a Delta stream has still to read: ``sources.unread_appends`` on hand-written logs and offsets."""
 
 import json
 from pathlib import Path
@@ -24,15 +24,14 @@ def _remove(path: str, data_change: bool = True) -> dict:
     return {"remove": {"path": path, "dataChange": data_change}}
 
 
-def _batch(checkpoint: Path, batch: int, version: int, index: int, committed: bool = True,
-           starting: bool = False) -> None:
-    for d in ("offsets", "commits"):
-        (checkpoint / d).mkdir(parents=True, exist_ok=True)
-    offset = {"sourceVersion": 1, "reservoirId": "r", "reservoirVersion": version, "index": index,
-              "isStartingVersion": starting}
-    (checkpoint / "offsets" / str(batch)).write_text(f'v1\n{{"batchWatermarkMs":0}}\n{json.dumps(offset)}')
-    if committed:
-        (checkpoint / "commits" / str(batch)).write_text('v1\n{"nextBatchWatermarkMs":0}')
+def _offset(tmp_path: Path, version: int, index: int, starting: bool = False) -> Path:
+    """A checkpoint's ``offsets/<batch>`` file ending at (version, index)."""
+    end = {"sourceVersion": 1, "reservoirId": "r", "reservoirVersion": version, "index": index,
+           "isStartingVersion": starting}
+    path = tmp_path / "offsets" / "7"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'v1\n{{"batchWatermarkMs":0}}\n{json.dumps(end)}')
+    return path
 
 
 @pytest.fixture
@@ -50,33 +49,20 @@ def table(tmp_path: Path) -> Path:
     return t
 
 
-def test_no_committed_batch_is_none(table, tmp_path):
-    assert unread_appends(table, tmp_path / "never") is None
-    _batch(tmp_path / "ck", 0, 2, -1, committed=False)
-    assert unread_appends(table, tmp_path / "ck") is None
-
-
-def test_appends_after_the_last_committed_offset_skipping_rewrites(table, tmp_path):
-    ck = tmp_path / "ck"
-    _batch(ck, 0, 2, -1)                   # read versions 0 and 1
-    _batch(ck, 1, 5, -1, committed=False)  # planned, not committed: runs again
-    assert unread_appends(table, ck) == ["d=1/c.parquet", "d=2/e=1.parquet", "d=2/f.parquet"]
+def test_appends_after_the_offset_skipping_rewrites_and_compaction(table, tmp_path):
+    # read versions 0 and 1; 3 removes rows (skipped), 5 is OPTIMIZE (no data change)
+    assert unread_appends(table, _offset(tmp_path, 2, -1)) == [
+        "d=1/c.parquet", "d=2/e=1.parquet", "d=2/f.parquet"]
 
 
 def test_files_after_the_index_within_the_offsets_version(table, tmp_path):
-    ck = tmp_path / "ck"
-    _batch(ck, 0, 4, 0)  # took the first file of version 4
-    assert unread_appends(table, ck) == ["d=2/f.parquet"]
-    _batch(ck, 1, 4, 9223372036854775807)  # the source's END_INDEX: all of version 4
-    assert unread_appends(table, ck) == []
-    _batch(ck, 2, 4, -20)  # a schema-change mark before version 4's files
-    assert unread_appends(table, ck) == ["d=2/e=1.parquet", "d=2/f.parquet"]
-    _batch(ck, 3, 6, -1)  # caught up
-    assert unread_appends(table, ck) == []
+    assert unread_appends(table, _offset(tmp_path, 4, 0)) == ["d=2/f.parquet"]  # took version 4's first
+    assert unread_appends(table, _offset(tmp_path, 4, 9223372036854775807)) == []  # END_INDEX: all of 4
+    # a schema-change mark before version 4's files
+    assert unread_appends(table, _offset(tmp_path, 4, -20)) == ["d=2/e=1.parquet", "d=2/f.parquet"]
+    assert unread_appends(table, _offset(tmp_path, 6, -1)) == []  # caught up
 
 
 def test_a_stream_mid_way_through_its_first_snapshot_is_refused(table, tmp_path):
-    ck = tmp_path / "ck"
-    _batch(ck, 0, 2, 0, starting=True)
     with pytest.raises(RuntimeError, match="first snapshot"):
-        unread_appends(table, ck)
+        unread_appends(table, _offset(tmp_path, 2, 0, starting=True))

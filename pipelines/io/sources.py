@@ -76,30 +76,24 @@ def read_table(spark: SparkSession, path: str, streaming: bool,
     return reader.load(path)
 
 
-def unread_appends(table: Path, checkpoint: Path) -> list[str] | None:
-    """The data files of Delta ``table`` that a ``read_table`` stream with ``checkpoint`` has
-    not read yet but will: those its next micro-batches take, by the Delta source's rules.
+def unread_appends(table: Path, offset: Path) -> list[str]:
+    """The data files of Delta ``table`` that a ``read_table`` stream has not read yet but
+    will, by the Delta source's rules, once it has read through the end offset in ``offset``
+    (a checkpoint's ``offsets/<batch>`` file).
 
-    The stream has read through the end offset of its last *committed* micro-batch (a batch
-    whose offsets were planned but not committed runs again). After it, every commit whose
-    data-changing actions are all adds (an append) is still to come; a commit that removes
-    rows (a backfill's rewrite) is skipped (``skipChangeCommits``). Within the offset's own
-    version, files after ``index`` are still to come (a negative index: all of them; the
-    source's END_INDEX: none).
-
-    Returns paths relative to ``table``, in log order; None when the stream never committed
-    a micro-batch (it will read the whole table as it then is).
+    After that offset, every commit whose data-changing actions are all adds (an append) is
+    still to come; a commit that removes rows (a backfill's rewrite) is skipped
+    (``skipChangeCommits``). Within the offset's own version, files after ``index`` are still
+    to come (a negative index: all of them; the source's END_INDEX: none). Returns paths
+    relative to ``table``, in log order.
     """
-    commits = [int(f.name) for f in (checkpoint / "commits").glob("*") if f.name.isdigit()]
-    if not commits:
-        return None
-    offset = json.loads((checkpoint / "offsets" / str(max(commits))).read_text().splitlines()[-1])
-    version, index = offset["reservoirVersion"], offset["index"]
-    if offset.get("isStartingVersion"):
+    end = json.loads(offset.read_text().splitlines()[-1])
+    version, index = end["reservoirVersion"], end["index"]
+    if end.get("isStartingVersion"):
         # Mid-way through its first snapshot (more than maxFilesPerTrigger files): the rest
         # of that snapshot is not a list of commits this can read. Let the stream finish it.
-        raise RuntimeError(f"the stream in {checkpoint} is still reading its first snapshot of {table} "
-                           f"(version {version}); let it catch up first")
+        raise RuntimeError(f"the stream of {offset.parent.parent} is still reading its first snapshot of "
+                           f"{table} (version {version}); let it catch up first")
     log = table / "_delta_log"
     unread: list[str] = []
     while (commit := log / f"{version:020d}.json").exists():

@@ -114,15 +114,17 @@ def advance(p: Processor, rows: pd.DataFrame | None, held: Held, before_ms: int,
     return [f for f in out if len(f)], held
 
 
-def latest_seen(checkpoint: Path) -> int | None:
-    """The newest event time (epoch ms) the gold query had seen after its last micro-batch,
-    from its newest state file; None when it never ran or saw no event."""
+def last_applied(checkpoint: Path) -> tuple[int, int | None] | None:
+    """The gold query's last micro-batch whose body finished (its tables and its state are
+    written; Spark may not have marked it committed yet), and the newest event time (epoch ms)
+    it had seen, from its newest state file; None when no batch ever finished."""
     files = sorted((int(f.stem), f) for f in (checkpoint / "processors").glob("*.arrow") if f.stem.isdigit())
     if not files:
         return None
-    with pa.ipc.open_file(files[-1][1]) as reader:
+    batch, path = files[-1]
+    with pa.ipc.open_file(path) as reader:
         latest = (reader.schema.metadata or {}).get(b"latest_ms", b"")
-    return int(latest) if latest else None
+    return batch, int(latest) if latest else None
 
 
 class StateFiles:
