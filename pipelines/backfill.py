@@ -51,11 +51,12 @@ from pipelines.io import sinks, sources
 from pipelines.io.delta_rs import Commit, arrow_schema, merge
 from pipelines.io.delta_rs import read as delta_read
 from pipelines.io.lease import lease
-from pipelines.io.ledger import Ledger
+from pipelines.io.ledger import Ledger, last_committed
 from pipelines.privacy import ip_salt
 from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe, event_watermark, parse, to_silver, valid_events
 from pipelines.stateful.gold import last_applied
+from pipelines.streams.base import app_id
 
 log = logging.getLogger(__name__)
 MARGIN = timedelta(days=1)
@@ -281,6 +282,21 @@ def as_gold_read_it(spark: SparkSession, s: Settings, applied: int | None) -> Da
     return silver.join(rows, ["event_id", "ingest_time"], "left_anti")
 
 
+def interrupted(s: Settings, applied: int | None) -> list[str]:
+    """The gold tables holding a commit of a gold micro-batch after ``applied`` (None: any):
+    one the stream began and did not finish (it died between its writes and its state
+    file). Its restart replays that batch, and the ledger skips the tables that hold it, so
+    a backfill in between would leave that batch's rows out of those tables for good."""
+    checkpoint = Path(s.checkpoint("gold"))
+    if not (checkpoint / "metadata").exists():  # the gold query never started
+        return []
+    applied = -1 if applied is None else applied
+    gold = app_id("gold", checkpoint)
+    apps = {t.name: [gold] for t in T.GOLD} | {T.CAMPAIGN_FUNNEL.name: [gold, f"{gold}/close"]}
+    return [name for name, ids in apps.items()
+            if any(last_committed(s.table(name), a) > applied for a in ids)]
+
+
 def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
                    checks: Checks | None) -> list[Changes]:
     # Under the lease no other writer touches these gold tables, so one snapshot of silver
@@ -293,6 +309,11 @@ def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
     # batch committed only after its body returned and the lease was released.
     applied = last_applied(Path(s.checkpoint("gold")))
     batch, streamed = applied if applied is not None else (None, None)
+    if begun := interrupted(s, batch):
+        raise RuntimeError(
+            f"gold micro-batch {0 if batch is None else batch + 1} stopped part way "
+            f"({', '.join(begun)} hold its writes, its state does not): start the gold stream "
+            "so it finishes that batch, then backfill")
     silver = as_gold_read_it(spark, s, batch).where(~F.col("late"))
     latest = build.latest_event_time(silver)
     if streamed is not None and latest is not None:

@@ -173,12 +173,22 @@ def test_a_backfill_while_gold_lags_silver_counts_each_session_once(spark, lake_
       220 of 399 products differed);
     - the fix's first cut took gold's position from Spark's commit log, one batch behind
       what gold had applied when the backfill took the lease between the two, and left out
-      rows gold had read: 2,401 sessions stayed open for good (the beside test, above)."""
+      rows gold had read: 2,401 sessions stayed open for good (the beside test, above).
+    A gold batch that stopped part way (its writes landed, its state did not) makes the
+    backfill refuse to run."""
     s = lake_settings
     copy_sample(s.input, slice(0, 2))
     run_available_now(spark, s)
     copy_sample(s.input, slice(2, 3))
     run_available_now(spark, s, ["bronze", "silver"])
+    # A gold batch that died between its table writes and its state file: its restart
+    # replays it and the ledger skips what it wrote, so a backfill now is refused.
+    states = Path(s.checkpoint("gold")) / "processors"
+    newest = max(states.glob("[0-9]*.arrow"), key=lambda f: int(f.stem))
+    newest.rename(newest.with_name("moved"))
+    with pytest.raises(RuntimeError, match=r"stopped part way \(.*gold/session_funnel"):
+        run_backfill(spark, s, DAY, DAY, ["gold"])
+    newest.with_name("moved").rename(newest)
     # The backfill takes the lease in the moment after gold's last micro-batch wrote its
     # tables and state, before Spark marked it committed (the lease is released in between):
     # that batch's rows are gold's already. The stream replays the batch; its ledger skips it.

@@ -24,6 +24,11 @@ def query_id(checkpoint: Path) -> str:
     return json.loads((checkpoint / "metadata").read_text())["id"]
 
 
+def app_id(name: str, checkpoint: Path) -> str:
+    """The app id query ``name`` marks its table commits with (``io/ledger.py``)."""
+    return f"{name}-{query_id(checkpoint)}"
+
+
 def source(spark: SparkSession, s: Settings) -> DataFrame:
     if s.source == "kafka":
         return sources.read_kafka(spark, s.kafka, streaming=True)
@@ -49,7 +54,7 @@ class Handler:
         self.ledger = Ledger()
 
     def app_id(self) -> str:
-        return f"{self.name}-{query_id(self.checkpoint)}"
+        return app_id(self.name, self.checkpoint)
 
 
 def counts(rows: pa.Table, column: str) -> dict[str, int]:
