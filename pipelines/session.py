@@ -32,9 +32,9 @@ BASE_CONF: dict[str, str] = {
     # and gold keeps its timers itself (``tick``). An empty batch cost silver about 1.3 s.
     "spark.sql.streaming.noDataMicroBatches.enabled": "false",
     # A landing-folder micro-batch names its files, and Spark reads their status in a
-    # distributed job when there are more than this many (default 32): about 1.5 s of each
-    # bronze and silver batch under a feed that lands five files a second. On the driver it
-    # takes milliseconds (docs/performance.md).
+    # distributed job when there are more than this many (default 32): 1.1-1.6 s of each
+    # silver batch (and bronze's, when its batches are large) under a feed that lands five
+    # files a second. On the driver it takes milliseconds (docs/performance.md).
     "spark.sql.sources.parallelPartitionDiscovery.threshold": "1024",
     "spark.databricks.delta.schema.autoMerge.enabled": "false",
     "spark.databricks.delta.snapshotPartitions": "2",
