@@ -10,8 +10,8 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: setup debian-packages demo test test-fast bench bench-quality backfill lint clean clean-lake kafka-up kafka-down mlflow-ui
 
-## setup: build the venv and fetch the jars; a no-op when both are there
-setup: $(STAMP) $(JARS)/.fetched
+## setup: build the venv, fetch the jars and make the JVM's class archive; a no-op when all are there
+setup: $(STAMP) $(JARS)/.fetched $(JARS)/.class-archive
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,13 @@ $(STAMP): pyproject.toml
 
 $(JARS)/.fetched: build/spark-jars.pom.xml scripts/fetch-jars.sh | $(STAMP)
 	scripts/fetch-jars.sh $(BIN)/python $(JARS)
+	touch $@
+
+# The driver JVM's class-data sharing archive: every JVM start ~5 s shorter. Optional: where the
+# JDK cannot make one, the JVMs start without it.
+$(JARS)/.class-archive: $(STAMP) $(JARS)/.fetched scripts/class-archive.py
+	$(BIN)/python scripts/class-archive.py $(JARS)/spark-classes.jsa \
+	  || echo "no class archive (the JVMs start without one): see the lines above"
 	touch $@
 
 ## debian-packages: Prometheus and Chromium for the tests (apt-get; a no-op when installed)

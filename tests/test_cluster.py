@@ -17,7 +17,7 @@ from helpers import assert_same_rows, copy_sample, read
 
 from pipelines import tables
 from pipelines.config import REPO_ROOT, load_settings
-from pipelines.session import jar_paths
+from pipelines.session import class_archive, jar_paths
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 BIN = Path(sys.executable).parent
@@ -68,9 +68,10 @@ def test_spark_submit_on_a_standalone_cluster_matches_local(spark, cluster, whol
     copy_sample(s.input)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
     env["PYSPARK_PYTHON"] = sys.executable
-    # C1-only JIT, as conf/demo.yaml: a short job warms up faster (docs/performance.md).
+    # C1-only JIT, as conf/demo.yaml: a short job warms up faster; and the class archive
+    # of make setup, which spark-submit maps only when told (docs/production.md).
     submit = [BIN / "spark-submit", "--master", MASTER, "--deploy-mode", "client",
-              "--driver-java-options", "-XX:TieredStopAtLevel=1",
+              "--driver-java-options", f"-XX:TieredStopAtLevel=1 {class_archive()}".strip(),
               "--conf", "spark.executor.extraJavaOptions=-XX:TieredStopAtLevel=1",
               "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.executor.memory=1g",
               "--jars", ",".join(jar_paths()),
