@@ -13,8 +13,8 @@ from pipelines.config import REPO_ROOT, SparkSettings
 
 JARS_DIR = Path(os.environ.get("FUNNELHOUSE_JARS", REPO_ROOT / ".jars"))
 # The driver JVM's class-data sharing archive (AppCDS), made by ``make setup``
-# (scripts/class-archive.sh): the classes a run loads, parsed and verified once. It halves a
-# JVM's start (session and first job: 11.7 s -> 6.6 s here, docs/performance.md). The JVM
+# (scripts/class-archive.py): the classes a run loads, parsed and verified once. It halves a
+# JVM's start (session and first job: 11.7 s -> 6.3 s here, docs/performance.md). The JVM
 # checks it against its own build and the classpath; a stale one is skipped, with a warning.
 CLASS_ARCHIVE = JARS_DIR / "spark-classes.jsa"
 
