@@ -56,7 +56,7 @@ from pipelines.privacy import ip_salt
 from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe, event_watermark, parse, to_silver, valid_events
 from pipelines.stateful.gold import last_applied
-from pipelines.streams.base import app_id
+from pipelines.streams.base import CHECKPOINTS, GOLD_QUERY, app_id
 
 log = logging.getLogger(__name__)
 MARGIN = timedelta(days=1)
@@ -260,61 +260,40 @@ def backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
         return _backfill_gold(spark, s, start, end, checks)
 
 
-def as_gold_read_it(spark: SparkSession, s: Settings, applied: int | None) -> DataFrame:
-    """``silver/events`` as the gold stream has consumed it by its micro-batch ``applied``
-    (``last_applied``): without the rows of appends it has not read yet
-    (``sources.unread_appends``), which it will add to the aggregates when it does. A
-    backfill's own rewrites, which the stream skips, are in. None (no gold micro-batch ever
-    finished): all of silver."""
-    path = s.table(T.SILVER_EVENTS.name)
-    silver = spark.read.format("delta").load(path)
-    if applied is None:
-        return silver
-    unread = sources.unread_appends(Path(path), Path(s.checkpoint("gold")) / "offsets" / str(applied))
-    if not unread:
-        return silver
-    log.info("gold has not read %d silver file(s) yet: the backfill leaves their rows to the stream",
-             len(unread))
-    # By content, not file: a pending file may since have been removed by a rewrite whose
-    # new rows carry the same events. Removed or not, the stream reads the file itself.
-    rows = (spark.read.schema("event_id string, ingest_time timestamp").option("basePath", path)
-            .parquet(*(f"{path}/{p}" for p in unread)))
-    return silver.join(rows, ["event_id", "ingest_time"], "left_anti")
-
-
 def interrupted(s: Settings, applied: int | None) -> list[str]:
-    """The gold tables holding a commit of a gold micro-batch after ``applied`` (None: any):
-    one the stream began and did not finish (it died between its writes and its state
-    file). Its restart replays that batch, and the ledger skips the tables that hold it, so
-    a backfill in between would leave that batch's rows out of those tables for good."""
-    checkpoint = Path(s.checkpoint("gold"))
-    if not (checkpoint / "metadata").exists():  # the gold query never started
+    """The silver and gold tables holding a commit of a micro-batch after ``applied`` (None:
+    any) of the query gold runs in: one it began and did not finish (it died between its
+    writes and its state file). Its restart replays that batch, and the ledger skips the
+    tables that hold it, so a backfill in between would leave that batch's rows out of the
+    gold aggregates for good, or count them twice."""
+    checkpoint = Path(s.checkpoint(CHECKPOINTS[GOLD_QUERY]))
+    if not (checkpoint / "metadata").exists():  # the query never started
         return []
     applied = -1 if applied is None else applied
-    gold = app_id("gold", checkpoint)
-    apps = {t.name: [gold] for t in T.GOLD} | {T.CAMPAIGN_FUNNEL.name: [gold, f"{gold}/close"]}
+    gold, silver = app_id("gold", checkpoint), app_id(GOLD_QUERY, checkpoint)
+    apps = ({t.name: [gold] for t in T.GOLD} | {T.CAMPAIGN_FUNNEL.name: [gold, f"{gold}/close"]}
+            | {t.name: [silver] for t in (T.SILVER_EVENTS, T.SILVER_QUARANTINE)})
     return [name for name, ids in apps.items()
             if any(last_committed(s.table(name), a) > applied for a in ids)]
 
 
 def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
                    checks: Checks | None) -> list[Changes]:
-    # Under the lease no other writer touches these gold tables, so one snapshot of silver
-    # serves every table (and any retry). The watermark is the gold stream's: event_watermark
+    # Under the lease no other writer touches these gold tables, and the stream appends to
+    # silver only under it too, so one snapshot of silver is exactly what gold has applied
+    # and serves every table (and any retry). The watermark is the stream's: event_watermark
     # of the newest on-time event it has seen (its state), or of silver's when it never ran.
-    # Never silver's when the stream lags it: a session the backfill wrote as closed while
-    # the stream still held it open would be closed (inserted) a second time by the stream.
-    # What the gold stream has applied: the last micro-batch whose body finished, read from
-    # its state file (written under the lease), not from Spark's commit log, which marks a
-    # batch committed only after its body returned and the lease was released.
-    applied = last_applied(Path(s.checkpoint("gold")))
+    # What the stream has applied: the last micro-batch whose body finished, read from its
+    # state file (written under the lease), not from Spark's commit log, which marks a batch
+    # committed only after its body returned and the lease was released.
+    applied = last_applied(Path(s.checkpoint(CHECKPOINTS[GOLD_QUERY])))
     batch, streamed = applied if applied is not None else (None, None)
     if begun := interrupted(s, batch):
         raise RuntimeError(
-            f"gold micro-batch {0 if batch is None else batch + 1} stopped part way "
-            f"({', '.join(begun)} hold its writes, its state does not): start the gold stream "
+            f"micro-batch {0 if batch is None else batch + 1} of the silver query stopped part way "
+            f"({', '.join(begun)} hold its writes, gold's state does not): start `funnelhouse run` "
             "so it finishes that batch, then backfill")
-    silver = as_gold_read_it(spark, s, batch).where(~F.col("late"))
+    silver = spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name)).where(~F.col("late"))
     latest = build.latest_event_time(silver)
     if streamed is not None and latest is not None:
         latest = min(latest, datetime.fromtimestamp(streamed / 1000, UTC).replace(tzinfo=None))

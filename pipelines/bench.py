@@ -2,8 +2,8 @@
 
 Four measurements, each printed as a table and all written to ``bench/results/<time>.json``:
 
-- ``throughput``: ``funnelhouse run --available-now`` (bronze, silver and gold) on 1M generated
-  events, beside plain Spark on the same files in the same JVM (``read.text`` + ``from_json``
+- ``throughput``: ``funnelhouse run --available-now`` (bronze, then silver with gold) on 1M
+  generated events, beside plain Spark on the same files in the same JVM (``read.text`` + ``from_json``
   -> Parquet). Both run warm: the baseline once untimed, the pipeline once on the sample.
 - ``growth``: the same 20k-event increment (later event times, ids of its own) on a lake
   primed empty and on the lake the throughput run left (1M events; ``--big``: 10M).
@@ -14,8 +14,8 @@ Four measurements, each printed as a table and all written to ``bench/results/<t
   alerts fire within the run, and measures each alert's lag behind the watermark that closed
   its window.
 - ``quality``: silver micro-batches of ~100k events with the quality suite on and off.
-- ``scoring``: the gold query over the throughput run's silver, without an anomaly model and
-  then with a champion trained on the sessions the first run closed: what scoring costs gold.
+- ``scoring``: the silver query (silver and gold) over the throughput input, without an anomaly
+  model and then with a champion trained on the sessions the first run closed: what scoring costs.
 
 Memory: the JVM's peak resident size (``VmHWM``) and the Python driver's, at the end.
 """
@@ -352,31 +352,30 @@ def quality(spark: SparkSession, root: Path, landing: Path, rounds: int) -> dict
 
 # -- scoring ---------------------------------------------------------------------------------
 
-def scoring(spark: SparkSession, root: Path, full_lake: Path, warm: bool) -> dict:
-    """The gold query on a copy of ``full_lake``'s silver, twice from an empty gold: with no
-    model registered, then with a champion trained on the sessions the first run closed.
+def scoring(spark: SparkSession, root: Path, landing: Path, warm: bool) -> dict:
+    """The silver query (which computes gold) over ``landing`` into an empty lake, twice: with
+    no model registered, then with a champion trained on the sessions the first run closed.
     Unless the JVM is ``warm`` (the throughput run came first), one untimed run warms it."""
     from pipelines.jobs.train import run_train
 
     lake = root / "lake-scoring"
     shutil.rmtree(lake, ignore_errors=True)
-    shutil.copytree(full_lake / "silver", lake / "silver")
-    s = _settings(lake, root)
+    s = _settings(lake, landing)
 
-    def gold() -> float:
-        for part in lake.iterdir():  # gold, its checkpoint, the outbox: all but silver and models
-            if part.name not in ("silver", "_mlflow"):
+    def run() -> float:
+        for part in lake.iterdir() if lake.exists() else []:  # all but the models and the IP key
+            if part.name not in ("_mlflow", "_secrets"):
                 shutil.rmtree(part)
-        return _timed(lambda: run_available_now(spark, s, ["gold"]))
+        return _timed(lambda: run_available_now(spark, s, ["silver"]))
 
     if not warm:
-        gold()
-    off = gold()
+        run()
+    off = run()
     trained = run_train(s)
-    on = gold()
+    on = run()
     scored = row_count(str(lake / "gold" / "anomaly_scores"))
-    console.print(_table("scoring: the gold query over the same silver",
-                         ["champion model", "seconds", "sessions scored", "gold slower by"],
+    console.print(_table("scoring: the silver query (silver and gold) over the same input",
+                         ["champion model", "seconds", "sessions scored", "slower by"],
                          [["none", off, 0, ""], [f"version {trained.version}", on, scored,
                                                  f"{on / off - 1:+.0%}"]]))
     return {"off_s": off, "on_s": on, "sessions_scored": scored, "overhead": on / off - 1,
@@ -434,9 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     if "quality" in only:
         results["quality"] = quality(spark, root, landing, args.rounds)
     if "scoring" in only:
-        if not (root / "lake" / "silver" / "events").is_dir():
-            results["throughput"] = throughput(spark, root, landing, lines)
-        results["scoring"] = scoring(spark, root, root / "lake", warm="throughput" in results)
+        results["scoring"] = scoring(spark, root, landing, warm="throughput" in results)
     results["memory"] = memory(spark)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{datetime.now(UTC):%Y%m%dT%H%M%S}.json"

@@ -2,6 +2,8 @@
 
 from collections.abc import Callable
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 
 Transform = Callable[[DataFrame], DataFrame]
@@ -18,3 +20,9 @@ def require_columns(df: DataFrame, *columns: str) -> DataFrame:
     if absent:
         raise MissingColumns(f"missing columns {absent}; got {df.columns}")
     return df
+
+
+def unix_millis(times: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Spark's ``unix_millis`` over an Arrow timestamp column (for the stream's driver-side
+    twins of a Spark input transform)."""
+    return pc.cast(pc.cast(times, pa.timestamp("ms", times.type.tz), safe=False), pa.int64())

@@ -148,19 +148,22 @@ def to_silver(watermark: datetime | None, locations: DataFrame, ip_key: bytes) -
 
 
 def silver_and_quarantine(watermark: datetime | None, locations: DataFrame, ip_key: bytes,
-                          breaks: Mapping[str, Column] | None = None) -> Transform:
+                          breaks: Mapping[str, Column] | None = None,
+                          extra: Mapping[str, Column] | None = None) -> Transform:
     """Parsed, deduplicated rows, valid and rejected -> one frame holding the columns of
     both ``silver/events`` and ``silver/quarantine`` (``to_silver`` and ``quarantined`` of the
     same rows), so the stream computes a micro-batch in one pass and splits it on ``reason``
     (null: silver; else: the quarantine). ``breaks``: named predicates over silver's columns
     (``Quality.breaks``); each becomes a column of that name, true where a valid row breaks it.
+    ``extra``: more named columns over silver's, computed for valid rows (gold's hash keys).
     """
     def _(parsed: DataFrame) -> DataFrame:
         rows = parsed.transform(enrich(watermark, locations, ip_key)).withColumns(_stamped())
         columns = {f.name: f.dataType for t in (SILVER_EVENTS, SILVER_QUARANTINE) for f in t.schema.fields}
         out = rows.select(*[F.col(name).cast(kind) for name, kind in columns.items()])
         valid = F.col("reason").isNull()
-        return out.withColumns({name: F.when(valid, rule) for name, rule in (breaks or {}).items()})
+        more = {**(breaks or {}), **(extra or {})}
+        return out.withColumns({name: F.when(valid, rule) for name, rule in more.items()})
     return _
 
 

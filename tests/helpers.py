@@ -29,11 +29,19 @@ def copy_sample(dest: str | Path, files: slice = slice(None)) -> list[Path]:
 
 def lake_copy(s: Settings, dest: Path) -> Settings:
     """A private copy of a streamed lake and its landing folder under ``dest``, for a test that
-    changes it (the session's sample lake is shared). Good for batch work on the copy (reads,
-    backfills, a gold run over new silver rows); not for streaming the landing folder again:
-    the source checkpoint names the original files."""
+    changes it (the session's sample lake is shared). The copied checkpoints' file-source logs
+    and offsets name the copy's landing folder (their checksums go: Hadoop reads a file without
+    one), so the copy streams on from where the original stopped."""
     shutil.copytree(s.lake, dest / "lake")
     shutil.copytree(s.input, dest / "landing")
+    old, new = str(Path(s.input).resolve()), str((dest / "landing").resolve())
+    for f in (dest / "lake" / "_checkpoints").glob("**/*"):
+        logs = f.parent.name == "offsets" or f.parent.parent.name == "sources"
+        if f.is_file() and logs and not f.name.endswith(".crc"):
+            text = f.read_bytes()
+            if old.encode() in text:
+                f.write_bytes(text.replace(old.encode(), new.encode()))
+                f.with_name(f".{f.name}.crc").unlink(missing_ok=True)
     return s.model_copy(update={"lake": str(dest / "lake"), "input": str(dest / "landing")})
 
 

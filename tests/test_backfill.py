@@ -18,6 +18,7 @@ from pipelines.io.lease import lease
 from pipelines.jobs.backfill import run_backfill
 from pipelines.jobs.run import run_available_now, run_continuously
 from pipelines.stateful.fraud import fraud_flags_batch
+from pipelines.streams import CHECKPOINTS, GOLD_QUERY
 
 DAY = date(2026, 11, 2)
 TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
@@ -100,9 +101,9 @@ def test_backfill_beside_a_running_stream_ends_with_correct_tables(spark, tmp_pa
         feeder.start()
         before = _batches(spark)
         run_backfill(spark, s, DAY, DAY, ["silver", "gold"])
-        # The stream kept going meanwhile: the two really overlapped.
+        # The stream (silver and gold, one query) kept going meanwhile: the two really overlapped.
         after = _batches(spark)
-        assert after["silver"] > before["silver"] and after["gold"] > before["gold"], (before, after)
+        assert after[GOLD_QUERY] > before[GOLD_QUERY], (before, after)
         assert stream.is_alive()
     finally:
         feeder.join()
@@ -144,55 +145,53 @@ def test_backfill_from_the_landing_archive_rebuilds_lost_silver(spark, sample_la
 
 
 @pytest.mark.slow
-def test_a_gold_batch_waits_while_a_backfill_holds_the_lease(spark, lake_settings):
+def test_a_stream_batch_waits_while_a_backfill_holds_the_lease(spark, lake_settings):
     s = lake_settings
     copy_sample(s.input, slice(0, 2))
-    run_available_now(spark, s, ["bronze", "silver"])
+    run_available_now(spark, s, ["bronze"])
     with lease(s.lake, who="test"):
-        gold = threading.Thread(target=run_available_now, args=(spark, s, ["gold"]))
-        gold.start()
+        stream = threading.Thread(target=run_available_now, args=(spark, s, [GOLD_QUERY]))
+        stream.start()
         _wait_for(lambda: any(q.status["isTriggerActive"] for q in spark.streams.active))
-        time.sleep(8)  # an unblocked gold batch on two files commits well within this
-        assert gold.is_alive()
+        time.sleep(8)  # an unblocked batch on two files commits well within this
+        assert stream.is_alive()
+        assert read(spark, s, "silver/events").count() == 0  # silver waits with gold
         assert read(spark, s, "gold/session_funnel").count() == 0
-    gold.join()
+    stream.join()
     assert read(spark, s, "gold/session_funnel").count() > 0
 
 
 @pytest.mark.slow
-def test_a_backfill_while_gold_lags_silver_counts_each_session_once(spark, lake_settings):
-    """Silver has read three files, gold only the first two; a gold backfill, then the rest.
-    Every gold table must equal the batch build over the final on-time silver. Two bugs
-    this caught:
+def test_a_backfill_between_stream_batches_counts_each_session_once(spark, lake_settings):
+    """A gold backfill between two runs of the stream, then the rest of the input: every gold
+    table must equal the batch build over the final on-time silver. Bugs of earlier shapes
+    this caught, when gold was a query of its own that could lag silver:
     - the backfill judged sessions by silver's newer watermark, not the gold stream's, and
       wrote sessions closed that the stream still held open; the stream, closing them
       later, inserted each a second time;
-    - the backfill built from all of silver, including the third file gold had not read;
-      the stream, reading it afterwards, added those sessions' signed rows to the
-      aggregates again (22 of 43 campaign_funnel cells, every campaign_performance row and
-      220 of 399 products differed);
+    - the backfill built from silver rows gold had not read; the stream, reading them
+      afterwards, added those sessions' signed rows to the aggregates again;
     - the fix's first cut took gold's position from Spark's commit log, one batch behind
-      what gold had applied when the backfill took the lease between the two, and left out
-      rows gold had read: 2,401 sessions stayed open for good (the beside test, above).
-    A gold batch that stopped part way (its writes landed, its state did not) makes the
-    backfill refuse to run."""
+      what gold had applied when the backfill took the lease between the two.
+    Now silver and gold are written by one micro-batch under the lease. One that stopped part
+    way (its writes landed, its state did not) makes the backfill refuse to run."""
     s = lake_settings
     copy_sample(s.input, slice(0, 2))
     run_available_now(spark, s)
     copy_sample(s.input, slice(2, 3))
-    run_available_now(spark, s, ["bronze", "silver"])
-    # A gold batch that died between its table writes and its state file: its restart
-    # replays it and the ledger skips what it wrote, so a backfill now is refused.
-    states = Path(s.checkpoint("gold")) / "processors"
+    run_available_now(spark, s)
+    # A batch that died between its table writes and its state file: its restart replays it
+    # and the ledger skips what it wrote, so a backfill now is refused.
+    states = Path(s.checkpoint(CHECKPOINTS[GOLD_QUERY])) / "processors"
     newest = max(states.glob("[0-9]*.arrow"), key=lambda f: int(f.stem))
     newest.rename(newest.with_name("moved"))
-    with pytest.raises(RuntimeError, match=r"stopped part way \(.*gold/session_funnel"):
+    with pytest.raises(RuntimeError, match=r"stopped part way \(.*silver/events.*\)"):
         run_backfill(spark, s, DAY, DAY, ["gold"])
     newest.with_name("moved").rename(newest)
-    # The backfill takes the lease in the moment after gold's last micro-batch wrote its
-    # tables and state, before Spark marked it committed (the lease is released in between):
-    # that batch's rows are gold's already. The stream replays the batch; its ledger skips it.
-    commits = Path(s.checkpoint("gold")) / "commits"
+    # The backfill takes the lease in the moment after the last micro-batch wrote its tables
+    # and state, before Spark marked it committed (the lease is released in between): that
+    # batch's rows are gold's already. The stream replays the batch; its ledger skips it.
+    commits = Path(s.checkpoint(CHECKPOINTS[GOLD_QUERY])) / "commits"
     last = max(int(f.name) for f in commits.glob("[0-9]*"))
     for name in (str(last), f".{last}.crc"):
         (commits / name).unlink()

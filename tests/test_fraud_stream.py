@@ -3,7 +3,6 @@ and state that empties out."""
 
 import json
 import sys
-from datetime import date, datetime
 from pathlib import Path
 
 from helpers import SAMPLE, assert_same_rows, lake_copy, read
@@ -13,8 +12,8 @@ from pipelines.jobs.run import run_available_now
 from pipelines.privacy import hash_ip, ip_salt
 from pipelines.stateful.fraud import fraud_flags_batch
 from pipelines.stateful.gold import StateFiles
+from pipelines.streams import CHECKPOINTS, GOLD_QUERY
 from pipelines.streams.gold import gold_processors
-from pipelines.tables import SILVER_EVENTS, conform
 
 TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
 
@@ -46,7 +45,7 @@ def test_stream_and_batch_flags_are_identical(spark, sample_lake):
 def _held_events(s) -> list[int]:
     """Event times held in the fraud processor's state, read from the gold checkpoint's newest
     state file: the open-burst events, column by column; [2] is t."""
-    held, _ = StateFiles(Path(s.checkpoint("gold")), gold_processors(s)).load(sys.maxsize)
+    held, _ = StateFiles(Path(s.checkpoint(CHECKPOINTS[GOLD_QUERY])), gold_processors(s)).load(sys.maxsize)
     return json.loads(held["fraud"].values[0])[2] if "fraud" in held else []
 
 
@@ -62,13 +61,10 @@ def test_state_holds_only_bursts_still_open(spark, sample_lake):
 def test_state_empties_after_a_quiet_period(spark, sample_lake, tmp_path):
     s = lake_copy(sample_lake, tmp_path)
     assert len(_held_events(s)) > 0
-    # An hour of silence, then one page view reaches silver: the watermark passes every open burst.
-    silver = read(spark, s, "silver/events")
-    later = (silver.limit(1).withColumns({
-        "event_id": F.lit("quiet-1"), "event_type": F.lit("landing_page_view"), "step": F.lit(3),
-        "event_time": F.lit(datetime(2026, 11, 2, 13, 30)), "event_date": F.lit(date(2026, 11, 2)),
-        "late": F.lit(False)}).transform(conform(SILVER_EVENTS)))
-    later.write.format("delta").mode("append").save(s.table("silver/events"))
-    run_available_now(spark, s, ["gold"])
+    # An hour of silence, then one page view lands: the watermark passes every open burst.
+    (Path(s.input) / "quiet-1.jsonl").write_text(json.dumps({
+        "event_id": "quiet-1", "event_type": "landing_page_view", "event_time": "2026-11-02T13:30:00.000Z",
+        "user_id": "u-quiet", "tracking_id": "t-quiet", "ip": "10.0.0.1", "user_agent": "test"}) + "\n")
+    run_available_now(spark, s)
     assert _held_events(s) == []
     assert read(spark, s, "gold/fraud_flags").count() == len(TRUTH["fraud_bursts"])

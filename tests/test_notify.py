@@ -235,8 +235,10 @@ def test_the_stream_sends_each_batchs_notices_and_a_replay_sends_nothing(spark, 
     from pathlib import Path
 
     from test_gold_stream import forget_last_batches
-    forget_last_batches(Path(s.checkpoint("gold")), 1)
-    run_available_now(spark, s, ["gold"])
+
+    from pipelines.streams import CHECKPOINTS, GOLD_QUERY
+    forget_last_batches(Path(s.checkpoint(CHECKPOINTS[GOLD_QUERY])), 1)
+    run_available_now(spark, s, [GOLD_QUERY])
     assert len(inbox.messages) == sent["email"] and len(receiver.posts) == sent["slack"]
 
 

@@ -48,7 +48,7 @@ def checked_lake(spark, violating, tmp_path_factory):
     """The violating sample streamed through bronze, silver and gold with the default policies."""
     landing, _ = violating
     s = _settings(tmp_path_factory.mktemp("checked"), landing)
-    run_available_now(spark, s, ["bronze", "silver", "gold"])
+    run_available_now(spark, s)
     return s
 
 

@@ -17,10 +17,12 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.common import Transform
+from pipelines.common import Transform, unix_millis
 
 CLICK_COLUMNS = ["user_id", "campaign_id", "tracking_id", "click_time"]
 OFFER_COLUMNS = ["offer_id", "user_id", "campaign_id", "tracking_id", "click_time", "due_time"]
@@ -80,6 +82,18 @@ def offer_input(buckets: int) -> Transform:
             F.unix_millis("event_time").alias("t"),
             F.pmod(F.xxhash64("user_id"), F.lit(buckets)).alias("bucket"))
     return _
+
+
+def offer_events(events: pa.Table) -> pa.Table:
+    """``offer_input`` on the driver, over a stream's collected micro-batch of on-time silver
+    rows (without ``bucket`` and ``event_time``, which only a Spark group needs)."""
+    kind = events["event_type"]
+    wanted = pc.or_(pc.and_(pc.equal(kind, "ad_click"), pc.is_valid(events["campaign_id"])),
+                    pc.equal(kind, "purchase"))
+    rows = events.filter(wanted)
+    return pa.table({"event_type": rows["event_type"], "user_id": rows["user_id"],
+                     "campaign_id": rows["campaign_id"], "tracking_id": rows["tracking_id"],
+                     "t": unix_millis(rows["event_time"])})
 
 
 def split(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

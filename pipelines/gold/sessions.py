@@ -21,10 +21,11 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pyspark.sql import DataFrame
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.common import Transform
+from pipelines.common import Transform, unix_millis
 from pipelines.contract import STEPS
 
 # What sessionize reads, per event. ``step`` is the event type's funnel index (1-6);
@@ -205,20 +206,41 @@ SESSION_DDL = (
 )
 
 
+def hash_keys() -> dict[str, Column]:
+    """``journey`` and ``tie``: Spark's xxhash64 of ``tracking_id`` and ``event_id``. The
+    stream's silver projection computes them too (``streams/silver.py``), so its driver-side
+    ``session_events`` gets the very values a batch build hashes here."""
+    return {"journey": F.xxhash64("tracking_id"), "tie": F.xxhash64("event_id")}
+
+
 def session_input(buckets: int) -> Transform:
     """Silver events -> what ``sessionize`` reads (``EVENT_COLUMNS``) plus ``bucket``: journeys
     are hashed into ``buckets`` groups, so the Python side sees a few fat groups, not one per
     journey (a group costs about 1 ms whatever its size). ``event_time`` stays: a stream's
     watermark filters on it."""
     def _(events: DataFrame) -> DataFrame:
+        keys = hash_keys()
         return events.select(
-            F.xxhash64("tracking_id").alias("journey"), "tracking_id",
+            keys["journey"].alias("journey"), "tracking_id",
             F.unix_millis("event_time").alias("t"), F.col("step").cast("tinyint").alias("step"),
-            F.xxhash64("event_id").alias("tie"), "user_id", "campaign_id", "product_id",
+            keys["tie"].alias("tie"), "user_id", "campaign_id", "product_id",
             "price", F.col("quantity").cast("double").alias("quantity"), "ip_country", "ip_hash",
             "event_time",
             F.pmod(F.xxhash64("tracking_id"), F.lit(buckets)).alias("bucket"))
     return _
+
+
+def session_events(events: pa.Table) -> pa.Table:
+    """``session_input`` on the driver, over a stream's collected micro-batch of on-time
+    silver rows that carry ``hash_keys``: ``EVENT_COLUMNS``, typed as Spark types them (the
+    stream == batch tests hold the two together)."""
+    return pa.table({
+        "journey": events["journey"], "tracking_id": events["tracking_id"],
+        "t": unix_millis(events["event_time"]), "step": pc.cast(events["step"], pa.int8()),
+        "tie": events["tie"], "user_id": events["user_id"], "campaign_id": events["campaign_id"],
+        "product_id": events["product_id"], "price": events["price"],
+        "quantity": pc.cast(events["quantity"], pa.float64()), "ip_country": events["ip_country"],
+        "ip_hash": events["ip_hash"]})
 
 
 def typed_session_rows(rows: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""The streaming job: bronze -> silver (-> gold) until interrupted, or until caught up.
+"""The streaming job: bronze, and silver with gold, until interrupted or until caught up.
 
 Started by ``funnelhouse run`` (``spark-submit ... pipelines/cli.py run --input DIR --lake DIR``).
 """
@@ -75,21 +75,18 @@ def _start(name: str, spark: SparkSession, s: Settings, available_now: bool) -> 
 
 
 def run_available_now(spark: SparkSession, s: Settings, layers: Iterable[str] = LAYERS) -> None:
-    """Process everything pending, then return. Bronze and silver both read the source, so
-    they run side by side; gold reads what silver wrote, so it starts when silver is done."""
-    layers = list(layers)
-    stages = [[n for n in layers if n != "gold"], [n for n in layers if n == "gold"]]
-    for stage in filter(None, stages):
-        queries = {name: _start(name, spark, s, True) for name in stage}
-        for name, query in queries.items():
-            try:
-                query.awaitTermination()
-            except StreamingQueryException as err:  # one clear line: the query and the cause
-                for other in queries.values():
-                    other.stop()
-                raise StreamFailed(f"query {name} failed: {_cause(err)}") from err
-            _check(query)
-            log.info("%s caught up", name)
+    """Process everything pending, then return. Bronze and silver (with gold) both read the
+    source, so they run side by side."""
+    queries = {name: _start(name, spark, s, True) for name in layers}
+    for name, query in queries.items():
+        try:
+            query.awaitTermination()
+        except StreamingQueryException as err:  # one clear line: the query and the cause
+            for other in queries.values():
+                other.stop()
+            raise StreamFailed(f"query {name} failed: {_cause(err)}") from err
+        _check(query)
+        log.info("%s caught up", name)
 
 
 def run_continuously(spark: SparkSession, s: Settings, layers: Iterable[str] = LAYERS,
@@ -108,9 +105,6 @@ def run_continuously(spark: SparkSession, s: Settings, layers: Iterable[str] = L
                 for q in queries:
                     _check(q)
                 break
-            for q in queries:  # timers that must fire while the input is quiet
-                if hasattr(q, "tick"):
-                    q.tick()
     finally:
         for q in queries:
             stop_between_batches(q)

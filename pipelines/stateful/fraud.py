@@ -18,18 +18,19 @@ in state plus the new ones) and in a batch (on all events, closing everything).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.streaming.state import GroupState
 from pyspark.sql.types import StringType, StructField, StructType
 
-from pipelines.common import Transform
+from pipelines.common import Transform, unix_millis
 from pipelines.config import FraudRule, FraudSettings
 from pipelines.stateful.gold import Processor
 from pipelines.tables import FLAG_SCHEMA
@@ -133,6 +134,27 @@ def rule_events(rules: list[FraudRule], buckets: int) -> Transform:
     return _
 
 
+def rule_rows(rules: list[FraudRule]) -> Callable[[pa.Table], pa.Table]:
+    """``rule_events`` on the driver, over a stream's collected micro-batch of on-time silver
+    rows: ``EVENT_COLUMNS``, one row per (rule, event) the rule looks at."""
+    def _(events: pa.Table) -> pa.Table:
+        parts = []
+        for r in rules:
+            entity = events["user_id"] if r.key == "user" else events["ip_hash"]
+            hit = pc.and_(pc.is_in(events["event_type"], pa.array(r.event_types, pa.string())),
+                          pc.is_valid(entity))
+            rows = events.filter(hit)
+            value = (pa.repeat(1, rows.num_rows).cast(pa.int64()) if r.measure == "count"
+                     else pc.cast(pc.coalesce(rows["quantity"], 1), pa.int64()))
+            parts.append(pa.table({
+                "rule": pa.repeat(r.name, rows.num_rows).cast(pa.string()),
+                "entity_id": entity.filter(hit), "t": unix_millis(rows["event_time"]),
+                "value": value, "event_id": rows["event_id"]}))
+        return pa.concat_tables(parts) if parts else pa.table(
+            {c: pa.array([], pa.int64() if c in ("t", "value") else pa.string()) for c in EVENT_COLUMNS})
+    return _
+
+
 def _encode(events: pd.DataFrame) -> str:
     return json.dumps([events[c].tolist() for c in EVENT_COLUMNS])
 
@@ -171,8 +193,9 @@ def fraud_processor(settings: FraudSettings):
 def processor(settings: FraudSettings) -> Processor:
     """On-time silver events -> ``gold/fraud_flags`` rows (``kind`` 'flag'), emitted as
     bursts close."""
-    return Processor("fraud", rule_events(settings.rules, settings.buckets), fraud_processor(settings),
-                     STATE_SCHEMA, StructType([StructField("kind", StringType()), *FLAG_SCHEMA.fields]))
+    return Processor("fraud", rule_events(settings.rules, settings.buckets), rule_rows(settings.rules),
+                     fraud_processor(settings), STATE_SCHEMA,
+                     StructType([StructField("kind", StringType()), *FLAG_SCHEMA.fields]))
 
 
 def fraud_flags_batch(events: DataFrame, settings: FraudSettings,

@@ -1,9 +1,10 @@
-"""The gold query's state: its three processors (sessions, fraud, offers), run by the driver.
+"""Gold's state: its three processors (sessions, fraud, offers), run by the driver.
 
 Each processor is a ``GroupState``-style function (``process(key, frames, state)``) written
 once and used in two places: the batch build calls the same pure functions underneath, and the
 stream calls the processor on each micro-batch's on-time events. In the stream the driver holds
-every processor's state as one group and keeps it here, in the query's checkpoint:
+every processor's state as one group and keeps it here, in the checkpoint of the query gold
+runs in (``_checkpoints/silver/events``):
 
     <checkpoint>/processors/<batch id>.arrow
 
@@ -38,9 +39,9 @@ Process = Callable[[tuple, Iterator[pd.DataFrame], "KeyState"], Iterator[pd.Data
 
 LAYOUT = "driver-state-2"  # bump when the file's meaning changes; an unknown layout is refused
 RETAIN = 20  # state files kept (Spark keeps 100 batches of its own state by default)
-REBUILD = ("to rebuild: stop the job, move <lake>/_checkpoints/gold and the gold tables aside, "
-           "run `funnelhouse run` (gold replays silver from its first version), or `funnelhouse "
-           "backfill --layers gold` over the dates silver holds (docs/backfill.md)")
+REBUILD = ("to rebuild: stop the job, move <lake>/_checkpoints/silver and the silver and gold "
+           "tables aside, and run `funnelhouse run` (silver and gold replay the landing folder, or "
+           "Kafka from its earliest retained offset; docs/operations.md)")
 FILE = pa.schema([("processor", pa.string()), ("values", pa.list_(pa.binary())),
                   ("timeout_ms", pa.int64())])
 
@@ -48,7 +49,8 @@ FILE = pa.schema([("processor", pa.string()), ("values", pa.list_(pa.binary())),
 @dataclass(frozen=True)
 class Processor:
     name: str
-    input: Transform  # on-time silver events -> its rows (``EVENT_COLUMNS`` and friends)
+    input: Transform  # on-time silver events -> its rows (``EVENT_COLUMNS`` and friends): batch
+    rows: Callable[[pa.Table], pa.Table]  # the same, on the stream's collected micro-batch
     process: Process  # what it does with its rows and its state
     state: StructType  # its state fields (binary or string)
     output: StructType  # what it emits, ``kind`` included
@@ -115,7 +117,7 @@ def advance(p: Processor, rows: pd.DataFrame | None, held: Held, before_ms: int,
 
 
 def last_applied(checkpoint: Path) -> tuple[int, int | None] | None:
-    """The gold query's last micro-batch whose body finished (its tables and its state are
+    """Gold's last micro-batch whose body finished (its tables and its state are
     written; Spark may not have marked it committed yet), and the newest event time (epoch ms)
     it had seen, from its newest state file; None when no batch ever finished."""
     files = sorted((int(f.stem), f) for f in (checkpoint / "processors").glob("*.arrow") if f.stem.isdigit())

@@ -20,7 +20,7 @@ from pyspark.sql.streaming.state import GroupState
 from pyspark.sql.types import BinaryType, StructField, StructType, _parse_datatype_string
 
 from pipelines.config import RetargetSettings
-from pipelines.gold.retarget import OFFER_DDL, _ms, due_offers, offer_input, split
+from pipelines.gold.retarget import OFFER_DDL, _ms, due_offers, offer_events, offer_input, split
 from pipelines.stateful.gold import Processor
 
 CLICKS = pa.schema([("user_id", pa.string()), ("campaign_id", pa.string()),
@@ -81,5 +81,5 @@ def offer_processor(r: RetargetSettings):
 
 def processor(r: RetargetSettings) -> Processor:
     """On-time silver events -> offers as they come due (``OFFER_DDL``)."""
-    return Processor("offers", offer_input(r.buckets), offer_processor(r), STATE_SCHEMA,
+    return Processor("offers", offer_input(r.buckets), offer_events, offer_processor(r), STATE_SCHEMA,
                      _parse_datatype_string("kind string, " + OFFER_DDL))

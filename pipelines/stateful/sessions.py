@@ -39,6 +39,7 @@ from pipelines.gold.sessions import (
     SESSION_COLUMNS,
     SESSION_DDL,
     session_bounds,
+    session_events,
     session_input,
     sessionize,
 )
@@ -149,5 +150,5 @@ def _touch(held: pa.Table, new: pd.DataFrame, gap: timedelta, attribution: str
 def processor(s: Settings) -> Processor:
     """On-time silver events -> the retract stream of sessions (``CHANGE_DDL``;
     times in epoch ms)."""
-    return Processor("sessions", session_input(s.gold.buckets), session_processor(s), STATE_SCHEMA,
-                     _parse_ddl(CHANGE_DDL))
+    return Processor("sessions", session_input(s.gold.buckets), session_events, session_processor(s),
+                     STATE_SCHEMA, _parse_ddl(CHANGE_DDL))

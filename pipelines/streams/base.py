@@ -16,7 +16,10 @@ from pipelines.io import sinks, sources
 from pipelines.io.ledger import Ledger
 
 # Each query's checkpoint, under <lake>/_checkpoints/.
-CHECKPOINTS = {"bronze": "bronze/events", "silver": "silver/events", "gold": "gold"}
+CHECKPOINTS = {"bronze": "bronze/events", "silver": "silver/events"}
+# The query whose micro-batches also compute gold (``streams/gold.py``): gold's state and
+# the app id of its commits come from that query's checkpoint.
+GOLD_QUERY = "silver"
 
 
 def query_id(checkpoint: Path) -> str:
@@ -45,11 +48,12 @@ def writer(df: DataFrame, name: str, s: Settings, available_now: bool) -> DataSt
 class Handler:
     """What a ``foreachBatch`` body knows: its query's checkpoint (for the app id, stable
     across restarts) and the ledger of batches each table holds (rebuilt from the tables
-    after a restart)."""
+    after a restart). ``name`` marks its commits; ``query`` (default: ``name``) is the query
+    it runs in."""
 
-    def __init__(self, s: Settings, name: str):
+    def __init__(self, s: Settings, name: str, query: str | None = None):
         self.s = s
-        self.checkpoint = Path(s.checkpoint(CHECKPOINTS[name]))
+        self.checkpoint = Path(s.checkpoint(CHECKPOINTS[query or name]))
         self.name = name
         self.ledger = Ledger()
 

@@ -1,19 +1,20 @@
-"""``gold``: on-time ``silver/events`` -> the session, fraud and offer processors (state) ->
-every gold table, each micro-batch's changes committed with delta-rs."""
+"""``gold``: the on-time events of each silver micro-batch -> the session, fraud and offer
+processors (state) -> every gold table, each micro-batch's changes committed with delta-rs.
+
+Gold runs inside the silver query's ``foreachBatch`` (``streams/silver.py``), on the rows
+silver collected: one hop from arrival, no second read of the events and no second query
+planning each micro-batch (docs/performance.md, "One query for silver and gold")."""
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from functools import reduce
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.types import StructType
 
 from pipelines import metrics
@@ -30,10 +31,8 @@ from pipelines.gold.profiles import ip_deltas, profile_deltas
 from pipelines.gold.reminders import reminder_columns
 from pipelines.gold.retarget import to_offer_rows
 from pipelines.gold.sessions import typed_session_rows
-from pipelines.io import sources
 from pipelines.io.delta_rs import Commit, arrow_schema, from_pandas, max_stat, to_arrow
 from pipelines.io.delta_rs import read as delta_read
-from pipelines.io.lease import lease
 from pipelines.notify.channels import channels
 from pipelines.notify.messages import SOURCE_TABLE
 from pipelines.notify.outbox import open_outbox, record_rows
@@ -42,7 +41,7 @@ from pipelines.silver import event_watermark
 from pipelines.stateful import fraud, offers, sessions
 from pipelines.stateful.gold import Held, Processor, StateFiles, advance
 from pipelines.steps import STEPS
-from pipelines.streams.base import Handler, counts, writer
+from pipelines.streams.base import GOLD_QUERY, Handler, counts
 
 log = logging.getLogger(__name__)
 
@@ -52,34 +51,29 @@ def gold_processors(s: Settings) -> list[Processor]:
     return [sessions.processor(s), fraud.processor(s.fraud), offers.processor(s.retarget)]
 
 
-def processor_rows(events: DataFrame, processors: list[Processor]
+def processor_rows(events: pa.Table, processors: list[Processor]
                    ) -> tuple[dict[str, pd.DataFrame], int | None]:
-    """A micro-batch of silver events -> each processor's rows, collected in one Spark job,
-    and the batch's newest on-time event time (epoch ms; None when it holds none).
+    """A micro-batch of silver events, as the silver step collected them (with
+    ``sessions.hash_keys``) -> each processor's rows (``Processor.rows``), and the batch's
+    newest on-time event time (epoch ms; None when it holds none).
 
-    Late events are left out (silver counted them). The processors' inputs are unioned with
-    a ``proc`` column and collected once as Arrow; each gets its own columns back. The
-    sessions' input holds every on-time event, so the newest ``event_time`` over all rows is
-    the batch's (the watermark's input).
-    """
-    on_time = events.where(~F.col("late"))
-    inputs = [on_time.transform(p.input).withColumn("proc", F.lit(p.name)) for p in processors]
-    table = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), inputs).toArrow()
-    newest = pc.max(table["event_time"]).as_py() if table.num_rows else None
-    rows = {}
-    for p, df in zip(processors, inputs, strict=True):
-        columns = [c for c in df.columns if c not in ("proc", "bucket", "event_time")]
-        rows[p.name] = table.filter(pc.equal(table["proc"], p.name)).select(columns).to_pandas()
+    Late events are left out (silver counted them); the newest ``event_time`` over the
+    on-time rows is the batch's (the watermark's input)."""
+    on_time = events.filter(pc.invert(events["late"]))
+    newest = pc.max(on_time["event_time"]).as_py() if on_time.num_rows else None
+    rows = {p.name: p.rows(on_time).to_pandas() for p in processors}
     return rows, None if newest is None else _ms(newest.replace(tzinfo=None))
 
 
-class GoldBatch(Handler):
-    """``foreachBatch`` body: on-time silver events -> the processors -> every gold table.
+class GoldStep(Handler):
+    """The gold half of the silver query's micro-batch (``streams/silver.py``): its on-time
+    events -> the processors -> every gold table.
 
-    The processors' state lives in the checkpoint (``stateful/gold.py``); the batch's
-    watermark is ``event_watermark`` of the newest event time seen so far, kept with it. So a
-    replayed or restarted batch sees exactly the state and watermark it saw the first time,
-    and the tables' ledger skips what it already wrote.
+    The processors' state lives in that query's checkpoint (``stateful/gold.py``), with the
+    newest on-time event time seen, from which ``event_watermark`` gives the batch's
+    watermark: silver marks ``late`` by the same one. So a replayed or restarted batch sees
+    exactly the state and watermark it saw the first time, and the tables' ledger skips what
+    it already wrote.
 
     Sessions first (the freshest table), then the aggregates their signed rows change, then
     the windows the watermark closed (judged for drop-off alerts), then reminders, fraud
@@ -89,7 +83,7 @@ class GoldBatch(Handler):
     """
 
     def __init__(self, spark: SparkSession, s: Settings):
-        super().__init__(s, "gold")
+        super().__init__(s, "gold", query=GOLD_QUERY)
         self.paths = {t.name: T.ensure(spark, s.lake, t) for t in T.GOLD_STREAM}
         T.ensure(spark, s.lake, T.QUALITY_RESULTS)
         self.quality = Quality(s.lake, "campaign_funnel", s.quality, "gold") if s.quality.enabled else None
@@ -103,18 +97,21 @@ class GoldBatch(Handler):
             log.info("pending notices from before this start: %s",
                      self.outbox.deliver(self.outbox.due(), self.channels))
 
-    def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        with lease(self.s.lake, who=f"gold batch {batch_id}"):  # a backfill may be rebuilding
-            self._apply(batch, batch_id)
+    def start(self, batch_id: int) -> tuple[dict[str, Held], int | None]:
+        """The state micro-batch ``batch_id`` starts from, and the newest on-time event time
+        (epoch ms) seen before it: the watermark's input, for silver too."""
+        return self.states.load(batch_id)
 
-    def _apply(self, batch: DataFrame, batch_id: int) -> None:
-        spark, delay = batch.sparkSession, self.s.stream.watermark_delay
-        rows, newest = processor_rows(batch, self.processors)
-        held, latest = self.states.load(batch_id)
-        before = event_watermark(_time(latest), delay)
+    def apply(self, spark: SparkSession, events: pa.Table, batch_id: int,
+              held: dict[str, Held], latest: int | None) -> None:
+        """Micro-batch ``batch_id``'s silver rows (``events``, late ones included), from the
+        state ``start`` gave -> every gold table, then the state after it."""
+        delay = self.s.stream.watermark_delay
+        rows, newest = processor_rows(events, self.processors)
+        before = event_watermark(from_epoch_ms(latest), delay)
         if newest is not None:
             latest = max(latest or newest, newest)
-        watermark = event_watermark(_time(latest), delay)
+        watermark = event_watermark(from_epoch_ms(latest), delay)
         out: dict[str, pd.DataFrame] = {}
         for p in self.processors:
             frames, held[p.name] = advance(p, rows[p.name], held.get(p.name, Held()),
@@ -297,18 +294,16 @@ def to_arrow_table(frame: pd.DataFrame, schema: StructType) -> pa.Table:
                                 preserve_index=False)
 
 
-def _time(ms: int | None) -> datetime | None:
+def from_epoch_ms(ms: int | None) -> datetime | None:
+    """A naive UTC time from epoch ms (None stays None)."""
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)
+
+
+def epoch_ms(t: datetime | None) -> int | None:
+    """Epoch ms of a naive UTC time (None stays None)."""
+    return None if t is None else int(t.replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def _ms(t: datetime | None) -> int:
     """Epoch ms of a naive UTC time; 0 (Spark's "no watermark") for None."""
-    return 0 if t is None else int(t.replace(tzinfo=UTC).timestamp() * 1000)
-
-
-def start_gold(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
-    """``silver/events`` -> every gold table. Silver's commits are read whole (no
-    ``maxFilesPerTrigger``), so a micro-batch never holds part of one silver commit."""
-    path = T.ensure(spark, s.lake, T.SILVER_EVENTS)
-    events = sources.read_table(spark, path, streaming=True)
-    return writer(events, "gold", s, available_now).foreachBatch(GoldBatch(spark, s)).start()
+    return epoch_ms(t) or 0
