@@ -56,7 +56,7 @@ from pipelines.privacy import ip_salt
 from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe, event_watermark, parse, to_silver, valid_events
 from pipelines.stateful.gold import last_applied
-from pipelines.streams.base import CHECKPOINTS, GOLD_QUERY, app_id
+from pipelines.streams.base import CHECKPOINTS, QUERY, app_id
 
 log = logging.getLogger(__name__)
 MARGIN = timedelta(days=1)
@@ -262,15 +262,15 @@ def backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
 
 def interrupted(s: Settings, applied: int | None) -> list[str]:
     """The silver and gold tables holding a commit of a micro-batch after ``applied`` (None:
-    any) of the query gold runs in: one it began and did not finish (it died between its
+    any) of the stream's query: one it began and did not finish (it died between its
     writes and its state file). Its restart replays that batch, and the ledger skips the
     tables that hold it, so a backfill in between would leave that batch's rows out of the
     gold aggregates for good, or count them twice."""
-    checkpoint = Path(s.checkpoint(CHECKPOINTS[GOLD_QUERY]))
+    checkpoint = Path(s.checkpoint(CHECKPOINTS[QUERY]))
     if not (checkpoint / "metadata").exists():  # the query never started
         return []
     applied = -1 if applied is None else applied
-    gold, silver = app_id("gold", checkpoint), app_id(GOLD_QUERY, checkpoint)
+    gold, silver = app_id("gold", checkpoint), app_id("silver", checkpoint)
     apps = ({t.name: [gold] for t in T.GOLD} | {T.CAMPAIGN_FUNNEL.name: [gold, f"{gold}/close"]}
             | {t.name: [silver] for t in (T.SILVER_EVENTS, T.SILVER_QUARANTINE)})
     return [name for name, ids in apps.items()
@@ -286,11 +286,11 @@ def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
     # What the stream has applied: the last micro-batch whose body finished, read from its
     # state file (written under the lease), not from Spark's commit log, which marks a batch
     # committed only after its body returned and the lease was released.
-    applied = last_applied(Path(s.checkpoint(CHECKPOINTS[GOLD_QUERY])))
+    applied = last_applied(Path(s.checkpoint(CHECKPOINTS[QUERY])))
     batch, streamed = applied if applied is not None else (None, None)
     if begun := interrupted(s, batch):
         raise RuntimeError(
-            f"micro-batch {0 if batch is None else batch + 1} of the silver query stopped part way "
+            f"micro-batch {0 if batch is None else batch + 1} of the stream stopped part way "
             f"({', '.join(begun)} hold its writes, gold's state does not): start `funnelhouse run` "
             "so it finishes that batch, then backfill")
     silver = spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name)).where(~F.col("late"))

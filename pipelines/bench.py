@@ -48,7 +48,7 @@ from pipelines.generate import Profile, generate, land
 from pipelines.io.delta_rs import row_count
 from pipelines.jobs.run import run_available_now, run_continuously
 from pipelines.session import build_spark
-from pipelines.streams import LAYERS
+from pipelines.streams import QUERIES, QUERY
 
 console = Console()
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -102,7 +102,7 @@ def throughput(spark: SparkSession, root: Path, landing: Path, lines: int) -> di
     s = _settings(root / "lake", landing)
     shutil.rmtree(s.lake, ignore_errors=True)
     layers = {}
-    for name in LAYERS:
+    for name in QUERIES:
         layers[name] = _timed(lambda name=name: run_available_now(spark, s, [name]))
     total = sum(layers.values())
     rows = [["baseline: read.text + from_json -> parquet", base, lines / base, "100%"]]
@@ -157,7 +157,7 @@ def growth(spark: SparkSession, root: Path, full: tuple[Path, Path] | None, land
             before = _silver_rows(Path(s.lake))
             landed = land(inc, source, prefix="increment-")  # not the name of an input file
             try:
-                runs.append({q: _timed(lambda s=s, q=q: run_available_now(spark, s, [q])) for q in LAYERS})
+                runs.append({q: _timed(lambda s=s, q=q: run_available_now(spark, s, [q])) for q in QUERIES})
             finally:
                 for f in landed:
                     f.unlink()
@@ -165,11 +165,11 @@ def growth(spark: SparkSession, root: Path, full: tuple[Path, Path] | None, land
             if added != expected:
                 raise RuntimeError(f"the increment added {added} silver rows, not {expected}")
             shutil.rmtree(s.lake, ignore_errors=True)
-        out[name] = {q: statistics.median(r[q] for r in runs) for q in LAYERS}
+        out[name] = {q: statistics.median(r[q] for r in runs) for q in QUERIES}
         out[name]["total"] = statistics.median(sum(r.values()) for r in runs)
     empty, big = (v["total"] for v in out.values())
     console.print(_table(f"growth: the same {expected:,}-event increment, --available-now (median of 2)",
-                         ["lake before", *LAYERS, "total s", "ratio"],
+                         ["lake before", *QUERIES, "total s", "ratio"],
                          [[k, *v.values(), f"{v['total'] / empty:.2f}x"] for k, v in out.items()]))
     return {"seconds": out, "ratio": big / empty, "increment_events": expected}
 
@@ -338,7 +338,7 @@ def quality(spark: SparkSession, root: Path, landing: Path, rounds: int) -> dict
             s = _settings(root / "lake-quality", landing, stream={"max_files_per_trigger": 2},
                           quality={"enabled": variant == "on"})
             shutil.rmtree(s.lake, ignore_errors=True)
-            q = LAYERS["silver"](spark, s, True)
+            q = QUERIES[QUERY](spark, s, True)
             q.awaitTermination()
             out[variant].append([p["durationMs"]["triggerExecution"] / 1000 for p in q.recentProgress
                                  if p["numInputRows"] >= 90_000])
@@ -366,7 +366,7 @@ def scoring(spark: SparkSession, root: Path, landing: Path, warm: bool) -> dict:
         for part in lake.iterdir() if lake.exists() else []:  # all but the models and the IP key
             if part.name not in ("_mlflow", "_secrets"):
                 shutil.rmtree(part)
-        return _timed(lambda: run_available_now(spark, s, ["silver"]))
+        return _timed(lambda: run_available_now(spark, s))
 
     if not warm:
         run()

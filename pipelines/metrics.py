@@ -49,8 +49,10 @@ BATCH_ROWS = _gauge("batch_rows", "Input rows of the last micro-batch.")
 INPUT_ROWS = _counter("input_rows", "Input rows of every micro-batch since the process started.")
 BATCHES = _counter("batches", "Micro-batches completed since the process started.")
 LAST_BATCH = _gauge("last_batch_id", "Id of the last completed micro-batch (from the checkpoint).")
-STATE_ROWS = _gauge("state_rows", "Rows in the query's Spark state store.")
-STATE_BYTES = _gauge("state_memory_bytes", "Memory used by the query's Spark state store.")
+STATE_ROWS = _gauge("state_rows", "Rows the stream holds as state (silver: ids in the dedupe "
+                    "window; gold: the open sessions' events).")
+STATE_BYTES = _gauge("state_memory_bytes", "Bytes of that state (silver: Arrow buffers; gold: as "
+                     "stored, with open fraud bursts and pending clicks).")
 DROPPED = _counter("rows_dropped_by_watermark", "Rows Spark's watermark dropped (state operators).")
 LAST_PROGRESS = _gauge("last_progress_timestamp_seconds", "Wall time of the query's last progress.")
 
@@ -82,6 +84,12 @@ ANOMALIES = _counter("anomalous_sessions", "Closed sessions the champion model f
                      ("model_version",))
 QUALITY_FAILED = _counter("quality_expectations_failed", "Failed expectations per validated batch.",
                           ("suite", "expectation"))
+
+
+def set_state(layer: str, rows: int, size: int) -> None:
+    """The rows and bytes of state ``layer`` (silver, gold) holds after a micro-batch."""
+    STATE_ROWS.labels(layer).set(rows)
+    STATE_BYTES.labels(layer).set(size)
 
 
 def set_watermark(query: str, watermark: datetime | None) -> None:
@@ -125,8 +133,9 @@ def record(p) -> None:
     LAST_BATCH.labels(q).set(p.batchId)
     LAST_PROGRESS.labels(q).set(time.time())
     ops = p.stateOperators or []
-    STATE_ROWS.labels(q).set(sum(o.numRowsTotal for o in ops))
-    STATE_BYTES.labels(q).set(sum(o.memoryUsedBytes for o in ops))
+    if ops:  # Spark's state stores (the stream's own state reports itself: ``set_state``)
+        STATE_ROWS.labels(q).set(sum(o.numRowsTotal for o in ops))
+        STATE_BYTES.labels(q).set(sum(o.memoryUsedBytes for o in ops))
     dropped = sum(o.numRowsDroppedByWatermark for o in ops)
     if dropped:
         DROPPED.labels(q).inc(dropped)

@@ -33,9 +33,8 @@ BASE_CONF: dict[str, str] = {
         "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
     "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
     "spark.sql.streaming.stopGracefullyOnShutdown": "true",
-    # No micro-batch without input: silver's dedupe state is evicted by its next data batch,
-    # and gold's timers are event-time ones, which only input moves. An empty batch cost
-    # silver about 1.3 s.
+    # No micro-batch without input: the stream's state (dedupe window, gold's timers) moves
+    # only with input. An empty batch cost silver about 1.3 s.
     "spark.sql.streaming.noDataMicroBatches.enabled": "false",
     # A landing-folder micro-batch names its files, and Spark reads their status in a
     # distributed job when there are more than this many (default 32): 1.1-1.6 s of each

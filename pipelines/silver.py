@@ -2,15 +2,13 @@
 
 One chain serves the stream and the backfill: ``parse -> valid_events -> dedupe ->
 to_silver`` (``to_silver`` is ``enrich`` = ``mark_late -> locate -> pseudonymize``, then
-conform; the stream's ``silver_and_quarantine`` runs ``enrich`` over valid and rejected rows
-at once, so a micro-batch is one Spark pass). ``locate``
-is the IP -> location join of ``geo.py``, ``pseudonymize`` replaces the raw IP with its keyed
-hash and network, ``privacy.py``; the raw IP stays in bronze). Deduplication is the one step with two
-forms: ``dedupe`` over a whole batch, and ``dedupe_stream`` with state in the streaming query,
-which runs before ``valid_events`` there (the same rule: one row per ``event_id``, the first
-delivery wins). ``event_watermark`` is the
-one definition of the watermark; it is Spark's own, so the gold stream's operators (which
-read silver) never drop a row silver kept as on time.
+conform). The stream's ``stream_rows`` runs ``parse`` and ``enrich`` over valid and rejected
+rows at once (``silver_and_quarantine``), so a micro-batch is one Spark pass. ``locate`` is
+the IP -> location join of ``geo.py``; ``pseudonymize`` replaces the raw IP with its keyed
+hash and network (``privacy.py``; the raw IP stays in bronze). Deduplication is the one step
+with two forms, one rule (one row per ``event_id``, the first delivery wins): ``dedupe``
+over a whole batch, and the stream's driver-side state over the window of arrivals
+(``stateful/dedupe.py``). ``event_watermark`` is the one definition of the watermark.
 """
 
 from __future__ import annotations
@@ -31,13 +29,14 @@ from pipelines.tables import BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, co
 _JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": C.CORRUPT}
 
 
-def parse(df: DataFrame) -> DataFrame:
+def parse(df: DataFrame, carry: tuple[str, ...] = ()) -> DataFrame:
     """Bronze rows -> every row typed as ``silver/events`` types it, plus ``reason`` (the first
     contract rule it breaks; null when valid) and the source columns the quarantine keeps.
 
     The line is parsed once, and each typed value (``contract.typed_fields``) is computed
     once, in a projection of its own, and serves both the row and its checks. ``raw`` is
-    kept only for rejected rows; a valid row's text is in bronze. Grain: unchanged.
+    kept only for rejected rows; a valid row's text is in bronze. ``carry``: columns of
+    ``df`` passed through as they are. Grain: unchanged.
     """
     require_columns(df, *BRONZE_EVENTS.columns)
     p = F.col("p")
@@ -70,7 +69,7 @@ def parse(df: DataFrame) -> DataFrame:
     reason = C.rejection_reason(p, typed)
     keep = ["source_file", "kafka_topic", "kafka_partition", "kafka_offset"]
     return parsed.select(*[v.alias(k) for k, v in columns.items()], reason.alias("reason"),
-                         F.when(reason.isNotNull(), redact(F.col("raw"))).alias("raw"), *keep)
+                         F.when(reason.isNotNull(), redact(F.col("raw"))).alias("raw"), *keep, *carry)
 
 
 def valid_events(df: DataFrame) -> DataFrame:
@@ -98,20 +97,6 @@ def dedupe(df: DataFrame) -> DataFrame:
     """One row per ``event_id`` of valid events: the first delivery (earliest ``ingest_time``) wins."""
     first = F.min_by(F.struct(*df.columns), F.col("ingest_time"))
     return df.groupBy("event_id").agg(first.alias("e")).select("e.*")
-
-
-def dedupe_stream(window: timedelta) -> Transform:
-    """``dedupe`` for a stream of parsed rows, with state: a valid event whose ``event_id``
-    was delivered within ``window`` of arrival time before is dropped (Spark's
-    ``dropDuplicatesWithinWatermark``, keyed on ``ingest_time`` so late events still reach
-    silver). Rejected rows are never dropped: each gets a key of its own."""
-    def _(parsed: DataFrame) -> DataFrame:
-        key = F.when(F.col("reason").isNull(), F.concat(F.lit("e:"), F.col("event_id"))).otherwise(
-            F.concat(F.lit("q:"), F.expr("uuid()")))
-        return (parsed.withColumn("_key", key)
-                .withWatermark("ingest_time", f"{int(window.total_seconds())} seconds")
-                .dropDuplicatesWithinWatermark(["_key"]).drop("_key"))
-    return _
 
 
 def event_watermark(latest: datetime | None, delay: timedelta) -> datetime | None:
@@ -149,18 +134,20 @@ def to_silver(watermark: datetime | None, locations: DataFrame, ip_key: bytes) -
 
 def silver_and_quarantine(watermark: datetime | None, locations: DataFrame, ip_key: bytes,
                           breaks: Mapping[str, Column] | None = None,
-                          extra: Mapping[str, Column] | None = None) -> Transform:
-    """Parsed, deduplicated rows, valid and rejected -> one frame holding the columns of
+                          extra: Mapping[str, Column] | None = None,
+                          carry: tuple[str, ...] = ()) -> Transform:
+    """Parsed rows, valid and rejected -> one frame holding the columns of
     both ``silver/events`` and ``silver/quarantine`` (``to_silver`` and ``quarantined`` of the
     same rows), so the stream computes a micro-batch in one pass and splits it on ``reason``
     (null: silver; else: the quarantine). ``breaks``: named predicates over silver's columns
     (``Quality.breaks``); each becomes a column of that name, true where a valid row breaks it.
-    ``extra``: more named columns over silver's, computed for valid rows (gold's hash keys).
+    ``extra``: more named columns over silver's, computed for valid rows (gold's hash keys);
+    ``carry``: columns passed through as they are.
     """
     def _(parsed: DataFrame) -> DataFrame:
         rows = parsed.transform(enrich(watermark, locations, ip_key)).withColumns(_stamped())
         columns = {f.name: f.dataType for t in (SILVER_EVENTS, SILVER_QUARANTINE) for f in t.schema.fields}
-        out = rows.select(*[F.col(name).cast(kind) for name, kind in columns.items()])
+        out = rows.select(*[F.col(name).cast(kind) for name, kind in columns.items()], *carry)
         valid = F.col("reason").isNull()
         more = {**(breaks or {}), **(extra or {})}
         return out.withColumns({name: F.when(valid, rule) for name, rule in more.items()})
@@ -169,3 +156,20 @@ def silver_and_quarantine(watermark: datetime | None, locations: DataFrame, ip_k
 
 def _null_if_blank(c: Column) -> Column:
     return F.when(F.trim(c) != "", c)
+
+
+BRONZE = "_bronze"  # the bronze row, as a struct, in ``stream_rows``
+
+
+def stream_rows(watermark: datetime | None, locations: DataFrame, ip_key: bytes,
+                breaks: Mapping[str, Column], extra: Mapping[str, Column]) -> Transform:
+    """A stream micro-batch of bronze rows (``to_bronze``) -> ``silver_and_quarantine`` of
+    them, before deduplication (the stream's driver does that: ``stateful/dedupe.py``), with
+    each bronze row kept whole in the struct column ``BRONZE``: one Spark pass gives every
+    table its rows."""
+    def _(bronze: DataFrame) -> DataFrame:
+        require_columns(bronze, *BRONZE_EVENTS.columns)
+        rows = bronze.withColumn(BRONZE, F.struct(*BRONZE_EVENTS.columns))
+        return rows.transform(lambda df: parse(df, carry=(BRONZE,))).transform(
+            silver_and_quarantine(watermark, locations, ip_key, breaks, extra, carry=(BRONZE,)))
+    return _

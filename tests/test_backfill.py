@@ -18,7 +18,7 @@ from pipelines.io.lease import lease
 from pipelines.jobs.backfill import run_backfill
 from pipelines.jobs.run import run_available_now, run_continuously
 from pipelines.stateful.fraud import fraud_flags_batch
-from pipelines.streams import CHECKPOINTS, GOLD_QUERY
+from pipelines.streams import CHECKPOINTS, QUERY
 
 DAY = date(2026, 11, 2)
 TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
@@ -101,9 +101,10 @@ def test_backfill_beside_a_running_stream_ends_with_correct_tables(spark, tmp_pa
         feeder.start()
         before = _batches(spark)
         run_backfill(spark, s, DAY, DAY, ["silver", "gold"])
-        # The stream (silver and gold, one query) kept going meanwhile: the two really overlapped.
+        # The stream (bronze, silver and gold: one query) kept going meanwhile: the two really
+        # overlapped.
         after = _batches(spark)
-        assert after[GOLD_QUERY] > before[GOLD_QUERY], (before, after)
+        assert after[QUERY] > before[QUERY], (before, after)
         assert stream.is_alive()
     finally:
         feeder.join()
@@ -148,15 +149,14 @@ def test_backfill_from_the_landing_archive_rebuilds_lost_silver(spark, sample_la
 def test_a_stream_batch_waits_while_a_backfill_holds_the_lease(spark, lake_settings):
     s = lake_settings
     copy_sample(s.input, slice(0, 2))
-    run_available_now(spark, s, ["bronze"])
     with lease(s.lake, who="test"):
-        stream = threading.Thread(target=run_available_now, args=(spark, s, [GOLD_QUERY]))
+        stream = threading.Thread(target=run_available_now, args=(spark, s))
         stream.start()
         _wait_for(lambda: any(q.status["isTriggerActive"] for q in spark.streams.active))
         time.sleep(8)  # an unblocked batch on two files commits well within this
         assert stream.is_alive()
-        assert read(spark, s, "silver/events").count() == 0  # silver waits with gold
-        assert read(spark, s, "gold/session_funnel").count() == 0
+        for table in ("bronze/events", "silver/events", "gold/session_funnel"):  # all wait
+            assert not Path(s.table(table)).exists() or read(spark, s, table).count() == 0, table
     stream.join()
     assert read(spark, s, "gold/session_funnel").count() > 0
 
@@ -182,7 +182,7 @@ def test_a_backfill_between_stream_batches_counts_each_session_once(spark, lake_
     run_available_now(spark, s)
     # A batch that died between its table writes and its state file: its restart replays it
     # and the ledger skips what it wrote, so a backfill now is refused.
-    states = Path(s.checkpoint(CHECKPOINTS[GOLD_QUERY])) / "processors"
+    states = Path(s.checkpoint(CHECKPOINTS[QUERY])) / "processors"
     newest = max(states.glob("[0-9]*.arrow"), key=lambda f: int(f.stem))
     newest.rename(newest.with_name("moved"))
     with pytest.raises(RuntimeError, match=r"stopped part way \(.*silver/events.*\)"):
@@ -191,7 +191,7 @@ def test_a_backfill_between_stream_batches_counts_each_session_once(spark, lake_
     # The backfill takes the lease in the moment after the last micro-batch wrote its tables
     # and state, before Spark marked it committed (the lease is released in between): that
     # batch's rows are gold's already. The stream replays the batch; its ledger skips it.
-    commits = Path(s.checkpoint(CHECKPOINTS[GOLD_QUERY])) / "commits"
+    commits = Path(s.checkpoint(CHECKPOINTS[QUERY])) / "commits"
     last = max(int(f.name) for f in commits.glob("[0-9]*"))
     for name in (str(last), f".{last}.crc"):
         (commits / name).unlink()
@@ -210,7 +210,7 @@ def test_backfill_leaves_silver_rows_newer_than_its_bronze_snapshot(spark, lake_
     snapshot's newest) is outside the backfill's replaceWhere, so it survives."""
     s = lake_settings
     copy_sample(s.input, slice(0, 2))
-    run_available_now(spark, s, ["bronze", "silver"])
+    run_available_now(spark, s)
     silver = read(spark, s, "silver/events")
     newer = (silver.limit(1).withColumn("event_id", F.lit("from-newer-bronze"))
              .withColumn("ingest_time", F.col("ingest_time") + F.expr("INTERVAL 1 HOUR")))

@@ -86,10 +86,10 @@ def test_continuous_run_is_scraped_by_prometheus_picks_up_files_and_stops_on_sig
                 "bronze/events": TRUTH["lines"]}
         _wait(lambda: all(prometheus.value(f'funnelhouse_rows_committed_total{{table="{t}"}}') == n
                           for t, n in rows.items()), proc)
-        # Every line silver's query read is in silver, in the quarantine, or a removed duplicate.
+        # Every line the query read is in silver, in the quarantine, or a removed duplicate.
         # (The listener counts a batch after its body returned: gold's part comes last.)
         read_lines = TRUTH["valid_unique_events"] + TRUTH["malformed_lines"] + TRUTH["duplicate_deliveries"]
-        _wait(lambda: prometheus.value('funnelhouse_input_rows_total{query="silver"}') == read_lines, proc)
+        _wait(lambda: prometheus.value('funnelhouse_input_rows_total{query="pipeline"}') == read_lines, proc)
         for reason, n in TRUTH["malformed_by_reason"].items():
             assert prometheus.value(f'funnelhouse_quarantine_rows_total{{reason="{reason}"}}') == n, reason
         performance = read(spark, settings_lake, "gold/campaign_performance")
@@ -101,7 +101,7 @@ def test_continuous_run_is_scraped_by_prometheus_picks_up_files_and_stops_on_sig
         _wait(clicks_match, proc)
         # The batch counter moves in the query listener, after the batch that set the clicks
         # returned: a scrape may fall between the two.
-        _wait(lambda: (prometheus.value('funnelhouse_batches_total{query="silver"}') or 0) >= 1, proc)
+        _wait(lambda: (prometheus.value('funnelhouse_batches_total{query="pipeline"}') or 0) >= 1, proc)
         assert prometheus.value('funnelhouse_watermark_lag_seconds{query="gold"}') > 0
         steps = prometheus.series("funnelhouse_window_sessions_reached", "step")
         assert set(steps) == {"ad_impression", "ad_click", "landing_page_view", "add_to_cart",

@@ -33,9 +33,8 @@ from pipelines import tables as T
 from pipelines.config import REPO_ROOT
 
 KILLS = 5
-# The last kill lands right after the receiver gets a POST. Not an earlier one: in the sample
-# run gold delivers once, in its one micro-batch, after every other batch was planned, and
-# the random kills wait for a newly planned batch.
+# The last kill lands right after the receiver gets a POST; the others at random moments
+# after a newly planned batch, so they land in every part of a micro-batch.
 DURING_DELIVERY = KILLS - 1
 
 

@@ -12,7 +12,7 @@ from pipelines.jobs.run import run_available_now
 from pipelines.privacy import hash_ip, ip_salt
 from pipelines.stateful.fraud import fraud_flags_batch
 from pipelines.stateful.gold import StateFiles
-from pipelines.streams import CHECKPOINTS, GOLD_QUERY
+from pipelines.streams import CHECKPOINTS, QUERY
 from pipelines.streams.gold import gold_processors
 
 TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
@@ -45,7 +45,7 @@ def test_stream_and_batch_flags_are_identical(spark, sample_lake):
 def _held_events(s) -> list[int]:
     """Event times held in the fraud processor's state, read from the gold checkpoint's newest
     state file: the open-burst events, column by column; [2] is t."""
-    held, _ = StateFiles(Path(s.checkpoint(CHECKPOINTS[GOLD_QUERY])), gold_processors(s)).load(sys.maxsize)
+    held, _ = StateFiles(Path(s.checkpoint(CHECKPOINTS[QUERY])), gold_processors(s)).load(sys.maxsize)
     return json.loads(held["fraud"].values[0])[2] if "fraud" in held else []
 
 

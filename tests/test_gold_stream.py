@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from pipelines import tables
 from pipelines.gold.build import build_gold
 from pipelines.jobs.run import run_available_now
-from pipelines.streams import CHECKPOINTS, GOLD_QUERY
+from pipelines.streams import CHECKPOINTS, QUERY
 
 TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
 
@@ -73,8 +73,8 @@ def test_replaying_gold_batches_changes_nothing(spark, lake_settings):
     before = {t.name: read(spark, s, t.name).drop("created_at").collect() for t in tables.GOLD}
     assert before["gold/session_funnel"] and before["gold/cart_reminders"]
     # The last batch runs again: its state file is there, but it must start from the one before.
-    assert forget_last_batches(Path(s.checkpoint(CHECKPOINTS[GOLD_QUERY])), 1) == 1
-    run_available_now(spark, s, [GOLD_QUERY])
+    assert forget_last_batches(Path(s.checkpoint(CHECKPOINTS[QUERY])), 1) == 1
+    run_available_now(spark, s, [QUERY])
     for t in tables.GOLD:
         after = read(spark, s, t.name).drop("created_at")
         assert_df_equality(after, spark.createDataFrame(before[t.name], after.schema),

@@ -127,4 +127,4 @@ def test_an_available_now_run_pushes_its_final_metrics(spark, lake_settings, pus
     assert after - before == silver > 0
     assert _pushed(pushgateway, "funnelhouse_rows_committed_total", job="funnelhouse",
                    table="silver/events") == after
-    assert _pushed(pushgateway, "funnelhouse_last_batch_id", job="funnelhouse", query="silver") is not None
+    assert _pushed(pushgateway, "funnelhouse_last_batch_id", job="funnelhouse", query="pipeline") is not None

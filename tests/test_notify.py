@@ -236,9 +236,9 @@ def test_the_stream_sends_each_batchs_notices_and_a_replay_sends_nothing(spark, 
 
     from test_gold_stream import forget_last_batches
 
-    from pipelines.streams import CHECKPOINTS, GOLD_QUERY
-    forget_last_batches(Path(s.checkpoint(CHECKPOINTS[GOLD_QUERY])), 1)
-    run_available_now(spark, s, [GOLD_QUERY])
+    from pipelines.streams import CHECKPOINTS, QUERY
+    forget_last_batches(Path(s.checkpoint(CHECKPOINTS[QUERY])), 1)
+    run_available_now(spark, s, [QUERY])
     assert len(inbox.messages) == sent["email"] and len(receiver.posts) == sent["slack"]
 
 

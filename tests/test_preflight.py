@@ -59,9 +59,9 @@ def test_a_corrupt_checkpoint_stops_the_run_with_one_line_naming_query_and_check
     from pipelines.jobs.run import StreamFailed, run_available_now
 
     s = lake_copy(sample_lake, tmp_path)
-    Path(s.checkpoint("silver/events"), "metadata").write_text("garbage{")
+    Path(s.checkpoint("pipeline"), "metadata").write_text("garbage{")
     with pytest.raises(StreamFailed) as failed:
         run_available_now(spark, s)
     assert str(failed.value).startswith(
-        f"query silver could not start (checkpoint {s.checkpoint('silver/events')}): JsonParseException: "
+        f"query pipeline could not start (checkpoint {s.checkpoint('pipeline')}): JsonParseException: "
         "Unrecognized token 'garbage'")

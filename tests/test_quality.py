@@ -78,7 +78,7 @@ def test_drop_quarantines_each_violation_with_its_expectation(spark, violating, 
 def test_warn_records_and_keeps_the_rows(spark, violating, tmp_path):
     landing, truth = violating
     s = _settings(tmp_path, landing, {"price_in_range": "warn"})
-    run_available_now(spark, s, ["bronze", "silver"])
+    run_available_now(spark, s)
     silver = read(spark, s, "silver/events")
     kept = {r[0] for r in silver.where("event_id LIKE 'qv-price%'").select("event_id").collect()}
     assert kept == set(truth["quality_violations"]["price_in_range"])
@@ -93,7 +93,7 @@ def test_fail_stops_the_stream_naming_expectation_and_batch(spark, violating, tm
     s = _settings(tmp_path, landing, {"event_time_not_future": "fail"})
     with pytest.raises(StreamFailed, match=r"expectation event_time_not_future failed on silver_events "
                                            r"batch \d+"):
-        run_available_now(spark, s, ["bronze", "silver"])
+        run_available_now(spark, s)
 
 
 def test_funnel_suite_fails_on_a_step_reached_by_more_sessions(spark, lake_settings):
@@ -136,7 +136,7 @@ def unchecked_lake(spark, violating, tmp_path_factory):
     root = tmp_path_factory.mktemp("unchecked")
     s = load_settings(overrides={"lake": root / "lake", "input": landing, "quality": {"enabled": False}},
                       environ={}, local=False)
-    run_available_now(spark, s, ["bronze", "silver"])
+    run_available_now(spark, s)
     return root / "lake"
 
 

@@ -9,7 +9,7 @@ from helpers import SAMPLE, copy_sample, read
 from pyspark.sql import functions as F
 
 from pipelines.jobs.run import run_available_now
-from pipelines.streams import CHECKPOINTS
+from pipelines.streams import CHECKPOINTS, QUERY
 
 TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
 
@@ -40,14 +40,14 @@ def test_sample_counts_match_the_ground_truth(spark, sample_lake):
 def test_restart_adds_new_files_without_duplicates(spark, lake_settings):
     s = lake_settings
     copy_sample(s.input, slice(0, 3))
-    run_available_now(spark, s, ["bronze", "silver"])
+    run_available_now(spark, s)
     first = read(spark, s, "silver/events").count()
     assert 0 < first < TRUTH["valid_unique_events"]
 
     copy_sample(s.input, slice(3, None))
-    run_available_now(spark, s, ["bronze", "silver"])
+    run_available_now(spark, s)
     # A run with nothing new changes nothing.
-    run_available_now(spark, s, ["bronze", "silver"])
+    run_available_now(spark, s)
 
     silver = read(spark, s, "silver/events")
     assert silver.count() == TRUTH["valid_unique_events"]
@@ -61,14 +61,14 @@ def test_a_replayed_batch_writes_nothing_twice(spark, lake_settings):
     """Crash after the sinks committed but before the checkpoint did: the batch replays."""
     s = lake_settings
     copy_sample(s.input)
-    run_available_now(spark, s, ["bronze", "silver"])
-    commits = Path(s.checkpoint("silver/events")) / "commits"
+    run_available_now(spark, s)
+    commits = Path(s.checkpoint(CHECKPOINTS[QUERY])) / "commits"
     last = max(commits.glob("[0-9]*"), key=lambda p: int(p.name))
     last.unlink()
     shutil.rmtree(commits / f".{last.name}.crc", ignore_errors=True)
     (commits / f".{last.name}.crc").unlink(missing_ok=True)
 
-    run_available_now(spark, s, ["silver"])
+    run_available_now(spark, s)
     assert read(spark, s, "silver/events").count() == TRUTH["valid_unique_events"]
     assert read(spark, s, "silver/quarantine").count() == TRUTH["malformed_lines"]
 
@@ -79,9 +79,9 @@ def test_a_kill_while_the_first_offset_was_written_does_not_stop_the_restart(spa
     temporary file of batch 0. Spark alone refuses to restart on it (the folder is not empty)."""
     s = lake_settings
     copy_sample(s.input, slice(0, 1))
-    run_available_now(spark, s, ["silver"])
+    run_available_now(spark, s)
     first = read(spark, s, "silver/events").count()
-    checkpoint = Path(s.checkpoint(CHECKPOINTS["silver"]))
+    checkpoint = Path(s.checkpoint(CHECKPOINTS[QUERY]))
     for done in (checkpoint / "commits").iterdir():  # batch 0 never finished...
         done.unlink()
     shutil.rmtree(checkpoint / "state", ignore_errors=True)
@@ -89,6 +89,6 @@ def test_a_kill_while_the_first_offset_was_written_does_not_stop_the_restart(spa
     (offsets / "0").rename(offsets / ".0.f633ce43-3921-4240-9974-3cd8d31de52f.tmp")
     (offsets / ".0.crc").unlink(missing_ok=True)
     (offsets / "..0.f633ce43-3921-4240-9974-3cd8d31de52f.tmp.crc").write_bytes(b"")
-    run_available_now(spark, s, ["silver"])
+    run_available_now(spark, s)
     assert read(spark, s, "silver/events").count() == first  # batch 0 again: nothing doubled
     assert (offsets / "0").exists() and not any(".tmp" in f.name for f in offsets.iterdir())

@@ -1,4 +1,4 @@
-"""The streaming job: bronze, and silver with gold, until interrupted or until caught up.
+"""The streaming job (bronze, silver and gold, one query), until interrupted or until caught up.
 
 Started by ``funnelhouse run`` (``spark-submit ... pipelines/cli.py run --input DIR --lake DIR``).
 """
@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.config import Settings
-from pipelines.streams import CHECKPOINTS, LAYERS
+from pipelines.streams import CHECKPOINTS, QUERIES
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _start(name: str, spark: SparkSession, s: Settings, available_now: bool) -> 
         log.warning("%s: removed a half-written first offset file (the job was killed while "
                     "writing it)", name)
     try:
-        return LAYERS[name](spark, s, available_now)
+        return QUERIES[name](spark, s, available_now)
     except (RuntimeError, ValueError, OSError):  # ours, already one clear line (state layout, ...)
         raise
     except Exception as err:  # noqa: BLE001 - Py4J and Spark errors: one line, the cause kept
@@ -74,10 +74,9 @@ def _start(name: str, spark: SparkSession, s: Settings, available_now: bool) -> 
                            f"{cause.strip()}") from err
 
 
-def run_available_now(spark: SparkSession, s: Settings, layers: Iterable[str] = LAYERS) -> None:
-    """Process everything pending, then return. Bronze and silver (with gold) both read the
-    source, so they run side by side."""
-    queries = {name: _start(name, spark, s, True) for name in layers}
+def run_available_now(spark: SparkSession, s: Settings, names: Iterable[str] = QUERIES) -> None:
+    """Process everything pending, then return."""
+    queries = {name: _start(name, spark, s, True) for name in names}
     for name, query in queries.items():
         try:
             query.awaitTermination()
@@ -89,16 +88,16 @@ def run_available_now(spark: SparkSession, s: Settings, layers: Iterable[str] = 
         log.info("%s caught up", name)
 
 
-def run_continuously(spark: SparkSession, s: Settings, layers: Iterable[str] = LAYERS,
+def run_continuously(spark: SparkSession, s: Settings, names: Iterable[str] = QUERIES,
                      stop: threading.Event | None = None) -> None:
-    """Run every layer at once on its trigger until SIGINT/SIGTERM (or ``stop`` is set), then
-    stop the queries between micro-batches."""
+    """Run the query on its trigger until SIGINT/SIGTERM (or ``stop`` is set), then stop it
+    between micro-batches."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
     spark.streams.resetTerminated()  # forget queries that ended before this run
-    queries = [_start(name, spark, s, False) for name in layers]
+    queries = [_start(name, spark, s, False) for name in names]
     try:
         while not stop.is_set():
             if spark.streams.awaitAnyTermination(timeout=1):

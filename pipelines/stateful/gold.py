@@ -3,8 +3,8 @@
 Each processor is a ``GroupState``-style function (``process(key, frames, state)``) written
 once and used in two places: the batch build calls the same pure functions underneath, and the
 stream calls the processor on each micro-batch's on-time events. In the stream the driver holds
-every processor's state as one group and keeps it here, in the checkpoint of the query gold
-runs in (``_checkpoints/silver/events``):
+every processor's state as one group and keeps it here, in the stream's checkpoint
+(``_checkpoints/pipeline``):
 
     <checkpoint>/processors/<batch id>.arrow
 
@@ -39,8 +39,9 @@ Process = Callable[[tuple, Iterator[pd.DataFrame], "KeyState"], Iterator[pd.Data
 
 LAYOUT = "driver-state-2"  # bump when the file's meaning changes; an unknown layout is refused
 RETAIN = 20  # state files kept (Spark keeps 100 batches of its own state by default)
-REBUILD = ("to rebuild: stop the job, move <lake>/_checkpoints/silver and the silver and gold "
-           "tables aside, and run `funnelhouse run` (silver and gold replay the landing folder, or "
+REBUILD = ("to rebuild: stop the job, move <lake>/_checkpoints/pipeline and the bronze, silver "
+           "and gold "
+           "tables aside, and run `funnelhouse run` (it replays the landing folder, or "
            "Kafka from its earliest retained offset; docs/operations.md)")
 FILE = pa.schema([("processor", pa.string()), ("values", pa.list_(pa.binary())),
                   ("timeout_ms", pa.int64())])

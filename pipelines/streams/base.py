@@ -15,11 +15,10 @@ from pipelines.config import Settings, spark_interval
 from pipelines.io import sinks, sources
 from pipelines.io.ledger import Ledger
 
-# Each query's checkpoint, under <lake>/_checkpoints/.
-CHECKPOINTS = {"bronze": "bronze/events", "silver": "silver/events"}
-# The query whose micro-batches also compute gold (``streams/gold.py``): gold's state and
-# the app id of its commits come from that query's checkpoint.
-GOLD_QUERY = "silver"
+# The one streaming query (``streams/pipeline.py``), and its checkpoint under <lake>/_checkpoints/:
+# Spark's offsets and commits, silver's dedupe state and gold's processors' state.
+QUERY = "pipeline"
+CHECKPOINTS = {QUERY: "pipeline"}
 
 
 def query_id(checkpoint: Path) -> str:
@@ -48,12 +47,12 @@ def writer(df: DataFrame, name: str, s: Settings, available_now: bool) -> DataSt
 class Handler:
     """What a ``foreachBatch`` body knows: its query's checkpoint (for the app id, stable
     across restarts) and the ledger of batches each table holds (rebuilt from the tables
-    after a restart). ``name`` marks its commits; ``query`` (default: ``name``) is the query
-    it runs in."""
+    after a restart). ``name`` (bronze, silver, gold) marks its commits; ``query`` is the
+    query it runs in."""
 
-    def __init__(self, s: Settings, name: str, query: str | None = None):
+    def __init__(self, s: Settings, name: str, query: str = QUERY):
         self.s = s
-        self.checkpoint = Path(s.checkpoint(CHECKPOINTS[query or name]))
+        self.checkpoint = Path(s.checkpoint(CHECKPOINTS[query]))
         self.name = name
         self.ledger = Ledger()
 

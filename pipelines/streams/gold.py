@@ -1,9 +1,9 @@
 """``gold``: the on-time events of each silver micro-batch -> the session, fraud and offer
 processors (state) -> every gold table, each micro-batch's changes committed with delta-rs.
 
-Gold runs inside the silver query's ``foreachBatch`` (``streams/silver.py``), on the rows
-silver collected: one hop from arrival, no second read of the events and no second query
-planning each micro-batch (docs/performance.md, "One query for silver and gold")."""
+Gold runs in the stream's one query (``streams/pipeline.py``), on the events silver kept
+from the same micro-batch: one hop from arrival, no second read of the events and no second
+query planning each micro-batch (docs/performance.md, "One query")."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from pipelines.silver import event_watermark
 from pipelines.stateful import fraud, offers, sessions
 from pipelines.stateful.gold import Held, Processor, StateFiles, advance
 from pipelines.steps import STEPS
-from pipelines.streams.base import GOLD_QUERY, Handler, counts
+from pipelines.streams.base import Handler, counts
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def gold_processors(s: Settings) -> list[Processor]:
 
 def processor_rows(events: pa.Table, processors: list[Processor]
                    ) -> tuple[dict[str, pd.DataFrame], int | None]:
-    """A micro-batch of silver events, as the silver step collected them (with
+    """A micro-batch of silver events, as the silver step kept them (with
     ``sessions.hash_keys``) -> each processor's rows (``Processor.rows``), and the batch's
     newest on-time event time (epoch ms; None when it holds none).
 
@@ -66,10 +66,10 @@ def processor_rows(events: pa.Table, processors: list[Processor]
 
 
 class GoldStep(Handler):
-    """The gold half of the silver query's micro-batch (``streams/silver.py``): its on-time
-    events -> the processors -> every gold table.
+    """The gold part of the stream's micro-batch (``streams/pipeline.py``): the on-time events
+    silver kept -> the processors -> every gold table.
 
-    The processors' state lives in that query's checkpoint (``stateful/gold.py``), with the
+    The processors' state lives in the query's checkpoint (``stateful/gold.py``), with the
     newest on-time event time seen, from which ``event_watermark`` gives the batch's
     watermark: silver marks ``late`` by the same one. So a replayed or restarted batch sees
     exactly the state and watermark it saw the first time, and the tables' ledger skips what
@@ -83,7 +83,7 @@ class GoldStep(Handler):
     """
 
     def __init__(self, spark: SparkSession, s: Settings):
-        super().__init__(s, "gold", query=GOLD_QUERY)
+        super().__init__(s, "gold")
         self.paths = {t.name: T.ensure(spark, s.lake, t) for t in T.GOLD_STREAM}
         T.ensure(spark, s.lake, T.QUALITY_RESULTS)
         self.quality = Quality(s.lake, "campaign_funnel", s.quality, "gold") if s.quality.enabled else None
@@ -140,12 +140,14 @@ class GoldStep(Handler):
         self._profiles(commit, closed, out.get("fraud"))
         self._notify(batch_id, inserted)
         self.states.save(batch_id, held, latest)
-        self._measure(inserted, watermark, "sessions" in out)
+        self._measure(inserted, watermark, "sessions" in out, held)
 
-    def _measure(self, inserted: dict[str, pa.Table], watermark: datetime | None, sessions: bool) -> None:
+    def _measure(self, inserted: dict[str, pa.Table], watermark: datetime | None, sessions: bool,
+                 held: dict[str, Held]) -> None:
         """The batch's business metrics (``metrics.py``): what it inserted, the watermark, and
         when sessions changed, the newest funnel window and the campaign totals as they are now."""
         metrics.set_watermark("gold", watermark)
+        metrics.set_state("gold", *state_size(held))
         for name, rows in inserted.items():
             metrics.ROWS.labels(name).inc(rows.num_rows)
         if T.ALERTS.name in inserted:
@@ -256,6 +258,14 @@ class GoldStep(Handler):
         new = to_arrow(rows.transform(T.conform(table)), table)
         apply.insert_new(commit, new, self.paths[table.name], table)
         return new
+
+
+def state_size(held: dict[str, Held]) -> tuple[int, int]:
+    """The processors' state: the open sessions' events held, and the bytes of all of it as
+    stored (sessions, open fraud bursts, pending clicks)."""
+    size = sum(len(v) for h in held.values() for v in h.values or () if v is not None)
+    blob = held.get("sessions", Held()).values
+    return (sessions.decode(blob[0]).num_rows if blob and blob[0] else 0), size
 
 
 def funnel_metrics(funnel_path: str, performance_path: str) -> None:
