@@ -65,3 +65,19 @@ def test_a_corrupt_checkpoint_stops_the_run_with_one_line_naming_query_and_check
     assert str(failed.value).startswith(
         f"query pipeline could not start (checkpoint {s.checkpoint('pipeline')}): JsonParseException: "
         "Unrecognized token 'garbage'")
+
+
+def test_a_lake_with_a_checkpoint_per_layer_is_refused_before_it_appends_the_source_again(
+        spark, tmp_path):
+    """A lake of the releases with a query per layer: the one query of this release would
+    start from the first landing file. It stops with one line and writes nothing."""
+    from pipelines.jobs.run import run_available_now
+
+    s = _settings(tmp_path)
+    (Path(s.input) / "events-1.jsonl").write_text('{"event_id": "e1"}\n')
+    for old in ("silver/events", "gold"):
+        Path(s.checkpoint(old)).mkdir(parents=True)
+    with pytest.raises(RuntimeError, match=r"a query per layer \(_checkpoints/silver/events, "
+                                           r"_checkpoints/gold\); .* would append the whole source again"):
+        run_available_now(spark, s)
+    assert not Path(s.checkpoint("pipeline")).exists() and not Path(s.table("bronze/events")).exists()

@@ -56,9 +56,29 @@ def clear_unborn_offsets(checkpoint: Path) -> list[Path]:
     return leftovers
 
 
+# Checkpoints of the releases that ran a query per layer. Their lake's new query would start
+# from the source's first file and append everything again (bronze, and silver: its dedupe
+# state is not theirs), so such a lake is refused until it is rebuilt.
+PER_LAYER_CHECKPOINTS = ("bronze/events", "silver/events", "gold")
+
+
+def refuse_per_layer_checkpoints(s: Settings) -> None:
+    """Raise when the lake holds per-layer checkpoints and not this release's."""
+    if "://" in s.lake or any(Path(s.checkpoint(c)).exists() for c in CHECKPOINTS.values()):
+        return
+    old = [f"_checkpoints/{c}" for c in PER_LAYER_CHECKPOINTS if Path(s.checkpoint(c)).exists()]
+    if old:
+        raise RuntimeError(
+            f"{s.lake} was written by a release with a query per layer ({', '.join(old)}); "
+            "this one streams every table from one query (_checkpoints/pipeline) and would append "
+            "the whole source again. Rebuild: stop the job, move those checkpoints and the bronze, "
+            "silver and gold tables aside, and run `funnelhouse run` (docs/operations.md)")
+
+
 def _start(name: str, spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
     """Start query ``name``; a failure to start (an unreadable checkpoint, a source that is not
     there) becomes one line naming the query and its checkpoint."""
+    refuse_per_layer_checkpoints(s)
     checkpoint = s.checkpoint(CHECKPOINTS[name])
     if "://" not in checkpoint and clear_unborn_offsets(Path(checkpoint)):
         log.warning("%s: removed a half-written first offset file (the job was killed while "
