@@ -161,15 +161,23 @@ def _null_if_blank(c: Column) -> Column:
 BRONZE = "_bronze"  # the bronze row, as a struct, in ``stream_rows``
 
 
-def stream_rows(watermark: datetime | None, locations: DataFrame, ip_key: bytes,
-                breaks: Mapping[str, Column], extra: Mapping[str, Column]) -> Transform:
-    """A stream micro-batch of bronze rows (``to_bronze``) -> ``silver_and_quarantine`` of
-    them, before deduplication (the stream's driver does that: ``stateful/dedupe.py``), with
-    each bronze row kept whole in the struct column ``BRONZE``: one Spark pass gives every
-    table its rows."""
+def stream_rows(locations: DataFrame, ip_key: bytes, extra: Mapping[str, Column]) -> Transform:
+    """A stream of bronze rows (``to_bronze``) -> ``silver_and_quarantine`` of them, before
+    deduplication (the stream's driver does that: ``stateful/dedupe.py``), with each bronze
+    row kept whole in the struct column ``BRONZE``: one Spark pass gives every table its rows.
+    It depends on no micro-batch, so the query's definition holds it and Python builds it
+    once; ``late`` and the quality predicates come per batch (``batch_columns``)."""
     def _(bronze: DataFrame) -> DataFrame:
         require_columns(bronze, *BRONZE_EVENTS.columns)
         rows = bronze.withColumn(BRONZE, F.struct(*BRONZE_EVENTS.columns))
         return rows.transform(lambda df: parse(df, carry=(BRONZE,))).transform(
-            silver_and_quarantine(watermark, locations, ip_key, breaks, extra, carry=(BRONZE,)))
+            silver_and_quarantine(None, locations, ip_key, extra=extra, carry=(BRONZE,)))
     return _
+
+
+def batch_columns(watermark: datetime | None, breaks: Mapping[str, Column]) -> dict[str, Column]:
+    """What ``stream_rows`` leaves to each micro-batch: ``late`` by the batch's watermark
+    (``mark_late``) and the quality predicates (``silver_and_quarantine``'s ``breaks``)."""
+    valid = F.col("reason").isNull()
+    late = {} if watermark is None else {"late": F.col("event_time") <= F.lit(watermark)}
+    return late | {name: F.when(valid, rule) for name, rule in breaks.items()}

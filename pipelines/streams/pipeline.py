@@ -50,16 +50,19 @@ class PipelineBatch:
         held, latest = self.gold.start(batch_id)
         latest = latest if latest is not None else self.silver.first_latest(batch_id)
         watermark = event_watermark(from_epoch_ms(latest), self.s.stream.watermark_delay)
-        # One Spark pass: bronze's row, parsed and enriched, gold's hash keys and the quality
-        # predicates, collected as Arrow; everything after runs on the collected batch.
-        rows = batch.transform(self.silver.projection(watermark, now)).toArrow()
+        # One Spark pass: bronze's row, parsed and enriched, gold's hash keys (the query's
+        # projection), and the batch's late marks and quality predicates, collected as Arrow;
+        # everything after runs on the collected batch.
+        rows = batch.withColumns(self.silver.batch_columns(watermark, now)).toArrow()
         self.bronze.apply(pa.Table.from_struct_array(rows[BRONZE].combine_chunks()), batch_id)
         events = self.silver.apply(spark, rows.drop_columns([BRONZE]), batch_id, watermark, now)
         self.gold.apply(spark, events, batch_id, held, latest)
 
 
 def start_pipeline(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
-    """Landing files (or Kafka) -> bronze, silver and gold, one micro-batch at a time."""
+    """Landing files (or Kafka) -> the projection (built once) -> bronze, silver and gold,
+    one micro-batch at a time."""
     T.ensure(spark, s.lake, T.BRONZE_EVENTS)
-    return (writer(source(spark, s).transform(to_bronze), QUERY, s, available_now)
-            .foreachBatch(PipelineBatch(spark, s)).start())
+    handler = PipelineBatch(spark, s)
+    rows = source(spark, s).transform(to_bronze).transform(handler.silver.projection())
+    return writer(rows, QUERY, s, available_now).foreachBatch(handler).start()

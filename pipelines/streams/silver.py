@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import SparkSession
+from pyspark.sql import Column, SparkSession
 
 from pipelines import metrics
 from pipelines import tables as T
@@ -19,7 +19,7 @@ from pipelines.gold.sessions import hash_keys
 from pipelines.io.delta_rs import Commit, arrow_schema, max_stat, to_arrow
 from pipelines.privacy import ip_salt
 from pipelines.quality import Quality, drop_reason, dropped_to_quarantine
-from pipelines.silver import stream_rows
+from pipelines.silver import batch_columns, stream_rows
 from pipelines.stateful.dedupe import Dedupe
 from pipelines.streams.base import Handler, counts
 from pipelines.streams.gold import epoch_ms
@@ -54,11 +54,14 @@ class SilverStep(Handler):
             return epoch_ms(max_stat(self.events, "event_time"))
         return None
 
-    def projection(self, watermark: datetime | None, now: datetime) -> Transform:
-        """Bronze rows -> ``stream_rows``: parsed, enriched, with gold's hash keys and the
-        quality predicates at ``now``."""
-        breaks = self.quality.breaks(now) if self.quality else {}
-        return stream_rows(watermark, self.locations, self.ip_key, breaks, hash_keys())
+    def projection(self) -> Transform:
+        """Bronze rows -> ``stream_rows``: parsed, enriched, with gold's hash keys (the query's
+        definition: built once)."""
+        return stream_rows(self.locations, self.ip_key, hash_keys())
+
+    def batch_columns(self, watermark: datetime | None, now: datetime) -> dict[str, Column]:
+        """``late`` by ``watermark`` and the quality predicates at ``now``: one micro-batch's."""
+        return batch_columns(watermark, self.quality.breaks(now) if self.quality else {})
 
     def apply(self, spark: SparkSession, rows: pa.Table, batch_id: int, watermark: datetime | None,
               now: datetime) -> pa.Table:
