@@ -116,6 +116,34 @@ def row_rule(e: gx.expectations.Expectation) -> Column | None:
     raise NotImplementedError(f"no Spark rule for {kind}; add one to quality.row_rule")
 
 
+def arrow_rule(e: gx.expectations.Expectation, rows: pa.Table) -> pa.ChunkedArray | None:
+    """``row_rule`` over rows already on the driver (Arrow): true where a row meets ``e``;
+    None for an expectation over the whole batch. The test suite holds both forms to what GX
+    counts on the same rows."""
+    kind = type(e).__name__
+    if kind == "ExpectColumnValuesToNotBeNull":
+        return pc.is_valid(rows[e.column])
+    if kind == "ExpectColumnValuesToBeInSet":
+        c = rows[e.column]
+        return pc.or_kleene(pc.is_null(c), pc.is_in(c, value_set=pa.array(e.value_set, c.type)))
+    if kind == "ExpectColumnValuesToBeBetween":
+        c, bounds = rows[e.column], []
+        if e.min_value is not None:
+            low = pa.scalar(e.min_value, c.type)
+            bounds.append(pc.greater(c, low) if e.strict_min else pc.greater_equal(c, low))
+        if e.max_value is not None:
+            high = pa.scalar(e.max_value, c.type)
+            bounds.append(pc.less(c, high) if e.strict_max else pc.less_equal(c, high))
+        return pc.or_kleene(pc.is_null(c), reduce(pc.and_kleene, bounds, pc.is_valid(c)))
+    if kind == "ExpectColumnPairValuesAToBeGreaterThanB":
+        a, b = rows[e.column_A], rows[e.column_B]
+        either = pc.or_kleene(pc.is_null(a), pc.is_null(b))
+        return pc.or_kleene(either, pc.greater_equal(a, b) if e.or_equal else pc.greater(a, b))
+    if kind == "ExpectColumnValuesToBeUnique":
+        return None
+    raise NotImplementedError(f"no Arrow rule for {kind}; add one to quality.arrow_rule")
+
+
 def _unexpected(check: Check) -> Column:
     """How many rows of the batch break ``check``, as one aggregate."""
     rule = row_rule(check.expectation)
@@ -135,6 +163,7 @@ class Quality:
                              f"known: {check_names()}")
         self.suite, self.q, self.query = suite, settings, query
         self.results = f"{lake}/{T.QUALITY_RESULTS.name}"
+        self._breaks: dict[str, tuple[str, Column | None]] = {}  # name -> (its configuration, predicate)
 
     def checks(self, now: datetime) -> list[Check]:
         return [Check(c.name, c.expectation, self.q.policies.get(c.name, c.policy))
@@ -150,15 +179,25 @@ class Quality:
         """Per check with a row rule: a predicate named after it, true where a row breaks it.
         A caller that collects its batch adds them as columns, and ``count_arrow`` and
         ``drop_reason`` read them there: checking costs no Spark pass of its own."""
-        rules = {c.name: row_rule(c.expectation) for c in self.checks(now)}
-        return {name: ~rule for name, rule in rules.items() if rule is not None}
+        out = {}
+        for c in self.checks(now):  # each built once per configuration (only the future bound moves)
+            config = repr(c.expectation)
+            if self._breaks.get(c.name, ("",))[0] != config:
+                rule = row_rule(c.expectation)
+                self._breaks[c.name] = (config, None if rule is None else ~rule)
+            if (predicate := self._breaks[c.name][1]) is not None:
+                out[c.name] = predicate
+        return out
 
     def count_arrow(self, rows: pa.Table, now: datetime) -> dict[str, int]:
-        """``counts(now)`` over collected rows that carry the ``breaks(now)`` columns."""
+        """``counts(now)`` over rows on the driver: a check's ``breaks(now)`` column when the
+        rows carry it (Spark computed it as it collected them), else its ``arrow_rule``."""
         out = {"_rows": rows.num_rows}
         for c in self.checks(now):
             if c.name in rows.column_names:
                 out[c.name] = pc.sum(rows[c.name]).as_py() or 0
+            elif (meets := arrow_rule(c.expectation, rows)) is not None:
+                out[c.name] = rows.num_rows - (pc.sum(meets).as_py() or 0)
             else:  # ExpectColumnValuesToBeUnique: non-null values beyond the first of each
                 values = rows[c.expectation.column]
                 out[c.name] = pc.count(values).as_py() - pc.count_distinct(values).as_py()

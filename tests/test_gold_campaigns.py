@@ -1,12 +1,14 @@
 """Campaign performance, budget shift, product abandonment and drop-off alerts, by hand."""
 
+import hashlib
 from datetime import datetime, timedelta
 
 import pytest
+from chispa import assert_df_equality
 
 from pipelines.config import DropoffRule
 from pipelines.gold.abandonment import product_abandonment
-from pipelines.gold.alerts import dropoff_alerts
+from pipelines.gold.alerts import dropoff_alerts, fire
 from pipelines.gold.campaigns import add_totals, campaign_totals, performance
 
 T0 = datetime(2026, 11, 2, 10, 0, 0)
@@ -102,3 +104,25 @@ def test_alert_ids_are_stable_per_rule_campaign_and_window(spark):
     first = sorted(a.alert_id for a in _alerts(spark, rows))
     again = sorted(a.alert_id for a in _alerts(spark, rows))
     assert len(set(first)) == 2 and first == again
+
+
+def test_alert_id_and_message_are_those_of_the_rule_campaign_and_window(spark):
+    """The id is the first 24 hex digits of SHA-256 over ``rule|campaign|window start`` (a
+    lake's existing alerts keep theirs), and a conversion on a half rounds up: 10 of 800
+    is 1.25%, shown as 1.3%."""
+    [a] = _alerts(spark, [_cell("thin", 800, 10)])
+    assert a.alert_id == hashlib.sha256(b"click_to_cart|thin|2026-11-02 10:00:00").hexdigest()[:24]
+    assert a.message == ("thin: ad_click->add_to_cart conversion 1.3% < 20% over 800 sessions "
+                         "(window 2026-11-02 10:00)")
+    assert (a.window_start, a.window_end, a.value, a.volume) == (T0, T0 + timedelta(hours=1), 0.0125, 800)
+
+
+def test_the_stream_fires_on_its_driver_what_the_batch_build_fires_in_spark(spark):
+    """``fire`` on Arrow cells (the stream) and ``dropoff_alerts`` (a batch build, the same
+    function in Spark's workers) give the same rows, ``created_at`` aside."""
+    rows = [_cell("weak", 100, 19), _cell("thin", 800, 10, hour=1), _cell("ok", 100, 20), _cell("few", 99, 0)]
+    cells = spark.createDataFrame(rows, FUNNEL_COLS)
+    batch = cells.transform(dropoff_alerts([CART], timedelta(minutes=30), T0 + timedelta(hours=5)))
+    driver = spark.createDataFrame(fire(cells.toArrow(), [CART]))
+    assert batch.count() == 2
+    assert_df_equality(driver.drop("created_at"), batch.drop("created_at"), ignore_row_order=True)

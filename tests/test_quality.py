@@ -10,6 +10,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from helpers import read
 from pyspark.sql import Row
@@ -24,6 +25,7 @@ from pipelines.io.ledger import Ledger
 from pipelines.jobs.backfill import run_backfill
 from pipelines.jobs.run import StreamFailed, run_available_now
 from pipelines.quality import Quality, QualityFailure, silver_checks
+from pipelines.steps import STEPS
 
 KINDS = ("price_in_range", "quantity_in_range", "event_time_not_future")
 
@@ -218,3 +220,40 @@ def test_fail_stops_a_backfill_before_it_writes(spark, violating, unchecked_lake
         run_backfill(spark, s, DAY, DAY, ["silver"])
     assert read(spark, s, "silver/events").count() == before
     assert read(spark, s, "silver/quarantine").where("reason LIKE 'expectation:%'").count() == 0
+
+
+def test_the_stream_counts_closing_cells_on_its_driver_as_great_expectations_does(spark, tmp_path):
+    """The funnel suite runs on each window as it closes, on the driver (``arrow_rule``, no
+    Spark job): hand-built cells with a step reached by more sessions than the one before it,
+    nulls on either side of a pair, and a cell without a campaign; GX, on the same rows, must
+    count the same."""
+    from datetime import UTC, datetime
+
+    import great_expectations as gx
+
+    from pipelines.io.delta_rs import arrow_schema
+    from pipelines.quality import funnel_checks
+
+    def cell(campaign, *reached):
+        counts = dict(zip([f"reached_{s}" for s in STEPS], reached, strict=True))
+        return {"campaign_id": campaign, **counts}
+    cells = [cell("ok", 100, 50, 40, 20, 10, 5),
+             cell("more_carts_than_views", 100, 50, 40, 45, 10, 5),  # add_to_cart > landing_page_view
+             cell("two_breaks", 10, 20, 20, 20, 30, 5),              # ad_click and checkout_start
+             cell("nulls", None, 5, None, 3, 3, 3),                  # a null side passes its pair
+             cell(None, 1, 1, 1, 1, 1, 1)]                           # the key check
+    schema = arrow_schema(tables.CAMPAIGN_FUNNEL)
+    rows = pa.Table.from_pylist(cells, schema=pa.schema([schema.field(c) for c in cells[0]]))
+    now = datetime.now(UTC)
+    q = load_settings(environ={}, local=False).quality
+    ours = Quality(str(tmp_path), "campaign_funnel", q, "test").count_arrow(rows, now)
+    assert ours["_rows"] == 5 and ours["funnel_keys_not_null"] == 1
+    assert ours["funnel_add_to_cart_le_landing_page_view"] == 1
+    assert ours["funnel_ad_click_le_ad_impression"] == ours["funnel_checkout_start_le_add_to_cart"] == 1
+
+    batch = (gx.get_context(mode="ephemeral").data_sources.add_spark("s").add_dataframe_asset("cells")
+             .add_batch_definition_whole_dataframe("all")
+             .get_batch(batch_parameters={"dataframe": spark.createDataFrame(rows)}))
+    for check in funnel_checks(q, now):
+        theirs = batch.validate(check.expectation, result_format="BASIC").result.get("unexpected_count", 0)
+        assert ours[check.name] == theirs, check.name

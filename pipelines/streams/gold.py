@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
@@ -24,14 +24,14 @@ from pipelines.anomaly.model import Champion, score_rows
 from pipelines.config import Settings
 from pipelines.gold import apply
 from pipelines.gold.abandonment import product_count_deltas
-from pipelines.gold.build import alert_rows
+from pipelines.gold.alerts import fire
 from pipelines.gold.campaigns import campaign_total_deltas
 from pipelines.gold.funnel import funnel_cell_deltas
 from pipelines.gold.profiles import ip_deltas, profile_deltas
-from pipelines.gold.reminders import reminder_columns
-from pipelines.gold.retarget import to_offer_rows
+from pipelines.gold.reminders import as_reminders
+from pipelines.gold.retarget import as_offers
 from pipelines.gold.sessions import typed_session_rows
-from pipelines.io.delta_rs import Commit, arrow_schema, from_pandas, max_stat, to_arrow
+from pipelines.io.delta_rs import Commit, arrow_schema, from_pandas, max_stat
 from pipelines.io.delta_rs import read as delta_read
 from pipelines.notify.channels import channels
 from pipelines.notify.messages import SOURCE_TABLE
@@ -102,7 +102,7 @@ class GoldStep(Handler):
         (epoch ms) seen before it: the watermark's input, for silver too."""
         return self.states.load(batch_id)
 
-    def apply(self, spark: SparkSession, events: pa.Table, batch_id: int,
+    def apply(self, events: pa.Table, batch_id: int,
               held: dict[str, Held], latest: int | None) -> None:
         """Micro-batch ``batch_id``'s silver rows (``events``, late ones included), from the
         state ``start`` gave -> every gold table, then the state after it."""
@@ -125,18 +125,17 @@ class GoldStep(Handler):
         if "sessions" in out:
             changes = typed_session_rows(out["sessions"])
             closed = changes[changes["kind"] == "closed"]
-            inserted |= self._sessions(commit, spark, changes)
+            inserted |= self._sessions(commit, changes)
             inserted |= self._score(commit, closed)
         if watermark is not None:  # a second commit to campaign_funnel: a ledger of its own
             inserted |= self._close_windows(Commit(f"{self.app_id()}/close", batch_id, self.ledger),
-                                            spark, watermark)
+                                            watermark)
         if "fraud" in out:
-            inserted[T.FRAUD_FLAGS.name] = self._insert(
-                commit, spark.createDataFrame(to_arrow_table(out["fraud"], outputs["fraud"])), T.FRAUD_FLAGS)
+            flags = to_arrow_table(out["fraud"], outputs["fraud"]).select(T.FRAUD_FLAGS.columns)
+            inserted[T.FRAUD_FLAGS.name] = self._insert(commit, flags, T.FRAUD_FLAGS)
         if "offers" in out:
-            offers_ = spark.createDataFrame(to_arrow_table(out["offers"], outputs["offers"]))
-            inserted[T.RETARGET_OFFERS.name] = self._insert(commit, offers_.transform(to_offer_rows()),
-                                                            T.RETARGET_OFFERS)
+            inserted[T.RETARGET_OFFERS.name] = self._insert(
+                commit, as_offers(to_arrow_table(out["offers"], outputs["offers"])), T.RETARGET_OFFERS)
         self._profiles(commit, closed, out.get("fraud"))
         self._notify(batch_id, inserted)
         self.states.save(batch_id, held, latest)
@@ -177,7 +176,7 @@ class GoldStep(Handler):
                 metrics.NOTICES.labels(channel, status).inc(n)
             log.info("gold batch %d notices: %s", batch_id, done)
 
-    def _sessions(self, commit: Commit, spark: SparkSession, changes: pd.DataFrame) -> dict[str, pa.Table]:
+    def _sessions(self, commit: Commit, changes: pd.DataFrame) -> dict[str, pa.Table]:
         """The session processor's typed changes -> ``gold/session_funnel`` (signed and closed
         rows); the signed rows' counts, summed on the driver (``*_deltas``, the pandas twins of
         the batch build's aggregates) -> ``gold/campaign_funnel``, ``gold/campaign_performance``
@@ -205,9 +204,8 @@ class GoldStep(Handler):
         due = changes[kind == "reminder"]
         if not len(due):
             return {}
-        reminders = pa.Table.from_pandas(due[funnel.columns], schema=schema, preserve_index=False)
-        return {T.CART_REMINDERS.name: self._insert(
-            commit, spark.createDataFrame(reminders).select(*reminder_columns()), T.CART_REMINDERS)}
+        sessions = pa.Table.from_pandas(due[funnel.columns], schema=schema, preserve_index=False)
+        return {T.CART_REMINDERS.name: self._insert(commit, as_reminders(sessions), T.CART_REMINDERS)}
 
     def _profiles(self, commit: Commit, closed: pd.DataFrame | None, flags: pd.DataFrame | None) -> None:
         """The sessions this batch closed and the flags it raised -> ``gold/user_profile`` and
@@ -239,25 +237,26 @@ class GoldStep(Handler):
         metrics.ANOMALIES.labels(str(version)).inc(int(rows["is_anomaly"].sum()))
         return {T.ANOMALY_SCORES.name: scored}
 
-    def _close_windows(self, commit: Commit, spark: SparkSession, watermark: datetime) -> dict[str, pa.Table]:
+    def _close_windows(self, commit: Commit, watermark: datetime) -> dict[str, pa.Table]:
         """Check and judge the campaign windows this watermark closed (-> ``gold/alerts``),
-        then mark them closed in ``gold/campaign_funnel``."""
+        then mark them closed in ``gold/campaign_funnel``. On the driver: a few cells."""
         path = self.paths[T.CAMPAIGN_FUNNEL.name]
         closing = apply.closing_cells(path, watermark, self.s.sessions.gap)
         if closing.num_rows == 0:
             return {}
-        cells = spark.createDataFrame(closing.cast(arrow_schema(T.CAMPAIGN_FUNNEL)))
+        cells = closing.cast(arrow_schema(T.CAMPAIGN_FUNNEL))
         if self.quality is not None:  # the funnel suite, on each window as it closes
-            self.quality.apply(cells, commit)
-        alerts = self._insert(commit, cells.transform(alert_rows(self.s, watermark)), T.ALERTS)
+            now = datetime.now(UTC)
+            self.quality.judge(self.quality.count_arrow(cells, now), commit, now)
+        alerts = self._insert(commit, fire(cells, self.s.funnel.dropoff_rules), T.ALERTS)
         apply.mark_closed(commit, closing, path)
         return {T.ALERTS.name: alerts}
 
-    def _insert(self, commit: Commit, rows: DataFrame, table: T.Table) -> pa.Table:
-        """Insert the rows ``table`` lacks; returns all of ``rows`` (as Arrow)."""
-        new = to_arrow(rows.transform(T.conform(table)), table)
-        apply.insert_new(commit, new, self.paths[table.name], table)
-        return new
+    def _insert(self, commit: Commit, rows: pa.Table, table: T.Table) -> pa.Table:
+        """Insert the rows ``table`` lacks; returns all of ``rows``."""
+        rows = rows.cast(arrow_schema(table))
+        apply.insert_new(commit, rows, self.paths[table.name], table)
+        return rows
 
 
 def state_size(held: dict[str, Held]) -> tuple[int, int]:

@@ -56,7 +56,7 @@ class PipelineBatch:
         rows = batch.withColumns(self.silver.batch_columns(watermark, now)).toArrow()
         self.bronze.apply(pa.Table.from_struct_array(rows[BRONZE].combine_chunks()), batch_id)
         events = self.silver.apply(spark, rows.drop_columns([BRONZE]), batch_id, watermark, now)
-        self.gold.apply(spark, events, batch_id, held, latest)
+        self.gold.apply(events, batch_id, held, latest)
 
 
 def start_pipeline(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:
