@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pyarrow as pa
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from pipelines import tables as T
-from pipelines.common import Transform, in_workers
+from pipelines.common import Transform
 
 
 def cart_reminders(min_adds: int) -> Transform:
@@ -25,18 +25,22 @@ def cart_reminders(min_adds: int) -> Transform:
     """
     def _(sessions: DataFrame) -> DataFrame:
         due = sessions.where(~F.col("is_open") & (F.col("adds") >= min_adds) & (F.col("purchases") == 0))
-        return due.select(*READ).transform(in_workers(as_reminders, T.CART_REMINDERS.schema))
+        return due.select(*reminder_columns())
     return _
 
 
-READ = ["session_id", "user_id", "tracking_id", "session_start", "session_end", "adds", "added_products"]
+def reminder_columns() -> list[Column | str]:
+    return [F.col("session_id").alias("reminder_id"), "user_id", "tracking_id", "session_start",
+            "session_end", "adds", F.col("added_products").alias("products"),
+            F.current_timestamp().alias("created_at")]
+
+
 SCHEMA = to_arrow_schema(T.CART_REMINDERS.schema, timezone="UTC")
 
 
 def as_reminders(sessions: pa.Table, now: datetime | None = None) -> pa.Table:
-    """Sessions due a reminder (``READ`` columns of ``gold/session_funnel``) -> their
-    ``gold/cart_reminders`` rows, made at ``now``: the stream calls it on its driver, a batch
-    build in Spark's workers (``cart_reminders``)."""
+    """``reminder_columns`` in Arrow, for the stream's driver: sessions due a reminder
+    (``gold/session_funnel`` rows) -> their ``gold/cart_reminders`` rows, made at ``now``."""
     created = pa.scalar((now or datetime.now(UTC)).replace(tzinfo=None), SCHEMA.field("created_at").type)
     columns = {"reminder_id": sessions["session_id"], "user_id": sessions["user_id"],
                "tracking_id": sessions["tracking_id"], "session_start": sessions["session_start"],

@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from pipelines import tables as T
-from pipelines.common import Transform, in_workers, unix_millis
+from pipelines.common import Transform, unix_millis
 
 CLICK_COLUMNS = ["user_id", "campaign_id", "tracking_id", "click_time"]
 OFFER_COLUMNS = ["offer_id", "user_id", "campaign_id", "tracking_id", "click_time", "due_time"]
@@ -106,17 +106,18 @@ def split(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def to_offer_rows() -> Transform:
-    """Python's offers (``OFFER_DDL``: times in ms) -> ``gold/retarget_offers`` rows
-    (``as_offers``, in Spark's workers)."""
-    return in_workers(as_offers, T.RETARGET_OFFERS.schema)
+    """Python's offers (times in ms) -> ``gold/retarget_offers`` columns."""
+    return lambda rows: rows.withColumns({
+        "click_time": F.timestamp_millis("click_time"), "due_time": F.timestamp_millis("due_time"),
+        "created_at": F.current_timestamp()})
 
 
 OFFERS = to_arrow_schema(T.RETARGET_OFFERS.schema, timezone="UTC")
 
 
 def as_offers(offers: pa.Table, now: datetime | None = None) -> pa.Table:
-    """Offers as ``due_offers`` makes them (times in epoch ms) -> ``gold/retarget_offers``
-    rows, made at ``now``: the stream calls it on its driver, a batch build in Spark's workers."""
+    """``to_offer_rows`` in Arrow, for the stream's driver: offers as ``due_offers`` makes them
+    (times in epoch ms) -> ``gold/retarget_offers`` rows, made at ``now``."""
     def times(c: str) -> pa.ChunkedArray:
         return pc.cast(pc.cast(offers[c], pa.int64()), pa.timestamp("ms", tz="UTC"))
     created = pa.scalar((now or datetime.now(UTC)).replace(tzinfo=None), OFFERS.field("created_at").type)
