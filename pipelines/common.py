@@ -26,4 +26,3 @@ def unix_millis(times: pa.ChunkedArray) -> pa.ChunkedArray:
     """Spark's ``unix_millis`` over an Arrow timestamp column (for the stream's driver-side
     twins of a Spark input transform)."""
     return pc.cast(pc.cast(times, pa.timestamp("ms", times.type.tz), safe=False), pa.int64())
-

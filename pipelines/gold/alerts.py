@@ -15,13 +15,11 @@ from functools import reduce
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import to_arrow_schema
 
 from pipelines import tables as T
 from pipelines.common import Transform
 from pipelines.config import DropoffRule
-
-SCHEMA = to_arrow_schema(T.ALERTS.schema, timezone="UTC")
+from pipelines.io.delta_rs import arrow_schema
 
 
 def dropoff_alerts(rules: list[DropoffRule], gap: timedelta, watermark: datetime | None) -> Transform:
@@ -72,10 +70,10 @@ def fire(cells: pa.Table, rules: list[DropoffRule], now: datetime | None = None)
     so each (rule, campaign, window) alerts at most once however often it is judged.
     """
     created = (now or datetime.now(UTC)).replace(tzinfo=None)
-    rows = []
+    rows, judged = [], cells.to_pylist()
     for rule in rules:
         metric = f"{rule.from_step}->{rule.to_step}"
-        for cell in cells.to_pylist():
+        for cell in judged:
             volume, reached = cell[f"reached_{rule.from_step}"], cell[f"reached_{rule.to_step}"]
             if volume is None or reached is None or volume <= 0 or volume < rule.min_volume:
                 continue
@@ -92,7 +90,7 @@ def fire(cells: pa.Table, rules: list[DropoffRule], now: datetime | None = None)
                             f"{rule.min_conversion * 100:g}% over {int(volume)} sessions "
                             f"(window {start:%Y-%m-%d %H:%M})"),
                 "created_at": created})
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+    return pa.Table.from_pylist(rows, schema=arrow_schema(T.ALERTS))
 
 
 def alert_id(rule: str, campaign_id: str | None, window_start: datetime) -> str:

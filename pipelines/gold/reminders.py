@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import to_arrow_schema
 
 from pipelines import tables as T
 from pipelines.common import Transform
+from pipelines.io.delta_rs import arrow_schema
 
 
 def cart_reminders(min_adds: int) -> Transform:
@@ -35,16 +35,14 @@ def reminder_columns() -> list[Column | str]:
             F.current_timestamp().alias("created_at")]
 
 
-SCHEMA = to_arrow_schema(T.CART_REMINDERS.schema, timezone="UTC")
-
-
 def as_reminders(sessions: pa.Table, now: datetime | None = None) -> pa.Table:
     """``reminder_columns`` in Arrow, for the stream's driver: sessions due a reminder
     (``gold/session_funnel`` rows) -> their ``gold/cart_reminders`` rows, made at ``now``."""
-    created = pa.scalar((now or datetime.now(UTC)).replace(tzinfo=None), SCHEMA.field("created_at").type)
+    schema = arrow_schema(T.CART_REMINDERS)
+    created = pa.scalar((now or datetime.now(UTC)).replace(tzinfo=None), schema.field("created_at").type)
     columns = {"reminder_id": sessions["session_id"], "user_id": sessions["user_id"],
                "tracking_id": sessions["tracking_id"], "session_start": sessions["session_start"],
                "session_end": sessions["session_end"], "adds": sessions["adds"],
                "products": sessions["added_products"],
                "created_at": pa.repeat(created, sessions.num_rows)}
-    return pa.table(columns).cast(SCHEMA)
+    return pa.table(columns).cast(schema)

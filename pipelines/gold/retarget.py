@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import to_arrow_schema
 
 from pipelines import tables as T
 from pipelines.common import Transform, unix_millis
+from pipelines.io.delta_rs import arrow_schema
 
 CLICK_COLUMNS = ["user_id", "campaign_id", "tracking_id", "click_time"]
 OFFER_COLUMNS = ["offer_id", "user_id", "campaign_id", "tracking_id", "click_time", "due_time"]
@@ -112,19 +112,17 @@ def to_offer_rows() -> Transform:
         "created_at": F.current_timestamp()})
 
 
-OFFERS = to_arrow_schema(T.RETARGET_OFFERS.schema, timezone="UTC")
-
-
 def as_offers(offers: pa.Table, now: datetime | None = None) -> pa.Table:
     """``to_offer_rows`` in Arrow, for the stream's driver: offers as ``due_offers`` makes them
     (times in epoch ms) -> ``gold/retarget_offers`` rows, made at ``now``."""
     def times(c: str) -> pa.ChunkedArray:
         return pc.cast(pc.cast(offers[c], pa.int64()), pa.timestamp("ms", tz="UTC"))
-    created = pa.scalar((now or datetime.now(UTC)).replace(tzinfo=None), OFFERS.field("created_at").type)
+    schema = arrow_schema(T.RETARGET_OFFERS)
+    created = pa.scalar((now or datetime.now(UTC)).replace(tzinfo=None), schema.field("created_at").type)
     columns = {c: offers[c] for c in ("offer_id", "user_id", "campaign_id", "tracking_id")}
     columns |= {"click_time": times("click_time"), "due_time": times("due_time"),
                 "created_at": pa.repeat(created, offers.num_rows)}
-    return pa.table(columns).cast(OFFERS)
+    return pa.table(columns).cast(schema)
 
 
 def batch_offers(wait: timedelta, cooldown: timedelta, buckets: int,
