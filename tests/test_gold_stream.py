@@ -79,3 +79,31 @@ def test_replaying_gold_batches_changes_nothing(spark, lake_settings):
         after = read(spark, s, t.name).drop("created_at")
         assert_df_equality(after, spark.createDataFrame(before[t.name], after.schema),
                            ignore_row_order=True, ignore_nullable=True)
+
+
+@pytest.mark.slow
+def test_a_crash_before_an_alerts_notice_is_recorded_loses_no_notice(spark, lake_settings, monkeypatch):
+    """A micro-batch that fires drop-off alerts dies while it records their notices (as a
+    SIGKILL there would): the restarted job judges those windows again, so each alert still
+    gets its notice. Were the windows marked closed first, the replay would find nothing to
+    judge and the notices would be lost (seen in the crash test, seed unknown)."""
+    from pipelines.streams import gold as gold_stream
+    s = lake_settings.model_copy(update={"stream": lake_settings.stream.model_copy(
+        update={"max_files_per_trigger": 2})})
+    copy_sample(s.input)
+    record = gold_stream.record_rows
+
+    def killed_at_dropoff(box, kind, rows):
+        if kind == "dropoff":
+            raise RuntimeError("killed while recording drop-off notices")
+        return record(box, kind, rows)
+
+    monkeypatch.setattr(gold_stream, "record_rows", killed_at_dropoff)
+    with pytest.raises(Exception, match="killed while recording"):
+        run_available_now(spark, s)
+    monkeypatch.setattr(gold_stream, "record_rows", record)
+    run_available_now(spark, s)
+    alerts = {a.alert_id for a in read(spark, s, "gold/alerts").collect()}
+    noticed = {n.source_id for n in read(spark, s, "ops/notifications").collect() if n.kind == "dropoff"}
+    assert alerts  # the sample fires some (see test_the_generators_weak_campaigns_are_the_ones_alerted)
+    assert noticed == alerts

@@ -34,7 +34,7 @@ from pipelines.gold.sessions import typed_session_rows
 from pipelines.io.delta_rs import Commit, arrow_schema, from_pandas, max_stat
 from pipelines.io.delta_rs import read as delta_read
 from pipelines.notify.channels import channels
-from pipelines.notify.messages import SOURCE_TABLE
+from pipelines.notify.messages import SOURCE_TABLE, Notice
 from pipelines.notify.outbox import open_outbox, record_rows
 from pipelines.quality import Quality
 from pipelines.silver import event_watermark
@@ -77,9 +77,10 @@ class GoldStep(Handler):
 
     Sessions first (the freshest table), then the aggregates their signed rows change, then
     the windows the watermark closed (judged for drop-off alerts), then reminders, fraud
-    flags and offers, then the profiles of the users whose sessions closed or who were flagged.
-    Each table gets one delta-rs commit marked with the batch, or none when nothing in it
-    changed.
+    flags and offers, then the profiles of the users whose sessions closed or who were flagged;
+    then the notices of all of it go to the outbox, and only then are the judged windows
+    marked closed (the one cursor a table holds: a replay must find them still open). Each
+    table gets one delta-rs commit marked with the batch, or none when nothing in it changed.
     """
 
     def __init__(self, spark: SparkSession, s: Settings):
@@ -121,15 +122,16 @@ class GoldStep(Handler):
         commit = Commit(self.app_id(), batch_id, self.ledger)
         outputs = {p.name: p.output for p in self.processors}
         inserted: dict[str, pa.Table] = {}
-        closed = None
+        closed, closing = None, None
         if "sessions" in out:
             changes = typed_session_rows(out["sessions"])
             closed = changes[changes["kind"] == "closed"]
             inserted |= self._sessions(commit, changes)
             inserted |= self._score(commit, closed)
-        if watermark is not None:  # a second commit to campaign_funnel: a ledger of its own
-            inserted |= self._close_windows(Commit(f"{self.app_id()}/close", batch_id, self.ledger),
-                                            watermark)
+        close = Commit(f"{self.app_id()}/close", batch_id, self.ledger)  # campaign_funnel's second commit
+        if watermark is not None:
+            closing, judged = self._judge_windows(close, watermark)
+            inserted |= judged
         if "fraud" in out:
             flags = to_arrow_table(out["fraud"], outputs["fraud"]).select(T.FRAUD_FLAGS.columns)
             inserted[T.FRAUD_FLAGS.name] = self._insert(commit, flags, T.FRAUD_FLAGS)
@@ -137,7 +139,10 @@ class GoldStep(Handler):
             inserted[T.RETARGET_OFFERS.name] = self._insert(
                 commit, as_offers(to_arrow_table(out["offers"], outputs["offers"])), T.RETARGET_OFFERS)
         self._profiles(commit, closed, out.get("fraud"))
-        self._notify(batch_id, inserted)
+        found = self._record(inserted)
+        if closing is not None:  # only now: a replay of this batch judges these windows again
+            apply.mark_closed(close, closing, self.paths[T.CAMPAIGN_FUNNEL.name])
+        self._deliver(batch_id, found)
         self.states.save(batch_id, held, latest)
         self._measure(inserted, watermark, "sessions" in out, held)
 
@@ -161,14 +166,17 @@ class GoldStep(Handler):
         if sessions:
             funnel_metrics(self.paths[T.CAMPAIGN_FUNNEL.name], self.paths[T.CAMPAIGN_PERFORMANCE.name])
 
-    def _notify(self, batch_id: int, inserted: dict[str, pa.Table]) -> None:
+    def _record(self, inserted: dict[str, pa.Table]) -> list[Notice]:
         """Record the notices of this batch's alerts, flags, offers and reminders in the
-        outbox, then send them (before the state moves on: a crash replays this batch, and
-        the outbox, keyed on ids, records and sends nothing twice)."""
+        outbox (keyed on ids: a replayed batch records nothing twice); returns them."""
         if self.outbox is None:
-            return
-        found = [n for kind, table in SOURCE_TABLE.items() if table in inserted
-                 for n in record_rows(self.outbox, kind, inserted[table])]
+            return []
+        return [n for kind, table in SOURCE_TABLE.items() if table in inserted
+                for n in record_rows(self.outbox, kind, inserted[table])]
+
+    def _deliver(self, batch_id: int, found: list[Notice]) -> None:
+        """Send the notices this batch recorded (before the state moves on: a crash replays
+        the batch, and the outbox sends nothing it recorded as sent)."""
         if found and self.channels:
             ids = {n.notification_id for n in found}
             done = self.outbox.deliver(self.outbox.due(ids=ids, days={n.day for n in found}), self.channels)
@@ -237,20 +245,21 @@ class GoldStep(Handler):
         metrics.ANOMALIES.labels(str(version)).inc(int(rows["is_anomaly"].sum()))
         return {T.ANOMALY_SCORES.name: scored}
 
-    def _close_windows(self, commit: Commit, watermark: datetime) -> dict[str, pa.Table]:
-        """Check and judge the campaign windows this watermark closed (-> ``gold/alerts``),
-        then mark them closed in ``gold/campaign_funnel``. On the driver: a few cells."""
-        path = self.paths[T.CAMPAIGN_FUNNEL.name]
-        closing = apply.closing_cells(path, watermark, self.s.sessions.gap)
+    def _judge_windows(self, commit: Commit, watermark: datetime
+                       ) -> tuple[pa.Table | None, dict[str, pa.Table]]:
+        """The campaign windows this watermark closes, checked by the funnel suite and judged
+        for drop-off alerts (-> ``gold/alerts``); None when it closes none. On the driver: a
+        few cells. ``apply`` marks them closed in ``gold/campaign_funnel`` once their
+        notices are in the outbox, so a crash in between leaves them open and judged again."""
+        closing = apply.closing_cells(self.paths[T.CAMPAIGN_FUNNEL.name], watermark, self.s.sessions.gap)
         if closing.num_rows == 0:
-            return {}
+            return None, {}
         cells = closing.cast(arrow_schema(T.CAMPAIGN_FUNNEL))
         if self.quality is not None:  # the funnel suite, on each window as it closes
             now = datetime.now(UTC)
             self.quality.judge(self.quality.count_arrow(cells, now), commit, now)
         alerts = self._insert(commit, fire(cells, self.s.funnel.dropoff_rules), T.ALERTS)
-        apply.mark_closed(commit, closing, path)
-        return {T.ALERTS.name: alerts}
+        return closing, {T.ALERTS.name: alerts}
 
     def _insert(self, commit: Commit, rows: pa.Table, table: T.Table) -> pa.Table:
         """Insert the rows ``table`` lacks; returns all of ``rows``."""
