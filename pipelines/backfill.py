@@ -351,13 +351,13 @@ def backfill_scores(spark: SparkSession, s: Settings, start: date, end: date,
     ``version`` of the anomaly model (default: the champion; none yet: nothing is scored)
     -> ``gold/anomaly_scores``, through the stream's ``score_rows``. Runs on the driver
     (delta-rs + pandas), like the stream's scoring."""
-    from pipelines.anomaly.model import holder, load, missing_features, score_rows, tracking_uri
+    from pipelines.anomaly.model import has_store, holder, load, missing_features, score_rows, tracking_uri
     from pipelines.anomaly.sessions import closed_sessions
 
     name, table = s.anomaly.model_name, T.ANOMALY_SCORES
     none = Changes(table.name, 0, 0, 0, 0)
     uri = tracking_uri(s.lake, s.mlflow.tracking_uri)
-    version = version or holder(name, uri)
+    version = version or (holder(name, uri) if has_store(uri) else None)
     if version is None:
         log.warning("no %s model holds the alias champion: the backfill scores no session", name)
         return none

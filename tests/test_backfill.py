@@ -38,6 +38,7 @@ def test_backfill_over_what_the_stream_saw_whole_changes_nothing(spark, whole_la
     totals = run_backfill(spark, s, DAY, DAY, ["silver", "gold"])
     assert set(_changed(totals).values()) == {0}, _changed(totals)
     assert totals["silver/events"].read > 14_000
+    assert not (Path(s.lake) / "_mlflow").exists()  # no model yet: no MLflow store made to learn that
 
 
 @pytest.mark.slow  # whole backfills of silver and gold

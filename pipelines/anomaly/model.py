@@ -125,7 +125,7 @@ class Champion:
         return self._version, self._model, self._threshold
 
     def _refresh(self) -> None:
-        if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists():
+        if not has_store(self.uri):
             return self._none_yet()  # no store yet: do not create one (and load MLflow) for nothing
         version = holder(self.name, self.uri)
         if version is None:
@@ -153,6 +153,12 @@ class Champion:
 def missing_features(model: IsolationForest) -> list[str]:
     """The features ``model`` was trained on that ``session_features`` no longer computes."""
     return sorted(set(model.feature_names_in_) - set(FEATURES))
+
+
+def has_store(uri: str) -> bool:
+    """False for a sqlite store whose file does not exist yet: nothing was ever registered
+    there, and asking MLflow would create the database (3 s of migrations) for nothing."""
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
 
 
 def holder(name: str, uri: str, alias: str = ALIAS) -> int | None:
