@@ -1,6 +1,7 @@
-"""Small shared types."""
+"""Small shared types and helpers."""
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,3 +27,13 @@ def unix_millis(times: pa.ChunkedArray) -> pa.ChunkedArray:
     """Spark's ``unix_millis`` over an Arrow timestamp column (for the stream's driver-side
     twins of a Spark input transform)."""
     return pc.cast(pc.cast(times, pa.timestamp("ms", times.type.tz), safe=False), pa.int64())
+
+
+def from_epoch_ms(ms: int | None) -> datetime | None:
+    """A naive UTC time from epoch ms (None stays None)."""
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)
+
+
+def epoch_ms(t: datetime | None) -> int | None:
+    """Epoch ms of a naive UTC time (None stays None)."""
+    return None if t is None else int(t.replace(tzinfo=UTC).timestamp() * 1000)

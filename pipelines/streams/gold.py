@@ -21,6 +21,7 @@ from pipelines import metrics
 from pipelines import tables as T
 from pipelines.anomaly.features import with_history
 from pipelines.anomaly.model import Champion, score_rows
+from pipelines.common import epoch_ms, from_epoch_ms
 from pipelines.config import Settings
 from pipelines.gold import apply
 from pipelines.gold.abandonment import product_count_deltas
@@ -310,16 +311,6 @@ def to_arrow_table(frame: pd.DataFrame, schema: StructType) -> pa.Table:
     so ``createDataFrame`` takes it without a row-by-row fallback."""
     return pa.Table.from_pandas(frame[schema.fieldNames()], schema=to_arrow_schema(schema, timezone="UTC"),
                                 preserve_index=False)
-
-
-def from_epoch_ms(ms: int | None) -> datetime | None:
-    """A naive UTC time from epoch ms (None stays None)."""
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)
-
-
-def epoch_ms(t: datetime | None) -> int | None:
-    """Epoch ms of a naive UTC time (None stays None)."""
-    return None if t is None else int(t.replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def _ms(t: datetime | None) -> int:

@@ -15,12 +15,13 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines import tables as T
 from pipelines.bronze import to_bronze
+from pipelines.common import from_epoch_ms
 from pipelines.config import Settings
 from pipelines.io.lease import lease
 from pipelines.silver import BRONZE, event_watermark
 from pipelines.streams.base import QUERY, source, writer
 from pipelines.streams.bronze import BronzeStep
-from pipelines.streams.gold import GoldStep, from_epoch_ms
+from pipelines.streams.gold import GoldStep
 from pipelines.streams.silver import SilverStep
 
 

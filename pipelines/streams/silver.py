@@ -12,7 +12,7 @@ from pyspark.sql import Column, SparkSession
 
 from pipelines import metrics
 from pipelines import tables as T
-from pipelines.common import Transform
+from pipelines.common import Transform, epoch_ms
 from pipelines.config import Settings
 from pipelines.geo import ip_locations
 from pipelines.gold.sessions import hash_keys
@@ -22,7 +22,6 @@ from pipelines.quality import Quality, drop_reason, dropped_to_quarantine
 from pipelines.silver import batch_columns, stream_rows
 from pipelines.stateful.dedupe import Dedupe
 from pipelines.streams.base import Handler, counts
-from pipelines.streams.gold import epoch_ms
 
 log = logging.getLogger(__name__)
 
