@@ -37,3 +37,9 @@ def from_epoch_ms(ms: int | None) -> datetime | None:
 def epoch_ms(t: datetime | None) -> int | None:
     """Epoch ms of a naive UTC time (None stays None)."""
     return None if t is None else int(t.replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def utc_now(now: datetime | None = None) -> datetime:
+    """``now`` (default: the clock) as a naive UTC time, as Spark's timestamps come to Python:
+    a driver-side row's ``created_at``."""
+    return (now or datetime.now(UTC)).replace(tzinfo=None)

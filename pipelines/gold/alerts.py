@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipelines import tables as T
-from pipelines.common import Transform
+from pipelines.common import Transform, utc_now
 from pipelines.config import DropoffRule
 from pipelines.io.delta_rs import arrow_schema
 
@@ -69,7 +69,7 @@ def fire(cells: pa.Table, rules: list[DropoffRule], now: datetime | None = None)
     SHA-256 over ``rule|campaign_id|window_start`` (the start as Spark prints a timestamp),
     so each (rule, campaign, window) alerts at most once however often it is judged.
     """
-    created = (now or datetime.now(UTC)).replace(tzinfo=None)
+    created = utc_now(now)
     rows, judged = [], cells.to_pylist()
     for rule in rules:
         metric = f"{rule.from_step}->{rule.to_step}"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from pipelines import tables as T
-from pipelines.common import Transform
+from pipelines.common import Transform, utc_now
 from pipelines.io.delta_rs import arrow_schema
 
 
@@ -39,7 +39,7 @@ def as_reminders(sessions: pa.Table, now: datetime | None = None) -> pa.Table:
     """``reminder_columns`` in Arrow, for the stream's driver: sessions due a reminder
     (``gold/session_funnel`` rows) -> their ``gold/cart_reminders`` rows, made at ``now``."""
     schema = arrow_schema(T.CART_REMINDERS)
-    created = pa.scalar((now or datetime.now(UTC)).replace(tzinfo=None), schema.field("created_at").type)
+    created = pa.scalar(utc_now(now), schema.field("created_at").type)
     columns = {"reminder_id": sessions["session_id"], "user_id": sessions["user_id"],
                "tracking_id": sessions["tracking_id"], "session_start": sessions["session_start"],
                "session_end": sessions["session_end"], "adds": sessions["adds"],

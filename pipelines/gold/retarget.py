@@ -13,7 +13,7 @@ clicks were batched).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipelines import tables as T
-from pipelines.common import Transform, unix_millis
+from pipelines.common import Transform, unix_millis, utc_now
 from pipelines.io.delta_rs import arrow_schema
 
 CLICK_COLUMNS = ["user_id", "campaign_id", "tracking_id", "click_time"]
@@ -118,7 +118,7 @@ def as_offers(offers: pa.Table, now: datetime | None = None) -> pa.Table:
     def times(c: str) -> pa.ChunkedArray:
         return pc.cast(pc.cast(offers[c], pa.int64()), pa.timestamp("ms", tz="UTC"))
     schema = arrow_schema(T.RETARGET_OFFERS)
-    created = pa.scalar((now or datetime.now(UTC)).replace(tzinfo=None), schema.field("created_at").type)
+    created = pa.scalar(utc_now(now), schema.field("created_at").type)
     columns = {c: offers[c] for c in ("offer_id", "user_id", "campaign_id", "tracking_id")}
     columns |= {"click_time": times("click_time"), "due_time": times("due_time"),
                 "created_at": pa.repeat(created, offers.num_rows)}

@@ -117,15 +117,20 @@ def advance(p: Processor, rows: pd.DataFrame | None, held: Held, before_ms: int,
     return [f for f in out if len(f)], held
 
 
+def state_ids(folder: Path) -> list[int]:
+    """The micro-batches with a state file in ``folder``, in order."""
+    return sorted(int(f.stem) for f in folder.glob("*.arrow") if f.stem.isdigit())
+
+
 def last_applied(checkpoint: Path) -> tuple[int, int | None] | None:
     """Gold's last micro-batch whose body finished (its tables and its state are
     written; Spark may not have marked it committed yet), and the newest event time (epoch ms)
     it had seen, from its newest state file; None when no batch ever finished."""
-    files = sorted((int(f.stem), f) for f in (checkpoint / "processors").glob("*.arrow") if f.stem.isdigit())
-    if not files:
+    ids = state_ids(checkpoint / "processors")
+    if not ids:
         return None
-    batch, path = files[-1]
-    with pa.ipc.open_file(path) as reader:
+    batch = ids[-1]
+    with pa.ipc.open_file(checkpoint / "processors" / f"{batch}.arrow") as reader:
         latest = (reader.schema.metadata or {}).get(b"latest_ms", b"")
     return batch, int(latest) if latest else None
 
@@ -137,15 +142,10 @@ class StateFiles:
         self.dir = checkpoint / "processors"
         self.fields = {p.name: p.state for p in processors}
 
-    def _ids(self) -> list[int]:
-        if not self.dir.exists():
-            return []
-        return sorted(int(f.stem) for f in self.dir.glob("*.arrow") if f.stem.isdigit())
-
     def load(self, batch_id: int) -> tuple[dict[str, Held], int | None]:
         """The state micro-batch ``batch_id`` starts from, and the newest event time (ms)
         seen before it (None: no event yet)."""
-        before = [i for i in self._ids() if i < batch_id]
+        before = [i for i in state_ids(self.dir) if i < batch_id]
         if not before:
             if batch_id > 0:  # batches ran, yet no state: never guess (open sessions would vanish)
                 raise RuntimeError(
@@ -181,5 +181,5 @@ class StateFiles:
         with pa.ipc.new_file(tmp, table.schema) as writer:
             writer.write_table(table)
         os.replace(tmp, self.dir / f"{batch_id}.arrow")
-        for old in self._ids()[:-RETAIN]:
+        for old in state_ids(self.dir)[:-RETAIN]:
             (self.dir / f"{old}.arrow").unlink(missing_ok=True)
