@@ -25,10 +25,12 @@ BASE_CONF: dict[str, str] = {
     # -XX:-DontCompileHugeMethods: HotSpot never JIT-compiles a method over 8,000 bytes of
     # bytecode, and whole-stage codegen of silver's projection (parse, contract checks, IP
     # location and hash) makes one; interpreted, it cost 14 s per 1M events (docs/performance.md).
+    # -XX:+UseParallelGC: on 2 cores the throughput collector beat the default G1 on 1M events
+    # end to end (59.0-62.5 s against 61.5-66.0 s) and kept the JVM's peak at 3.4 GiB, not 4.5.
     "spark.driver.extraJavaOptions":
-        f"-Duser.timezone=UTC -XX:-DontCompileHugeMethods "
+        f"-Duser.timezone=UTC -XX:-DontCompileHugeMethods -XX:+UseParallelGC "
         f"-Dlog4j2.configurationFile={REPO_ROOT / 'conf' / 'log4j2.properties'}",
-    "spark.executor.extraJavaOptions": "-Duser.timezone=UTC -XX:-DontCompileHugeMethods",
+    "spark.executor.extraJavaOptions": "-Duser.timezone=UTC -XX:-DontCompileHugeMethods -XX:+UseParallelGC",
     "spark.sql.streaming.stateStore.providerClass":
         "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
     "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
