@@ -23,6 +23,7 @@ import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     StrictBool,
@@ -84,6 +85,7 @@ class SparkSettings(Strict):
 class StreamSettings(Strict):
     trigger_interval: Duration = timedelta(seconds=1)
     max_files_per_trigger: int | None = Field(None, ge=1)
+    max_bytes_per_trigger: ByteSize | None = ByteSize(128 * 2**20)  # unused when max_files_per_trigger is set
     watermark_delay: Duration = timedelta(minutes=10)
 
 
@@ -91,7 +93,7 @@ class KafkaSettings(Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = "events"
     starting_offsets: Literal["earliest", "latest"] = "earliest"
-    max_offsets_per_trigger: int | None = Field(None, ge=1)
+    max_offsets_per_trigger: int | None = Field(500_000, ge=1)
     fail_on_data_loss: StrictBool = True
 
 

@@ -92,3 +92,30 @@ def test_a_kill_while_the_first_offset_was_written_does_not_stop_the_restart(spa
     run_available_now(spark, s)
     assert read(spark, s, "silver/events").count() == first  # batch 0 again: nothing doubled
     assert (offsets / "0").exists() and not any(".tmp" in f.name for f in offsets.iterdir())
+
+
+@pytest.mark.parametrize(("cap", "batches"), [(1_500, [["f0"], ["f1"], ["f2"]]),
+                                              (2_500, [["f0", "f1"], ["f2"]])])
+def test_a_byte_cap_bounds_each_micro_batch_by_whole_files(spark, tmp_path, cap, batches):
+    """``stream.max_bytes_per_trigger``: three 1,000-byte files, oldest first; a batch takes
+    whole files while they fit (and always at least one)."""
+    import os
+
+    from pipelines.io.sources import read_landing
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    for i in range(3):
+        f = landing / f"f{i}.jsonl"
+        f.write_text("x" * 999 + "\n")
+        os.utime(f, (1_800_000_000 + i, 1_800_000_000 + i))
+    seen: list[list[str]] = []
+
+    def batch(df, _):
+        seen.append(sorted(Path(r.source_file).stem for r in df.select("source_file").distinct().collect()))
+
+    query = (read_landing(spark, str(landing), streaming=True, max_bytes_per_trigger=cap).writeStream
+             .foreachBatch(batch).trigger(availableNow=True)
+             .option("checkpointLocation", str(tmp_path / "checkpoint")).start())
+    query.awaitTermination()
+    assert seen == batches

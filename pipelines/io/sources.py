@@ -9,7 +9,8 @@ from pipelines.config import KafkaSettings
 
 
 def read_landing(spark: SparkSession, path: str, streaming: bool,
-                 max_files_per_trigger: int | None = None) -> DataFrame:
+                 max_files_per_trigger: int | None = None, max_bytes_per_trigger: int | None = None
+                 ) -> DataFrame:
     """JSON-lines files in the landing folder as ``raw`` text plus ``source_file`` and
     ``ingest_time``: when the file landed (its modification time), so every query that reads
     the file, and a replay, stamps a line alike.
@@ -21,6 +22,8 @@ def read_landing(spark: SparkSession, path: str, streaming: bool,
         reader = spark.readStream.format("text")
         if max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
+        elif max_bytes_per_trigger:  # at least one file a batch, however large
+            reader = reader.option("maxBytesPerTrigger", int(max_bytes_per_trigger))
         df = reader.load(path)
     else:
         df = spark.read.format("text").load(path)

@@ -35,7 +35,8 @@ def source(spark: SparkSession, s: Settings) -> DataFrame:
     if s.source == "kafka":
         return sources.read_kafka(spark, s.kafka, streaming=True)
     return sources.read_landing(spark, s.input, streaming=True,
-                                max_files_per_trigger=s.stream.max_files_per_trigger)
+                                max_files_per_trigger=s.stream.max_files_per_trigger,
+                                max_bytes_per_trigger=s.stream.max_bytes_per_trigger)
 
 
 def writer(df: DataFrame, name: str, s: Settings, available_now: bool) -> DataStreamWriter:
