@@ -227,8 +227,8 @@ def freshness(spark: SparkSession, root: Path, rate: int, seconds: float, source
         overrides["kafka"] = {"bootstrap_servers": kafka_servers, "topic": topic,
                               "starting_offsets": "earliest"}
         from confluent_kafka.admin import AdminClient, NewTopic
-        AdminClient({"bootstrap.servers": kafka_servers}).create_topics(
-            [NewTopic(topic, 2, 1)])[topic].result()
+        admin = AdminClient({"bootstrap.servers": kafka_servers})  # held: a freed client fails its futures
+        admin.create_topics([NewTopic(topic, 2, 1)])[topic].result()
         target = f"{kafka_servers}/{topic}"
     else:
         target = str(run / "landing")
