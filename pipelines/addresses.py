@@ -1,8 +1,15 @@
 """IP addresses in event text, parsed one way for every column that reads them: the location
 join (``geo.locate``), the network prefix (``privacy.ip_prefix``) and the redaction of
-quarantined lines (``privacy.redact``)."""
+quarantined lines (``privacy.redact``).
+
+Each parse has a Spark form (the batch build, and the stream's redaction) and a Python form
+(``py_``: the stream's driver enriches each distinct address of a micro-batch once,
+``silver.enrich_arrow``); ``tests/test_privacy.py`` holds the two to the same values, odd
+input included."""
 
 from __future__ import annotations
+
+import re
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
@@ -23,3 +30,41 @@ def ipv4_number(octets: Column) -> Column:
     """``ipv4_octets`` as the address's 32-bit number (null stays null)."""
     parts = [octets.getItem(i).cast("long") for i in range(4)]
     return parts[0] * 16777216 + parts[1] * 65536 + parts[2] * 256 + parts[3]
+
+
+# Java's ``$`` (the Spark patterns above) also matches before one line terminator that ends the
+# text; Python's only before ``\n``. The Python forms match the patterns' bodies whole, with
+# that one terminator allowed.
+_LINE_END = re.compile(r"(?:\r\n|[\n\r\u0085\u2028\u2029])\Z")
+IPV4_BODY = re.compile(IPV4[1:-1])
+IPV6_BODY = re.compile(IPV6[1:-1])
+
+
+def java_whole_match(body: re.Pattern, text: str) -> bool:
+    """``text`` rlike ``^body$`` as Java (so Spark) matches it."""
+    if body.fullmatch(text):
+        return True
+    end = _LINE_END.search(text)
+    return bool(end and body.fullmatch(text[:end.start()]))
+
+
+def py_ipv4_octets(ip: str | None) -> list[int | None] | None:
+    """``ipv4_octets`` in Python: the four numbers, None for anything else (an octet that is
+    not a number after Spark's cast, as one with the line terminator, is None in the list)."""
+    if ip is None or not java_whole_match(IPV4_BODY, ip):
+        return None
+    octets = [_spark_int(part) for part in ip.split(".", 4)]
+    top = max((o for o in octets if o is not None), default=None)  # array_max skips nulls
+    return octets if top is not None and top <= 255 else None
+
+
+def py_ipv4_number(octets: list[int | None] | None) -> int | None:
+    if octets is None or any(o is None for o in octets):
+        return None
+    return octets[0] * 16777216 + octets[1] * 65536 + octets[2] * 256 + octets[3]
+
+
+def _spark_int(text: str) -> int | None:
+    """Spark's cast of a string of digits (and surrounding whitespace) to int."""
+    digits = text.strip()
+    return int(digits) if digits.isascii() and digits.isdigit() else None

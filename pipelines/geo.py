@@ -11,6 +11,7 @@ its location unknown (docs/bad-input.md).
 
 from __future__ import annotations
 
+import bisect
 import csv
 import ipaddress
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.addresses import ipv4_number, ipv4_octets
+from pipelines.addresses import ipv4_number, ipv4_octets, py_ipv4_number, py_ipv4_octets
 from pipelines.common import Transform
 
 SCHEMA = "ip_first long, ip_last long, ip_country string, ip_region string"
@@ -81,3 +82,21 @@ def locate(locations: DataFrame) -> Transform:
                               & (F.col("_ip_number") <= F.col("net.ip_last")), "left")
         return joined.drop("_ip_octets", "_ip_number", "_ip_block", "_net_block", "ip_first", "ip_last")
     return _
+
+
+class Locator:
+    """``locate`` for one address at a time, in Python: the networks sorted by first address,
+    searched by bisection (the stream's driver: ``silver.enrich_arrow``)."""
+
+    def __init__(self, networks: list[Network]):
+        self.networks = networks
+        self.firsts = [n.first for n in networks]
+
+    def __call__(self, ip: str | None) -> tuple[str | None, str | None]:
+        number = py_ipv4_number(py_ipv4_octets(ip))
+        if number is None:
+            return None, None
+        i = bisect.bisect_right(self.firsts, number) - 1
+        if i < 0 or number > self.networks[i].last:
+            return None, None
+        return self.networks[i].country, self.networks[i].region

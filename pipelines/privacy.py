@@ -30,7 +30,7 @@ from pathlib import Path
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from pipelines.addresses import ANY_IPV4, IPV6, ipv4_octets
+from pipelines.addresses import ANY_IPV4, IPV6, IPV6_BODY, ipv4_octets, java_whole_match, py_ipv4_octets
 
 PSEUDONYM = ("ip_hash", "ip_prefix")  # the silver columns that replace ``ip``
 SALT_VARIABLE = "FUNNELHOUSE_IP_SALT"
@@ -92,6 +92,22 @@ def ip_prefix(ip: Column) -> Column:
     v6 = F.concat(F.concat_ws(":", F.slice(groups, 1, 3)), F.lit("::/48"))
     six_ok = ip.rlike(IPV6) & (F.size(groups) >= 3)
     return F.when(octets.isNotNull(), v4).when(six_ok, v6)
+
+
+def py_ip_prefix(ip: str | None) -> str | None:
+    """``ip_prefix`` of one address, in Python (the stream's driver: ``silver.enrich_arrow``)."""
+    if ip is None:
+        return None
+    octets = py_ipv4_octets(ip)
+    if octets is not None:
+        return ".".join(str(o) for o in octets[:3] if o is not None) + ".0/24"
+    low = ip.lower()
+    groups = [g for g in low.split("::", 1)[0].split(":") if g != ""]
+    if "::" in low:
+        groups += ["0"] * 3
+    if java_whole_match(IPV6_BODY, ip) and len(groups) >= 3:
+        return ":".join(groups[:3]) + "::/48"
+    return None
 
 
 def pseudonymize(key: bytes):

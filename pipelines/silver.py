@@ -2,8 +2,10 @@
 
 One chain serves the stream and the backfill: ``parse -> valid_events -> dedupe ->
 to_silver`` (``to_silver`` is ``enrich`` = ``mark_late -> locate -> pseudonymize``, then
-conform). The stream's ``stream_rows`` runs ``parse`` and ``enrich`` over valid and rejected
-rows at once (``silver_and_quarantine``), so a micro-batch is one Spark pass. ``locate`` is
+conform). The stream's ``stream_rows`` runs ``parse`` and ``mark_late`` over valid and
+rejected rows at once (``silver_and_quarantine``), so a micro-batch is one Spark pass; its
+driver then runs ``locate`` and ``pseudonymize`` once per distinct address (``enrich_arrow``,
+the Python forms of the same functions). ``locate`` is
 the IP -> location join of ``geo.py``; ``pseudonymize`` replaces the raw IP with its keyed
 hash and network (``privacy.py``; the raw IP stays in bronze). Deduplication is the one step
 with two forms, one rule (one row per ``event_id``, the first delivery wins): ``dedupe``
@@ -16,14 +18,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from pipelines import contract as C
 from pipelines.common import Transform, require_columns
 from pipelines.geo import COLUMNS as LOCATION
-from pipelines.geo import locate
-from pipelines.privacy import PSEUDONYM, pseudonymize, redact
+from pipelines.geo import Locator, locate
+from pipelines.privacy import PSEUDONYM, hash_ip, pseudonymize, py_ip_prefix, redact
 from pipelines.tables import BRONZE_EVENTS, SILVER_EVENTS, SILVER_QUARANTINE, conform
 
 _JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": C.CORRUPT}
@@ -132,26 +136,49 @@ def to_silver(watermark: datetime | None, locations: DataFrame, ip_key: bytes) -
                            .transform(conform(SILVER_EVENTS)))
 
 
-def silver_and_quarantine(watermark: datetime | None, locations: DataFrame, ip_key: bytes,
-                          breaks: Mapping[str, Column] | None = None,
+def silver_and_quarantine(watermark: datetime | None, breaks: Mapping[str, Column] | None = None,
                           extra: Mapping[str, Column] | None = None,
                           carry: tuple[str, ...] = ()) -> Transform:
-    """Parsed rows, valid and rejected -> one frame holding the columns of
-    both ``silver/events`` and ``silver/quarantine`` (``to_silver`` and ``quarantined`` of the
-    same rows), so the stream computes a micro-batch in one pass and splits it on ``reason``
-    (null: silver; else: the quarantine). ``breaks``: named predicates over silver's columns
+    """Parsed rows, valid and rejected -> one frame holding the columns of both
+    ``silver/events`` and ``silver/quarantine`` (``to_silver`` and ``quarantined`` of the same
+    rows), so the stream computes a micro-batch in one pass and splits it on ``reason`` (null:
+    silver; else: the quarantine). The address columns are left to the driver: the frame
+    holds ``ip`` instead of ``ip_country``, ``ip_region``, ``ip_hash`` and ``ip_prefix``
+    (``enrich_arrow``). ``breaks``: named predicates over silver's columns
     (``Quality.breaks``); each becomes a column of that name, true where a valid row breaks it.
     ``extra``: more named columns over silver's, computed for valid rows (gold's hash keys);
     ``carry``: columns passed through as they are.
     """
     def _(parsed: DataFrame) -> DataFrame:
-        rows = parsed.transform(enrich(watermark, locations, ip_key)).withColumns(_stamped())
-        columns = {f.name: f.dataType for t in (SILVER_EVENTS, SILVER_QUARANTINE) for f in t.schema.fields}
-        out = rows.select(*[F.col(name).cast(kind) for name, kind in columns.items()], *carry)
+        rows = parsed.transform(mark_late(watermark)).withColumns(_stamped())
+        by_driver = {*LOCATION, *PSEUDONYM}
+        columns = {f.name: f.dataType for t in (SILVER_EVENTS, SILVER_QUARANTINE) for f in t.schema.fields
+                   if f.name not in by_driver}
+        out = rows.select(*[F.col(name).cast(kind) for name, kind in columns.items()], "ip", *carry)
         valid = F.col("reason").isNull()
         more = {**(breaks or {}), **(extra or {})}
         return out.withColumns({name: F.when(valid, rule) for name, rule in more.items()})
     return _
+
+
+def enrich_arrow(rows: pa.Table, locator: Locator, ip_key: bytes) -> pa.Table:
+    """``locate`` -> ``pseudonymize`` on collected rows that hold ``ip`` (``stream_rows``),
+    on the driver: each distinct address of the batch is located, hashed and cut to its
+    network once (``geo.Locator``, ``privacy.hash_ip``, ``privacy.py_ip_prefix``), then
+    spread to its rows; ``ip`` is dropped. The same values as the Spark forms
+    (``tests/test_privacy.py``), for a fraction of the JVM's cost per row
+    (docs/performance.md, "Enrichment on the driver")."""
+    distinct = pc.unique(rows["ip"])
+    addresses = distinct.to_pylist()
+    places = [locator(ip) for ip in addresses]
+    per_address = {
+        "ip_country": [p[0] for p in places], "ip_region": [p[1] for p in places],
+        "ip_hash": [hash_ip(ip, ip_key) for ip in addresses],
+        "ip_prefix": [py_ip_prefix(ip) for ip in addresses]}
+    index = pc.index_in(rows["ip"], value_set=distinct, skip_nulls=False)
+    for name, values in per_address.items():
+        rows = rows.append_column(name, pa.array(values, pa.string()).take(index))
+    return rows.drop_columns(["ip"])
 
 
 def _null_if_blank(c: Column) -> Column:
@@ -161,17 +188,18 @@ def _null_if_blank(c: Column) -> Column:
 BRONZE = "_bronze"  # the bronze row, as a struct, in ``stream_rows``
 
 
-def stream_rows(locations: DataFrame, ip_key: bytes, extra: Mapping[str, Column]) -> Transform:
+def stream_rows(extra: Mapping[str, Column]) -> Transform:
     """A stream of bronze rows (``to_bronze``) -> ``silver_and_quarantine`` of them, before
     deduplication (the stream's driver does that: ``stateful/dedupe.py``), with each bronze
     row kept whole in the struct column ``BRONZE``: one Spark pass gives every table its rows.
     It depends on no micro-batch, so the query's definition holds it and Python builds it
-    once; ``late`` and the quality predicates come per batch (``batch_columns``)."""
+    once; ``late`` and the quality predicates come per batch (``batch_columns``), the address
+    columns on the driver (``enrich_arrow``)."""
     def _(bronze: DataFrame) -> DataFrame:
         require_columns(bronze, *BRONZE_EVENTS.columns)
         rows = bronze.withColumn(BRONZE, F.struct(*BRONZE_EVENTS.columns))
         return rows.transform(lambda df: parse(df, carry=(BRONZE,))).transform(
-            silver_and_quarantine(None, locations, ip_key, extra=extra, carry=(BRONZE,)))
+            silver_and_quarantine(None, extra=extra, carry=(BRONZE,)))
     return _
 
 

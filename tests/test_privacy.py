@@ -9,10 +9,24 @@ import stat
 import pytest
 from chispa import assert_df_equality
 from helpers import read, sample_addresses
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyspark.sql import functions as F
 
 from pipelines import tables as T
-from pipelines.privacy import SALT_FILE, SALT_VARIABLE, hash_ip, ip_hash, ip_prefix, ip_salt, redact
+from pipelines.config import load_settings
+from pipelines.geo import Locator, ip_locations, locate, read_networks
+from pipelines.privacy import (
+    SALT_FILE,
+    SALT_VARIABLE,
+    hash_ip,
+    ip_hash,
+    ip_prefix,
+    ip_salt,
+    pseudonymize,
+    redact,
+)
+from pipelines.silver import enrich_arrow
 
 IPS = ["10.0.0.1", "172.16.3.200", "255.255.255.255", "2001:db8:1:2::7", "2001:DB8::1", "::1",
        "10.300.1.1", "not an ip", "", None, "010.1.2.3"]
@@ -34,6 +48,47 @@ def test_network_prefix(spark):
         "10.0.0.0/24", "172.16.3.0/24", "255.255.255.0/24", "2001:db8:1::/48", "2001:db8:0::/48",
         "0:0:0::/48", None, None, None, None, "10.1.2.0/24"], strict=True)), "ip string, ip_prefix string")
     assert_df_equality(df.withColumn("ip_prefix", ip_prefix(F.col("ip"))), expected, ignore_nullable=True)
+
+
+# What Java's regex ``$`` and Spark's casts make of odd values: a line terminator after an
+# address, spaces, leading zeros, too many parts, non-ASCII digits, bare colons.
+ODD = ["1.2.3.4\n", "1.2.3.4\r\n", "1.2.3.4\r", "1.2.3.4\u2028", "1.2.3.4\u0085", "1.2.3.4\n\n",
+       "1.2.3.4 ", " 1.2.3.4", "2001:DB8::1\n", "2001:db8:1:2:3::\r\n", "::", ":::", "a:b", "a:b:c",
+       "1.2.3.4.5", "999.1.1.1", "1.2.3.04", "\u0661.2.3.4", "01.002.3.4", "1..2.3", "fe80::1%eth0"]
+
+
+def _enriched_both_ways(spark, ips: list[str | None], key: bytes):
+    """(the Spark forms' rows, the driver's) of ``ips``: location, hash and prefix."""
+    path = load_settings(environ={}).geo.ip_locations
+    events = spark.createDataFrame([(i, ip) for i, ip in enumerate(ips)], "n int, ip string")
+    expected = events.transform(locate(ip_locations(spark, path))).transform(pseudonymize(key))
+    actual = spark.createDataFrame(enrich_arrow(events.toArrow(), Locator(read_networks(path)), key),
+                                   expected.schema)
+    return actual, expected
+
+
+def test_the_drivers_enrichment_equals_the_spark_forms_on_the_sample_and_odd_values(spark):
+    """The stream enriches each distinct address on the driver (``enrich_arrow``); a backfill
+    runs the Spark forms (``locate``, ``pseudonymize``). Same rows for every address of the
+    sample and for odd values."""
+    ips = [*sorted(sample_addresses()), *IPS, *ODD]
+    actual, expected = _enriched_both_ways(spark, ips, b"k")
+    assert expected.where("ip_country IS NOT NULL").count() > 100  # the sample's are located
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+ADDRESS_LIKE = st.one_of(
+    st.text(alphabet="0123456789.:abcdefABCDEF \n\r\u2028\u0661x%", max_size=18),
+    st.tuples(*[st.integers(0, 300)] * 4).map(lambda o: ".".join(map(str, o))),
+    st.lists(st.text(alphabet="0123456789abcdef", max_size=5), min_size=1, max_size=9).map(":".join),
+    st.none())
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(ADDRESS_LIKE, min_size=50, max_size=200))
+def test_the_drivers_enrichment_equals_the_spark_forms_on_generated_values(spark, ips):
+    actual, expected = _enriched_both_ways(spark, ips, b"s3cr3t")
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_the_lake_keeps_one_private_key_unless_the_environment_gives_one(tmp_path):

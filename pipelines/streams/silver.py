@@ -14,12 +14,12 @@ from pipelines import metrics
 from pipelines import tables as T
 from pipelines.common import Transform, epoch_ms
 from pipelines.config import Settings
-from pipelines.geo import ip_locations
+from pipelines.geo import Locator, read_networks
 from pipelines.gold.sessions import hash_keys
 from pipelines.io.delta_rs import Commit, arrow_schema, max_stat, to_arrow
 from pipelines.privacy import ip_salt
 from pipelines.quality import Quality, drop_reason, dropped_to_quarantine
-from pipelines.silver import batch_columns, stream_rows
+from pipelines.silver import batch_columns, enrich_arrow, stream_rows
 from pipelines.stateful.dedupe import Dedupe
 from pipelines.streams.base import Handler, counts
 
@@ -42,7 +42,7 @@ class SilverStep(Handler):
         self.quarantine = T.ensure(spark, s.lake, T.SILVER_QUARANTINE)
         T.ensure(spark, s.lake, T.QUALITY_RESULTS)
         self.quality = Quality(s.lake, "silver_events", s.quality, "silver") if s.quality.enabled else None
-        self.locations = ip_locations(spark, s.geo.ip_locations)
+        self.locator = Locator(read_networks(s.geo.ip_locations))
         self.ip_key = ip_salt(s.lake)
         self.dedupe = Dedupe(self.checkpoint, s.stream.watermark_delay)
 
@@ -56,7 +56,7 @@ class SilverStep(Handler):
     def projection(self) -> Transform:
         """Bronze rows -> ``stream_rows``: parsed, enriched, with gold's hash keys (the query's
         definition: built once)."""
-        return stream_rows(self.locations, self.ip_key, hash_keys())
+        return stream_rows(hash_keys())
 
     def batch_columns(self, watermark: datetime | None, now: datetime) -> dict[str, Column]:
         """``late`` by ``watermark`` and the quality predicates at ``now``: one micro-batch's."""
@@ -66,6 +66,7 @@ class SilverStep(Handler):
               now: datetime) -> pa.Table:
         """The collected ``rows`` -> silver and the quarantine; returns silver's new events (with
         the hash keys)."""
+        rows = enrich_arrow(rows, self.locator, self.ip_key)
         valid = pc.is_null(rows["reason"])
         events = rows.filter(valid)
         events = events.filter(self.dedupe.apply(events.select(["event_id", "ingest_time"]), batch_id))
