@@ -1,5 +1,5 @@
 """``pipeline``: the one streaming query. The source (landing files or Kafka) is read once;
-each micro-batch is parsed, enriched and collected in one Spark pass, then written by the
+each micro-batch is parsed and collected in one Spark pass, then enriched and written by the
 driver: every delivery to ``bronze/events`` (``streams/bronze.py``), the deduplicated events
 and the rejects to ``silver/events`` and ``silver/quarantine`` (``streams/silver.py``), and
 gold from those same events (``streams/gold.py``). So every table is one hop from arrival.
@@ -51,7 +51,7 @@ class PipelineBatch:
         held, latest = self.gold.start(batch_id)
         latest = latest if latest is not None else self.silver.first_latest(batch_id)
         watermark = event_watermark(from_epoch_ms(latest), self.s.stream.watermark_delay)
-        # One Spark pass: bronze's row, parsed and enriched, gold's hash keys (the query's
+        # One Spark pass: bronze's row, parsed, gold's hash keys (the query's
         # projection), and the batch's late marks and quality predicates, collected as Arrow;
         # everything after runs on the collected batch.
         rows = batch.withColumns(self.silver.batch_columns(watermark, now)).toArrow()

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 class SilverStep(Handler):
     """The silver part of the stream's micro-batch (``streams/pipeline.py``): its collected
-    rows -> ``silver/events`` (redeliveries dropped, ``stateful/dedupe.py``) and
+    rows -> each distinct address located and pseudonymized once (``silver.enrich_arrow``) ->
+    ``silver/events`` (redeliveries dropped, ``stateful/dedupe.py``) and
     ``silver/quarantine``, with the quality suite; returns the events it kept, for gold.
 
     Events at or before the watermark (``event_watermark`` of the newest on-time event time
@@ -54,7 +55,7 @@ class SilverStep(Handler):
         return None
 
     def projection(self) -> Transform:
-        """Bronze rows -> ``stream_rows``: parsed, enriched, with gold's hash keys (the query's
+        """Bronze rows -> ``stream_rows``: parsed, with gold's hash keys and ``ip`` (the query's
         definition: built once)."""
         return stream_rows(hash_keys())
 
