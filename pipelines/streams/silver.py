@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 class SilverStep(Handler):
     """The silver part of the stream's micro-batch (``streams/pipeline.py``): its collected
-    rows -> each distinct address located and pseudonymized once (``silver.enrich_arrow``) ->
-    ``silver/events`` (redeliveries dropped, ``stateful/dedupe.py``) and
+    rows -> ``silver/events`` (redeliveries dropped, ``stateful/dedupe.py``; then each distinct
+    address of the kept events located and pseudonymized once, ``silver.enrich_arrow``) and
     ``silver/quarantine``, with the quality suite; returns the events it kept, for gold.
 
     Events at or before the watermark (``event_watermark`` of the newest on-time event time
@@ -67,10 +67,10 @@ class SilverStep(Handler):
               now: datetime) -> pa.Table:
         """The collected ``rows`` -> silver and the quarantine; returns silver's new events (with
         the hash keys)."""
-        rows = enrich_arrow(rows, self.locator, self.ip_key)
         valid = pc.is_null(rows["reason"])
         events = rows.filter(valid)
         events = events.filter(self.dedupe.apply(events.select(["event_id", "ingest_time"]), batch_id))
+        events = enrich_arrow(events, self.locator, self.ip_key)  # only the events silver keeps
         rejected = rows.filter(pc.invert(valid)).select(T.SILVER_QUARANTINE.columns)
         commit = Commit(self.app_id(), batch_id, self.ledger)
         if self.quality is not None:  # the GX suite; may raise QualityFailure ("fail" policy)
