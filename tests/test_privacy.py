@@ -4,11 +4,12 @@ the lake's own key, redaction of quarantined text, and no raw IP past bronze."""
 import hashlib
 import hmac
 import os
+import re
 import stat
 
 import pytest
 from chispa import assert_df_equality
-from helpers import read, sample_addresses
+from helpers import sample_addresses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyspark.sql import functions as F
@@ -16,6 +17,8 @@ from pyspark.sql import functions as F
 from pipelines import tables as T
 from pipelines.config import load_settings
 from pipelines.geo import Locator, ip_locations, locate, read_networks
+from pipelines.io.delta_rs import read as delta_read
+from pipelines.io.ledger import rs_uri
 from pipelines.privacy import (
     SALT_FILE,
     SALT_VARIABLE,
@@ -113,21 +116,35 @@ def test_redaction_hides_addresses_and_the_ip_value_only(spark):
                    '{"ip":"<ip>","price":"x"}']
 
 
-def test_no_raw_ip_of_the_input_reaches_silver_or_gold(spark, sample_lake):
+def _texts(value) -> list[str]:
+    """Every value in ``value`` (rows, lists, dicts) as text."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [t for v in value for t in _texts(v)]
+    return [] if value is None else [str(value)]
+
+
+def test_no_raw_ip_of_the_input_reaches_silver_or_gold(sample_lake):
     """Every address in the sample's lines, searched for in every column of every silver and
-    gold table (as text), and the key that hashes them nowhere either."""
+    gold table (every value as text: a raw line's, a list's items), and the key that hashes
+    them nowhere either. The tables are read on the driver (delta-rs): a search, not a
+    transform."""
     addresses = sample_addresses()
     assert len(addresses) > 100
     key = ip_salt(sample_lake.lake).decode()
     names = ["silver/events", "silver/quarantine", *[t.name for t in T.GOLD_STREAM]]
-    found = {}
+    # An address or the key, not inside a longer address, number or hash, nor a network
+    # (``ip_prefix``: "10.1.2.0/24" is kept on purpose, and the sample holds a few x.y.z.0).
+    longest_first = sorted([*addresses, key], key=len, reverse=True)
+    secret = re.compile(f"(?<![0-9A-Za-z.:])({'|'.join(map(re.escape, longest_first))})(?![0-9A-Za-z.:/])")
+    found, rows_of = {}, {}
     for name in names:
-        df = read(spark, sample_lake, name)
-        text = df.select(F.to_json(F.struct(*df.columns)).alias("j"))
-        words = text.select(F.explode(F.split("j", r'[",:\[\]{} ]+')).alias("w")).distinct()
-        hits = words.where(F.col("w").isin(*addresses) | (F.col("w") == key)).collect()
-        if hits:
-            found[name] = [h.w for h in hits[:5]]
+        rows = rows_of[name] = delta_read(rs_uri(sample_lake.table(name))).to_pylist()
+        assert rows or name == T.ANOMALY_SCORES.name, name  # a search of an empty table proves nothing
+        text = "\n".join(_texts(rows))
+        if hits := sorted(set(secret.findall(text))):
+            found[name] = hits[:5]
     assert found == {}, f"raw addresses in {found}"
-    flags = read(spark, sample_lake, "gold/fraud_flags").where(F.col("entity_type") == "ip").collect()
-    assert flags and all(len(f.entity_id) == 32 for f in flags)
+    flags = [f for f in rows_of[T.FRAUD_FLAGS.name] if f["entity_type"] == "ip"]
+    assert flags and all(len(f["entity_id"]) == 32 for f in flags)  # hashed addresses
