@@ -166,11 +166,35 @@ def test_one_pass_counts_what_great_expectations_counts(spark, violating, unchec
     batch = (context.data_sources.add_spark("s").add_dataframe_asset("silver")
              .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": silver}))
     for check in silver_checks(q, now):
-        result = batch.validate(check.expectation, result_format="BASIC").result
+        result = batch.validate(check.expectation.to_gx(), result_format="BASIC").result
         theirs = result.get("unexpected_count", 0)
         if check.name == "event_id_unique":  # GX counts every row of a duplicated id; we count the extra ones
             theirs //= 2
         assert counts[check.name] == theirs, check.name
+
+
+def test_every_check_is_a_gx_expectation_with_its_arguments():
+    """The suites are declared without importing GX; each check still makes the GX
+    expectation it names, holding exactly the arguments it was declared with."""
+    from datetime import UTC, datetime
+
+    from pipelines.quality import SUITES
+
+    now, q = datetime.now(UTC), load_settings(environ={}, local=False).quality
+    for suite, make in SUITES.items():
+        for check in make(q, now):
+            made = check.expectation.to_gx()
+            assert type(made).__name__ == check.expectation.kind, (suite, check.name)
+            assert {k: getattr(made, k) for k in check.expectation.args} == check.expectation.args
+
+
+def test_a_run_does_not_import_great_expectations():
+    """Importing the CLI and the stream (what ``funnelhouse run`` loads before its first batch)
+    leaves GX unloaded: it costs seconds, and only the docs and GX's own validation need it."""
+    code = ("import sys, pipelines.cli, pipelines.jobs.run, pipelines.streams.pipeline, pipelines.backfill; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('great_expectations', 'sklearn')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def _lake_copy(unchecked_lake, tmp_path, landing, policies=None):
@@ -255,5 +279,5 @@ def test_the_stream_counts_closing_cells_on_its_driver_as_great_expectations_doe
              .add_batch_definition_whole_dataframe("all")
              .get_batch(batch_parameters={"dataframe": spark.createDataFrame(rows)}))
     for check in funnel_checks(q, now):
-        theirs = batch.validate(check.expectation, result_format="BASIC").result.get("unexpected_count", 0)
+        theirs = batch.validate(check.expectation.to_gx(), result_format="BASIC").result.get("unexpected_count", 0)
         assert ours[check.name] == theirs, check.name
