@@ -49,19 +49,17 @@ class Expect:
     """One GX expectation: its class name in ``great_expectations.expectations`` and its
     arguments, with GX's defaults for the ones left out. ``to_gx`` makes the GX object."""
 
-    DEFAULTS: dict[str, Any] = {"strict_min": False, "strict_max": False, "or_equal": False}
+    DEFAULTS: dict[str, Any] = {"min_value": None, "max_value": None, "strict_min": False,
+                                "strict_max": False, "or_equal": False}
 
     def __init__(self, kind: str, **args: Any):
         self.kind, self.args = kind, args
 
-    def __getattr__(self, name: str) -> Any:
-        if name in ("kind", "args"):  # not set yet (a copy being made)
-            raise AttributeError(name)
-        if name in self.args:
-            return self.args[name]
-        if name in self.DEFAULTS or name in ("min_value", "max_value"):
-            return self.DEFAULTS.get(name)
-        raise AttributeError(f"{self.kind} has no argument {name!r}")
+    def __getattr__(self, name: str) -> Any:  # e.column, e.min_value, ...: what GX's object has
+        args = self.__dict__.get("args", {})
+        if name in args or name in self.DEFAULTS:
+            return args.get(name, self.DEFAULTS.get(name))
+        raise AttributeError(f"{self.__dict__.get('kind', 'Expect')} has no argument {name!r}")
 
     def __repr__(self) -> str:
         return f"{self.kind}({', '.join(f'{k}={v!r}' for k, v in sorted(self.args.items()))})"
