@@ -4,6 +4,8 @@ Each table's rows in the range are recomputed in batch and compared with what th
 holds; only a table whose rows differ is rewritten, with Delta ``replaceWhere`` on exactly
 that range. So a second run of the same backfill changes 0 rows, and a backfill over what
 the stream wrote changes only what the stream could not know (events behind its watermark).
+Gold's tables are rebuilt in the order of their inputs, those whose inputs are done side by
+side (``run_steps``).
 
 Ranges and margins (``docs/backfill.md``):
 - silver: events whose ``event_date`` is in [from, to], from bronze ingested from ``from - 1 day``;
@@ -32,6 +34,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -39,7 +42,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines import tables as T
@@ -60,6 +63,7 @@ from pipelines.streams.base import CHECKPOINTS, QUERY, app_id
 
 log = logging.getLogger(__name__)
 MARGIN = timedelta(days=1)
+Rows = Callable[[], DataFrame]  # a table's recomputed rows, built when its step runs
 
 
 @dataclass
@@ -136,6 +140,40 @@ def insert_missing(new: DataFrame, path: str, key: str, name: str) -> Changes:
         sinks.insert_new(new, path, key)
     new.unpersist()
     return Changes(name, 0, added, added, 0)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One gold table's part of a backfill: ``run`` rebuilds ``table`` from what the steps
+    for the tables in ``after`` wrote."""
+    table: T.Table
+    after: tuple[T.Table, ...]
+    run: Callable[[], Changes]
+
+
+def run_steps(steps: list[Step], workers: int = 3) -> list[Changes]:
+    """Run every step once the steps it reads from have finished, independent ones side by
+    side; their changes in the order of ``steps``.
+
+    A step is a few small Spark jobs (a compare, a commit), and on a day's rows most of their
+    time is the driver's: planning, Delta log reads, code generation. Steps submitted from
+    separate threads run as concurrent Spark jobs, so those overlap on the cores. The first
+    failure is raised once the steps already running have stopped; no step starts after it.
+    """
+    done: dict[str, Changes] = {}
+    waiting, running = list(steps), {}
+    with ThreadPoolExecutor(workers, thread_name_prefix="backfill") as pool:
+        while waiting or running:
+            ready = [step for step in waiting if all(t.name in done for t in step.after)]
+            if not ready and not running:
+                raise ValueError(f"steps wait for tables no step writes: {[s.table.name for s in waiting]}")
+            for step in ready:
+                waiting.remove(step)
+                running[pool.submit(step.run)] = step
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done[running.pop(future).table.name] = future.result()
+    return [done[step.table.name] for step in steps]
 
 
 @dataclass
@@ -305,44 +343,52 @@ def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
         return spark.read.format("delta").load(s.table(t.name))
 
     read = events.count()
-    out = []
-    days = f"session_date >= {_lit_date(start)} AND session_date <= {_lit_date(end)}"
-    out.append(replace_range(
-        spark, lambda: events.transform(build.session_rows(s, watermark)).where(
-            F.col("session_date").between(F.lit(start), F.lit(end))),
-        s.table(T.SESSION_FUNNEL.name), days, T.SESSION_FUNNEL.name, read))
+    sessions, funnel, flags, offers = T.SESSION_FUNNEL, T.CAMPAIGN_FUNNEL, T.FRAUD_FLAGS, T.RETARGET_OFFERS
+
+    def dated(column: Column) -> Column:
+        return column.between(F.lit(start), F.lit(end))
 
     in_windows = (F.col("window_start") >= F.lit(start)) & (F.col("window_start") < F.lit(end + MARGIN))
+    days = f"session_date >= {_lit_date(start)} AND session_date <= {_lit_date(end)}"
     windows = f"window_start >= {_lit_date(start)} AND window_start < {_lit_date(end + MARGIN)}"
-    out.append(replace_range(
-        spark, lambda: table(T.SESSION_FUNNEL).transform(build.funnel_rows(s, watermark)).where(in_windows),
-        s.table(T.CAMPAIGN_FUNNEL.name), windows, T.CAMPAIGN_FUNNEL.name,
-        check=checks.funnel_rows(start) if checks else None))
-    for t, rows in ((T.CAMPAIGN_PERFORMANCE, build.performance_rows(s)),
-                    (T.PRODUCT_ABANDONMENT, build.product_rows(s))):
-        out.append(replace_range(spark, lambda rows=rows: table(T.SESSION_FUNNEL).transform(rows),
-                                 s.table(t.name), "true", t.name))
+    bursts = f"first_event_time >= {_lit_date(start)} AND first_event_time < {_lit_date(end + MARGIN)}"
 
-    cells = table(T.CAMPAIGN_FUNNEL).where(in_windows)
-    out.append(insert_missing(cells.transform(build.alert_rows(s, watermark)), s.table(T.ALERTS.name),
-                              "alert_id", T.ALERTS.name))
-    ranged = table(T.SESSION_FUNNEL).where(F.col("session_date").between(F.lit(start), F.lit(end)))
-    out.append(insert_missing(ranged.transform(build.reminder_rows(s)), s.table(T.CART_REMINDERS.name),
-                              "reminder_id", T.CART_REMINDERS.name))
-    offers = events.transform(build.offer_rows(s, watermark, table(T.RETARGET_OFFERS))).where(
-        F.to_date("click_time").between(F.lit(start), F.lit(end)))
-    out.append(insert_missing(offers, s.table(T.RETARGET_OFFERS.name), "offer_id", T.RETARGET_OFFERS.name))
+    def replace(t: T.Table, rows: Rows, where: str = "true", **kw) -> Callable[[], Changes]:
+        return lambda: replace_range(spark, rows, s.table(t.name), where, t.name, **kw)
 
-    flags = events.transform(build.flag_rows(s, watermark)).where(
-        F.to_date("first_event_time").between(F.lit(start), F.lit(end)))
-    where = f"first_event_time >= {_lit_date(start)} AND first_event_time < {_lit_date(end + MARGIN)}"
-    out.append(replace_range(spark, lambda: flags, s.table(T.FRAUD_FLAGS.name), where, T.FRAUD_FLAGS.name))
-    out.append(replace_range(spark, lambda: table(T.SESSION_FUNNEL).transform(
-        build.profile_rows(table(T.FRAUD_FLAGS))), s.table(T.USER_PROFILE.name), "true", T.USER_PROFILE.name))
-    out.append(replace_range(spark, lambda: table(T.SESSION_FUNNEL).transform(build.ip_profile_rows),
-                             s.table(T.IP_PROFILE.name), "true", T.IP_PROFILE.name))
-    events.unpersist()
-    return out
+    def insert(t: T.Table, rows: Rows, key: str) -> Callable[[], Changes]:
+        return lambda: insert_missing(rows(), s.table(t.name), key, t.name)
+
+    steps = [
+        Step(sessions, (), replace(sessions, lambda: events.transform(build.session_rows(s, watermark))
+                                   .where(dated(F.col("session_date"))), days, read=read)),
+        Step(funnel, (sessions,), replace(
+            funnel, lambda: table(sessions).transform(build.funnel_rows(s, watermark)).where(in_windows),
+            windows, check=checks.funnel_rows(start) if checks else None)),
+        Step(T.CAMPAIGN_PERFORMANCE, (sessions,), replace(
+            T.CAMPAIGN_PERFORMANCE, lambda: table(sessions).transform(build.performance_rows(s)))),
+        Step(T.PRODUCT_ABANDONMENT, (sessions,), replace(
+            T.PRODUCT_ABANDONMENT, lambda: table(sessions).transform(build.product_rows(s)))),
+        Step(T.ALERTS, (funnel,), insert(
+            T.ALERTS, lambda: table(funnel).where(in_windows).transform(build.alert_rows(s, watermark)),
+            "alert_id")),
+        Step(T.CART_REMINDERS, (sessions,), insert(
+            T.CART_REMINDERS, lambda: table(sessions).where(dated(F.col("session_date")))
+            .transform(build.reminder_rows(s)), "reminder_id")),
+        Step(offers, (), insert(
+            offers, lambda: events.transform(build.offer_rows(s, watermark, table(offers)))
+            .where(dated(F.to_date("click_time"))), "offer_id")),
+        Step(flags, (), replace(flags, lambda: events.transform(build.flag_rows(s, watermark))
+                                .where(dated(F.to_date("first_event_time"))), bursts)),
+        Step(T.USER_PROFILE, (sessions, flags), replace(
+            T.USER_PROFILE, lambda: table(sessions).transform(build.profile_rows(table(flags))))),
+        Step(T.IP_PROFILE, (sessions,), replace(
+            T.IP_PROFILE, lambda: table(sessions).transform(build.ip_profile_rows))),
+    ]
+    try:
+        return run_steps(steps)
+    finally:
+        events.unpersist()
 
 
 def backfill_scores(spark: SparkSession, s: Settings, start: date, end: date,

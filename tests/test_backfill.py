@@ -235,3 +235,39 @@ def test_difference_counts_rows_each_side_lacks_as_multisets(spark):
     assert difference(new, old, ["k", "v", "n"]) == (2, 2, 5)
     assert difference(old, old, ["k", "v", "n"]) == (0, 0, 5)
     assert difference(new, old.limit(0), ["k", "v", "n"]) == (5, 0, 5)
+
+
+def test_steps_run_after_the_tables_they_read_and_independent_ones_together():
+    """``run_steps`` by hand: a step starts only once the steps it reads from finished, two
+    independent steps overlap (each waits for the other to have started), the changes come
+    back in the order of the steps, and a failure stops every step that reads its table."""
+    from pipelines.backfill import Changes, Step, run_steps
+
+    log: list[str] = []
+    started = {t.name: threading.Event() for t in (tables.SESSION_FUNNEL, tables.FRAUD_FLAGS)}
+
+    def step(table, after=(), meet=None, fail=False):
+        def run():
+            log.append(f"start {table.name}")
+            started.get(table.name, threading.Event()).set()
+            if meet is not None:  # independent: the other must be running at the same time
+                assert started[meet.name].wait(10), f"{meet.name} did not run beside {table.name}"
+            if fail:
+                raise RuntimeError(f"{table.name} failed")
+            log.append(f"end {table.name}")
+            return Changes(table.name, 0, 0, 0, 0)
+        return Step(table, tuple(after), run)
+
+    sessions, flags, profiles = tables.SESSION_FUNNEL, tables.FRAUD_FLAGS, tables.USER_PROFILE
+    out = run_steps([step(profiles, [sessions, flags]), step(sessions, meet=flags),
+                     step(flags, meet=sessions)])
+    assert [c.table for c in out] == [profiles.name, sessions.name, flags.name]
+    assert log.index("start gold/user_profile") > max(log.index("end gold/session_funnel"),
+                                                      log.index("end gold/fraud_flags"))
+
+    log.clear()
+    with pytest.raises(RuntimeError, match="session_funnel failed"):
+        run_steps([step(sessions, fail=True), step(profiles, [sessions])])
+    assert log == ["start gold/session_funnel"]
+    with pytest.raises(ValueError, match="no step writes"):
+        run_steps([step(profiles, [flags])])
