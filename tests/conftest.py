@@ -29,9 +29,14 @@ os.environ.setdefault("FUNNELHOUSE_IP_SALT", "funnelhouse-tests")
 
 @pytest.fixture(scope="session")
 def spark() -> SparkSession:
+    # Interpreted projections (Spark's own tests run both forms): the tests read small Delta
+    # tables hundreds of times, and every task of a Delta log or file listing job generated
+    # its projections' Java source anew, a third of the executor's CPU in a backfill
+    # (docs/performance.md). Whole-stage code generation stays on.
     session = build_spark(SparkSettings(shuffle_partitions=2, driver_memory="3g"),
                           **{"spark.sql.streaming.minBatchesToRetain": "5",
-                             "spark.databricks.delta.retentionDurationCheck.enabled": "false"})
+                             "spark.databricks.delta.retentionDurationCheck.enabled": "false",
+                             "spark.sql.codegen.factoryMode": "NO_CODEGEN"})
     yield session
     session.stop()
 

@@ -2,6 +2,7 @@
 it did not, and nothing changed by a second run."""
 
 import json
+import logging
 import threading
 import time
 from datetime import date
@@ -92,7 +93,7 @@ def test_backfill_beside_a_running_stream_ends_with_correct_tables(spark, tmp_pa
 
     def feed() -> None:  # the rest arrive while the backfill runs: bronze grows under it
         for i in range(3, 8):
-            time.sleep(4)
+            time.sleep(3)
             copy_sample(s.input, slice(i, i + 1))
     feeder = threading.Thread(target=feed)
     stream.start()
@@ -147,14 +148,15 @@ def test_backfill_from_the_landing_archive_rebuilds_lost_silver(spark, sample_la
 
 
 @pytest.mark.slow
-def test_a_stream_batch_waits_while_a_backfill_holds_the_lease(spark, lake_settings):
+def test_a_stream_batch_waits_while_a_backfill_holds_the_lease(spark, lake_settings, caplog):
     s = lake_settings
     copy_sample(s.input, slice(0, 2))
+    caplog.set_level(logging.INFO, logger="pipelines.io.lease")
     with lease(s.lake, who="test"):
         stream = threading.Thread(target=run_available_now, args=(spark, s))
         stream.start()
-        _wait_for(lambda: any(q.status["isTriggerActive"] for q in spark.streams.active))
-        time.sleep(8)  # an unblocked batch on two files commits well within this
+        _wait_for(lambda: "waits for the gold lease" in caplog.text)  # the batch got to the lease
+        time.sleep(2)  # and stays there, having written nothing
         assert stream.is_alive()
         for table in ("bronze/events", "silver/events", "gold/session_funnel"):  # all wait
             assert not Path(s.table(table)).exists() or read(spark, s, table).count() == 0, table

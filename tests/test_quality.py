@@ -279,5 +279,6 @@ def test_the_stream_counts_closing_cells_on_its_driver_as_great_expectations_doe
              .add_batch_definition_whole_dataframe("all")
              .get_batch(batch_parameters={"dataframe": spark.createDataFrame(rows)}))
     for check in funnel_checks(q, now):
-        theirs = batch.validate(check.expectation.to_gx(), result_format="BASIC").result.get("unexpected_count", 0)
+        result = batch.validate(check.expectation.to_gx(), result_format="BASIC").result
+        theirs = result.get("unexpected_count", 0)
         assert ours[check.name] == theirs, check.name
