@@ -9,6 +9,7 @@ from deltalake import write_deltalake
 from pipelines import tables as T
 from pipelines.config import load_settings
 from pipelines.io.delta_rs import arrow_schema
+from pipelines.stateful import sessions
 from pipelines.stateful.gold import Held, StateFiles
 from pipelines.streams.gold import gold_processors
 
@@ -27,6 +28,30 @@ def test_a_batch_starts_from_the_state_of_the_batch_before(files):
     held, latest = files.load(2)
     assert held == {"sessions": Held((b"one",), 11)} and latest == 2_000
     assert files.load(0) == ({}, None)
+
+
+def test_open_sessions_held_as_a_table_are_read_back_equal(files):
+    """The sessions' events stay an Arrow table between micro-batches; the file stores them as
+    Arrow IPC bytes, and a start from the file reads back the same table."""
+    events = pa.table({name: [None, None] for name in sessions.HELD.names}, schema=sessions.HELD)
+    events = events.set_column(0, "journey", pa.array([7, 9], pa.int64()))
+    files.save(0, {"sessions": Held((events,), 10), "fraud": Held(('["a"]',), 20)}, 1_000)
+    held, _ = files.load(1)
+    assert isinstance(held["sessions"].values[0], bytes)
+    assert sessions.decode(held["sessions"].values[0]).equals(events)
+    assert held["fraud"] == Held(('["a"]',), 20)
+
+
+def test_a_staged_state_becomes_the_batchs_only_when_committed(files):
+    """The stream writes a batch's state beside its table commits and commits it after them:
+    until then a restart starts that batch from the state before it."""
+    files.save(0, {"sessions": Held((b"zero",), 10)}, 1_000)
+    failed = files.stage(1, {"sessions": Held((b"lost",), 11)}, 2_000)  # the batch then died
+    assert files.load(2) == ({"sessions": Held((b"zero",), 10)}, 1_000)
+    assert failed.file.exists()
+    files.commit(files.stage(1, {"sessions": Held((b"one",), 11)}, 2_000))  # its replay
+    assert files.load(2) == ({"sessions": Held((b"one",), 11)}, 2_000)
+    assert not list(files.dir.glob(".*"))  # the failed batch's file is gone too
 
 
 def test_missing_state_after_batch_zero_is_refused(files):

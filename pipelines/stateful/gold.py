@@ -12,7 +12,10 @@ one Arrow IPC file per micro-batch (written atomically, the last ``RETAIN`` kept
 processor's state fields, its event-time timer and the newest event time seen (the watermark's
 input). Micro-batch ``N`` starts from the newest file before ``N``, so a replayed batch
 recomputes exactly what it computed the first time, and a restarted job carries on where the
-last committed batch left off.
+last committed batch left off. Between micro-batches of one run the stream keeps the state it
+saved in memory too (``GoldStep``), so a batch starts without reading the file back; the
+file is written while the batch commits its tables (``stage``) and becomes the batch's after
+them (``commit``).
 
 Why the driver and not ``applyInPandasWithState``: a gold micro-batch's work is small (the
 journeys it touches, the open bursts, the pending clicks), and the Python-worker round trip of
@@ -25,6 +28,7 @@ the batch moved to, a timed-out call with no events, as Spark's following no-dat
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,15 +175,44 @@ class StateFiles:
         return held, int(latest) if latest else None
 
     def save(self, batch_id: int, held: dict[str, Held], latest_ms: int | None) -> None:
-        rows = [{"processor": name, "timeout_ms": h.timeout_ms,
-                 "values": [v.encode() if isinstance(v, str) else v for v in h.values]}
+        self.commit(self.stage(batch_id, held, latest_ms))
+
+    def stage(self, batch_id: int, held: dict[str, Held], latest_ms: int | None) -> Staged:
+        """The state after micro-batch ``batch_id``, serialised to a temporary file that
+        ``commit`` then makes the batch's. The stream stages it beside the batch's table
+        commits (Arrow's IPC writer releases the GIL) and commits it after them."""
+        rows = [{"processor": name, "timeout_ms": h.timeout_ms, "values": [stored(v) for v in h.values]}
                 for name, h in held.items() if h.values is not None]
         meta = {"layout": LAYOUT, "latest_ms": "" if latest_ms is None else str(latest_ms)}
         table = pa.Table.from_pylist(rows, schema=FILE.with_metadata(meta))
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{batch_id}.arrow.tmp"
+        tmp = self.dir / f".{batch_id}.{uuid.uuid4().hex}.arrow.tmp"
         with pa.ipc.new_file(tmp, table.schema) as writer:
             writer.write_table(table)
-        os.replace(tmp, self.dir / f"{batch_id}.arrow")
+        return Staged(batch_id, tmp)
+
+    def commit(self, staged: Staged) -> None:
+        os.replace(staged.file, self.dir / f"{staged.batch_id}.arrow")
+        for left in self.dir.glob(".*.arrow.tmp"):  # staged by a batch that failed before its commit
+            left.unlink(missing_ok=True)
         for old in state_ids(self.dir)[:-RETAIN]:
             (self.dir / f"{old}.arrow").unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Staged:
+    batch_id: int
+    file: Path
+
+
+def stored(value: str | bytes | pa.Table | None) -> bytes | None:
+    """A state field as its file stores it: text as UTF-8, an Arrow table a processor keeps in
+    memory between micro-batches (the open sessions' events) as Arrow IPC stream bytes."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, pa.Table):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, value.schema) as writer:
+            writer.write_table(value)
+        return sink.getvalue().to_pybytes()
+    return value

@@ -1,10 +1,10 @@
 """Open sessions as streaming state: each micro-batch re-sessionizes only the journeys it
 touches and emits what changed, as a retract stream.
 
-State (kept by the driver: ``stateful/gold.py``): the events of the open sessions,
-as Arrow IPC bytes, each with ``closes`` (its session's ``session_end + gap``). A micro-batch's
-events are added to their journeys' held events; ``sessionize`` runs on those journeys alone,
-before and after, and the sessions that differ come out:
+State (kept by the driver: ``stateful/gold.py``): the events of the open sessions, an Arrow
+table (Arrow IPC bytes in the state file), each with ``closes`` (its session's ``session_end +
+gap``). A micro-batch's events are added to their journeys' held events; ``sessionize`` runs
+on those journeys alone, before and after, and the sessions that differ come out:
 
 - ``kind = 'session', sign = -1``: a session as it was (retracted: it grew, or merged into another);
 - ``kind = 'session', sign = +1``: a session as it is now (``is_open`` true);
@@ -57,15 +57,10 @@ STATE_SCHEMA = StructType([StructField("held", BinaryType())])
 CHANGE_DDL = "kind string, sign int, is_open boolean, " + SESSION_DDL
 
 
-def encode(held: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, HELD) as writer:
-        writer.write_table(held)
-    return sink.getvalue().to_pybytes()
-
-
-def decode(blob: bytes) -> pa.Table:
-    return pa.ipc.open_stream(blob).read_all()
+def decode(held: bytes | pa.Table) -> pa.Table:
+    """The held events: kept as a table between micro-batches, read from a state file's
+    Arrow IPC bytes after a start (``stateful/gold.stored``)."""
+    return held if isinstance(held, pa.Table) else pa.ipc.open_stream(held).read_all()
 
 
 def closes_at(events: pd.DataFrame, gap: timedelta) -> pd.DataFrame:
@@ -116,7 +111,7 @@ def session_processor(s: Settings):
                     out.append(_changes(due, "reminder", 1, False))
                 held = held.filter(pc.invert(done))
         if held.num_rows:
-            state.update((encode(held),))
+            state.update((held,))
             state.setTimeoutTimestamp(max(pc.min(held["closes"]).as_py() - 1, watermark + 1))
         else:
             state.remove()

@@ -8,6 +8,7 @@ query planning each micro-batch (docs/performance.md, "One query")."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -91,6 +92,8 @@ class GoldStep(Handler):
         self.quality = Quality(s.lake, "campaign_funnel", s.quality, "gold") if s.quality.enabled else None
         self.processors = gold_processors(s)
         self.states = StateFiles(self.checkpoint, self.processors)
+        self.saver = ThreadPoolExecutor(1, thread_name_prefix="gold-state")
+        self.saved: tuple[int, dict[str, Held], int | None] | None = None  # the state file's copy
         self.champion = (Champion(s.anomaly.model_name, s.lake, s.mlflow.tracking_uri,
                                   s.anomaly.refresh.total_seconds()) if s.anomaly.enabled else None)
         self.channels = channels(s.notify) if s.notify.enabled else {}  # a channel set in part: fail now
@@ -101,7 +104,12 @@ class GoldStep(Handler):
 
     def start(self, batch_id: int) -> tuple[dict[str, Held], int | None]:
         """The state micro-batch ``batch_id`` starts from, and the newest on-time event time
-        (epoch ms) seen before it: the watermark's input, for silver too."""
+        (epoch ms) seen before it: the watermark's input, for silver too. After the batch
+        before it in this run, that is the state this step saved then, as it kept it (the
+        open sessions' events stay an Arrow table); otherwise the newest file before it."""
+        if self.saved is not None and self.saved[0] == batch_id - 1:
+            _, held, latest = self.saved
+            return dict(held), latest
         return self.states.load(batch_id)
 
     def apply(self, events: pa.Table, batch_id: int,
@@ -120,6 +128,7 @@ class GoldStep(Handler):
                                            _ms(before), _ms(watermark))
             if frames:
                 out[p.name] = pd.concat(frames, ignore_index=True)
+        staged = self.saver.submit(self.states.stage, batch_id, dict(held), latest)
         commit = Commit(self.app_id(), batch_id, self.ledger)
         outputs = {p.name: p.output for p in self.processors}
         inserted: dict[str, pa.Table] = {}
@@ -144,7 +153,8 @@ class GoldStep(Handler):
         if closing is not None:  # only now: a replay of this batch judges these windows again
             apply.mark_closed(close, closing, self.paths[T.CAMPAIGN_FUNNEL.name])
         self._deliver(batch_id, found)
-        self.states.save(batch_id, held, latest)
+        self.states.commit(staged.result())  # after every table: the batch is applied
+        self.saved = (batch_id, dict(held), latest)
         self._measure(inserted, watermark, "sessions" in out, held)
 
     def _measure(self, inserted: dict[str, pa.Table], watermark: datetime | None, sessions: bool,
@@ -270,11 +280,12 @@ class GoldStep(Handler):
 
 
 def state_size(held: dict[str, Held]) -> tuple[int, int]:
-    """The processors' state: the open sessions' events held, and the bytes of all of it as
-    stored (sessions, open fraud bursts, pending clicks)."""
-    size = sum(len(v) for h in held.values() for v in h.values or () if v is not None)
+    """The processors' state: the open sessions' events held, and the bytes of all of it
+    (sessions as an Arrow table in memory, open fraud bursts, pending clicks)."""
+    size = sum(v.nbytes if isinstance(v, pa.Table) else len(v)
+               for h in held.values() for v in h.values or () if v is not None)
     blob = held.get("sessions", Held()).values
-    return (sessions.decode(blob[0]).num_rows if blob and blob[0] else 0), size
+    return (sessions.decode(blob[0]).num_rows if blob and blob[0] is not None else 0), size
 
 
 def funnel_metrics(funnel_path: str, performance_path: str) -> None:
