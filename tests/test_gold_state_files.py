@@ -10,7 +10,7 @@ from pipelines import tables as T
 from pipelines.config import load_settings
 from pipelines.io.delta_rs import arrow_schema
 from pipelines.stateful import sessions
-from pipelines.stateful.gold import Held, StateFiles
+from pipelines.stateful.gold import Held, Kept, StateFiles
 from pipelines.streams.gold import gold_processors
 
 
@@ -35,7 +35,8 @@ def test_open_sessions_held_as_a_table_are_read_back_equal(files):
     Arrow IPC bytes, and a start from the file reads back the same table."""
     events = pa.table({name: [None, None] for name in sessions.HELD.names}, schema=sessions.HELD)
     events = events.set_column(0, "journey", pa.array([7, 9], pa.int64()))
-    files.save(0, {"sessions": Held((events,), 10), "fraud": Held(('["a"]',), 20)}, 1_000)
+    kept = Held((Kept(events, sessions.encode),), 10)
+    files.save(0, {"sessions": kept, "fraud": Held(('["a"]',), 20)}, 1_000)
     held, _ = files.load(1)
     assert isinstance(held["sessions"].values[0], bytes)
     assert sessions.decode(held["sessions"].values[0]).equals(events)

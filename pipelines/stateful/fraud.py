@@ -32,7 +32,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from pipelines.common import Transform, unix_millis
 from pipelines.config import FraudRule, FraudSettings
-from pipelines.stateful.gold import Processor
+from pipelines.stateful.gold import Kept, Processor, kept
 from pipelines.tables import FLAG_SCHEMA
 
 # Rule events as the processor sees them: t is the event time in epoch milliseconds.
@@ -172,7 +172,7 @@ def fraud_processor(settings: FraudSettings):
     window_ms = {r.name: int(r.window.total_seconds() * 1000) for r in rules}
 
     def process(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
-        held = [_decode(state.get[0])] if state.exists else []
+        held = [kept(state.get[0], _decode)] if state.exists else []
         frames = [f for f in held + [b[EVENT_COLUMNS] for b in batches] if len(f)]
         events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EVENT_COLUMNS)
         events = events[events["rule"].isin(window_ms)]  # a rule removed from config: its open bursts go
@@ -181,7 +181,7 @@ def fraud_processor(settings: FraudSettings):
         if still_open.empty:
             state.remove()
         else:
-            state.update((_encode(still_open),))
+            state.update((Kept(still_open, _encode),))
             last = still_open.groupby(["rule", "entity_id"])["t"].max().reset_index()
             closes_at = (last["t"] + last["rule"].map(window_ms)).min()
             state.setTimeoutTimestamp(int(max(closes_at, watermark)) + 1)

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -205,14 +206,27 @@ class Staged:
     file: Path
 
 
-def stored(value: str | bytes | pa.Table | None) -> bytes | None:
-    """A state field as its file stores it: text as UTF-8, an Arrow table a processor keeps in
-    memory between micro-batches (the open sessions' events) as Arrow IPC stream bytes."""
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, pa.Table):
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, value.schema) as writer:
-            writer.write_table(value)
-        return sink.getvalue().to_pybytes()
-    return value
+@dataclass(frozen=True)
+class Kept:
+    """A state field as a processor keeps it between micro-batches of one run (a table, a
+    frame), with ``encode``, the field's stored form: what the state file holds, and what the
+    processor decodes after a start. Never changed in place."""
+    value: Any
+    encode: Callable[[Any], str | bytes]
+
+    @property
+    def nbytes(self) -> int:
+        value = self.value
+        return value.nbytes if isinstance(value, pa.Table) else int(value.memory_usage(index=False).sum())
+
+
+def stored(value: Kept | str | bytes | None) -> bytes | None:
+    """A state field as its file stores it: text as UTF-8, a ``Kept`` value encoded."""
+    if isinstance(value, Kept):
+        value = value.encode(value.value)
+    return value.encode() if isinstance(value, str) else value
+
+
+def kept(value: Kept | str | bytes, decode: Callable[[str | bytes], Any]) -> Any:
+    """A state field's value: as kept, or decoded from its stored form after a start."""
+    return value.value if isinstance(value, Kept) else decode(value)

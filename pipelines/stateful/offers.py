@@ -13,6 +13,7 @@ the watermark moves even when no new clicks come.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 
 import pandas as pd
 import pyarrow as pa
@@ -21,7 +22,7 @@ from pyspark.sql.types import BinaryType, StructField, StructType, _parse_dataty
 
 from pipelines.config import RetargetSettings
 from pipelines.gold.retarget import OFFER_DDL, _ms, due_offers, offer_events, offer_input, split
-from pipelines.stateful.gold import Processor
+from pipelines.stateful.gold import Kept, Processor, kept
 
 CLICKS = pa.schema([("user_id", pa.string()), ("campaign_id", pa.string()),
                     ("tracking_id", pa.string()), ("click_time", pa.int64())])
@@ -48,7 +49,7 @@ def offer_processor(r: RetargetSettings):
 
     def process(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
         held = state.get if state.exists else (None, None, None)
-        pending, purchases, sent = (_decode(blob, schema) for blob, schema
+        pending, purchases, sent = (kept(blob, lambda b, schema=schema: _decode(b, schema)) for blob, schema
                                     in zip(held, (CLICKS, PURCHASES, SENT), strict=True))
         frames = [b for b in batches if len(b)]
         if frames:
@@ -67,7 +68,8 @@ def offer_processor(r: RetargetSettings):
             purchases = purchases[purchases["t"] > watermark - wait]
             sent = sent[sent["click_time"] > watermark - wait - cooldown]
         if len(pending) or len(purchases) or len(sent):
-            state.update((_encode(pending, CLICKS), _encode(purchases, PURCHASES), _encode(sent, SENT)))
+            state.update(tuple(Kept(frame, partial(_encode, schema=schema)) for frame, schema
+                               in ((pending, CLICKS), (purchases, PURCHASES), (sent, SENT))))
             wake = (pending["click_time"].min() + wait if len(pending) else
                     max(purchases["t"].max() + wait if len(purchases) else 0,
                         sent["click_time"].max() + wait + cooldown if len(sent) else 0))

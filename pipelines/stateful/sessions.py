@@ -43,7 +43,7 @@ from pipelines.gold.sessions import (
     session_input,
     sessionize,
 )
-from pipelines.stateful.gold import Processor
+from pipelines.stateful.gold import Kept, Processor, kept
 
 _parse_ddl = _parse_datatype_string
 
@@ -57,10 +57,16 @@ STATE_SCHEMA = StructType([StructField("held", BinaryType())])
 CHANGE_DDL = "kind string, sign int, is_open boolean, " + SESSION_DDL
 
 
-def decode(held: bytes | pa.Table) -> pa.Table:
-    """The held events: kept as a table between micro-batches, read from a state file's
-    Arrow IPC bytes after a start (``stateful/gold.stored``)."""
-    return held if isinstance(held, pa.Table) else pa.ipc.open_stream(held).read_all()
+def encode(held: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, HELD) as writer:
+        writer.write_table(held)
+    return sink.getvalue().to_pybytes()
+
+
+def decode(held: Kept | bytes) -> pa.Table:
+    """The held events: kept as a table between micro-batches, Arrow IPC bytes in the file."""
+    return kept(held, lambda blob: pa.ipc.open_stream(blob).read_all())
 
 
 def closes_at(events: pd.DataFrame, gap: timedelta) -> pd.DataFrame:
@@ -111,7 +117,7 @@ def session_processor(s: Settings):
                     out.append(_changes(due, "reminder", 1, False))
                 held = held.filter(pc.invert(done))
         if held.num_rows:
-            state.update((held,))
+            state.update((Kept(held, encode),))
             state.setTimeoutTimestamp(max(pc.min(held["closes"]).as_py() - 1, watermark + 1))
         else:
             state.remove()

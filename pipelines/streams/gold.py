@@ -41,7 +41,7 @@ from pipelines.notify.outbox import open_outbox, record_rows
 from pipelines.quality import Quality
 from pipelines.silver import event_watermark
 from pipelines.stateful import fraud, offers, sessions
-from pipelines.stateful.gold import Held, Processor, StateFiles, advance
+from pipelines.stateful.gold import Held, Kept, Processor, StateFiles, advance
 from pipelines.steps import STEPS
 from pipelines.streams.base import Handler, counts
 
@@ -281,8 +281,8 @@ class GoldStep(Handler):
 
 def state_size(held: dict[str, Held]) -> tuple[int, int]:
     """The processors' state: the open sessions' events held, and the bytes of all of it
-    (sessions as an Arrow table in memory, open fraud bursts, pending clicks)."""
-    size = sum(v.nbytes if isinstance(v, pa.Table) else len(v)
+    (open sessions, fraud bursts and pending clicks, as kept in memory or as stored)."""
+    size = sum(v.nbytes if isinstance(v, Kept) else len(v)
                for h in held.values() for v in h.values or () if v is not None)
     blob = held.get("sessions", Held()).values
     return (sessions.decode(blob[0]).num_rows if blob and blob[0] is not None else 0), size
