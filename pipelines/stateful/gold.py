@@ -184,13 +184,14 @@ class StateFiles:
         commits (Arrow's IPC writer releases the GIL) and commits it after them."""
         rows = [{"processor": name, "timeout_ms": h.timeout_ms, "values": [stored(v) for v in h.values]}
                 for name, h in held.items() if h.values is not None]
+        size = sum(len(v) for row in rows for v in row["values"] if v is not None)
         meta = {"layout": LAYOUT, "latest_ms": "" if latest_ms is None else str(latest_ms)}
         table = pa.Table.from_pylist(rows, schema=FILE.with_metadata(meta))
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{batch_id}.{uuid.uuid4().hex}.arrow.tmp"
         with pa.ipc.new_file(tmp, table.schema) as writer:
             writer.write_table(table)
-        return Staged(batch_id, tmp)
+        return Staged(batch_id, tmp, size)
 
     def commit(self, staged: Staged) -> None:
         os.replace(staged.file, self.dir / f"{staged.batch_id}.arrow")
@@ -204,6 +205,7 @@ class StateFiles:
 class Staged:
     batch_id: int
     file: Path
+    size: int  # the bytes of every state field as stored
 
 
 @dataclass(frozen=True)
@@ -213,11 +215,6 @@ class Kept:
     processor decodes after a start. Never changed in place."""
     value: Any
     encode: Callable[[Any], str | bytes]
-
-    @property
-    def nbytes(self) -> int:
-        value = self.value
-        return value.nbytes if isinstance(value, pa.Table) else int(value.memory_usage(index=False).sum())
 
 
 def stored(value: Kept | str | bytes | None) -> bytes | None:

@@ -49,7 +49,7 @@ def offer_processor(r: RetargetSettings):
 
     def process(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
         held = state.get if state.exists else (None, None, None)
-        pending, purchases, sent = (kept(blob, lambda b, schema=schema: _decode(b, schema)) for blob, schema
+        pending, purchases, sent = (kept(blob, partial(_decode, schema=schema)) for blob, schema
                                     in zip(held, (CLICKS, PURCHASES, SENT), strict=True))
         frames = [b for b in batches if len(b)]
         if frames:

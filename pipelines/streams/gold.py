@@ -41,7 +41,7 @@ from pipelines.notify.outbox import open_outbox, record_rows
 from pipelines.quality import Quality
 from pipelines.silver import event_watermark
 from pipelines.stateful import fraud, offers, sessions
-from pipelines.stateful.gold import Held, Kept, Processor, StateFiles, advance
+from pipelines.stateful.gold import Held, Processor, StateFiles, advance
 from pipelines.steps import STEPS
 from pipelines.streams.base import Handler, counts
 
@@ -153,16 +153,17 @@ class GoldStep(Handler):
         if closing is not None:  # only now: a replay of this batch judges these windows again
             apply.mark_closed(close, closing, self.paths[T.CAMPAIGN_FUNNEL.name])
         self._deliver(batch_id, found)
-        self.states.commit(staged.result())  # after every table: the batch is applied
+        state = staged.result()
+        self.states.commit(state)  # after every table: the batch is applied
         self.saved = (batch_id, dict(held), latest)
-        self._measure(inserted, watermark, "sessions" in out, held)
+        self._measure(inserted, watermark, "sessions" in out, held, state.size)
 
     def _measure(self, inserted: dict[str, pa.Table], watermark: datetime | None, sessions: bool,
-                 held: dict[str, Held]) -> None:
+                 held: dict[str, Held], state_bytes: int) -> None:
         """The batch's business metrics (``metrics.py``): what it inserted, the watermark, and
         when sessions changed, the newest funnel window and the campaign totals as they are now."""
         metrics.set_watermark("gold", watermark)
-        metrics.set_state("gold", *state_size(held))
+        metrics.set_state("gold", held_events(held), state_bytes)
         for name, rows in inserted.items():
             metrics.ROWS.labels(name).inc(rows.num_rows)
         if T.ALERTS.name in inserted:
@@ -279,13 +280,10 @@ class GoldStep(Handler):
         return rows
 
 
-def state_size(held: dict[str, Held]) -> tuple[int, int]:
-    """The processors' state: the open sessions' events held, and the bytes of all of it
-    (open sessions, fraud bursts and pending clicks, as kept in memory or as stored)."""
-    size = sum(v.nbytes if isinstance(v, Kept) else len(v)
-               for h in held.values() for v in h.values or () if v is not None)
-    blob = held.get("sessions", Held()).values
-    return (sessions.decode(blob[0]).num_rows if blob and blob[0] is not None else 0), size
+def held_events(held: dict[str, Held]) -> int:
+    """The open sessions' events the sessions processor holds."""
+    values = held.get("sessions", Held()).values
+    return sessions.decode(values[0]).num_rows if values and values[0] is not None else 0
 
 
 def funnel_metrics(funnel_path: str, performance_path: str) -> None:
