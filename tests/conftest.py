@@ -31,7 +31,7 @@ os.environ.setdefault("FUNNELHOUSE_IP_SALT", "funnelhouse-tests")
 def spark() -> SparkSession:
     # Interpreted projections (Spark's own tests run both forms): the tests read small Delta
     # tables hundreds of times, and every task of a Delta log or file listing job generated
-    # its projections' Java source anew, a third of the executor's CPU in a backfill
+    # its projections' Java source anew: 40% of the executor's samples in a backfill
     # (docs/performance.md). Whole-stage code generation stays on.
     session = build_spark(SparkSettings(shuffle_partitions=2, driver_memory="3g"),
                           **{"spark.sql.streaming.minBatchesToRetain": "5",
