@@ -88,7 +88,8 @@ SESSION_FUNNEL = Table("gold/session_funnel", _schema(
     ("ip_hashes", STRS), *_TO_STEP,
     ("is_open", BOOL),
     ("session_date", DATE),
-), partition_by=("session_date", "is_open"), key=("session_id",))
+    ("open_slot", LONG),
+), partition_by=("session_date", "is_open", "open_slot"), key=("session_id",))
 
 CAMPAIGN_FUNNEL = Table("gold/campaign_funnel", _schema(
     ("campaign_id", STR), ("window_start", TS), ("window_end", TS), ("sessions", LONG),

@@ -175,10 +175,13 @@ def test_spark_sessions_are_typed_rows_of_the_table(spark):
     s = load_settings(environ={}, local=False)
     watermark = T0 + timedelta(hours=1)  # closes the first session, not the second
     got = events.transform(session_rows(s, watermark)).select(
-        "session_id", "session_start", "funnel_level", "adds", "added_products", "is_open", "session_date")
+        "session_id", "session_start", "funnel_level", "adds", "added_products", "is_open", "session_date",
+        "open_slot")
     expected = spark.createDataFrame([
-        (f"t1@{MS0}", T0, 2, 0, [], False, T0.date()),
-        (f"t1@{MS0 + 3 * 3_600_000}", T0 + timedelta(hours=3), 0, 1, ["p1"], True, T0.date()),
+        (f"t1@{MS0}", T0, 2, 0, [], False, T0.date(), None),
+        # open: the 10 s slot its end (T0 + 3 h, on a slot boundary) starts
+        (f"t1@{MS0 + 3 * 3_600_000}", T0 + timedelta(hours=3), 0, 1, ["p1"], True, T0.date(),
+         MS0 // 1000 + 3 * 3600),
     ], got.schema)
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
 

@@ -5,9 +5,10 @@ The stream's processors emit changes, not tables: signed session rows (``-1`` as
 here applies one kind to one table in one delta-rs commit (``io/delta_rs.py``), touching only
 the rows the changes name:
 
-- ``gold/session_funnel``: open sessions are upserted (partition ``is_open=true``); a
-  session that merged into another is deleted; a closed session moves to ``is_open=false``.
-  Only the open partition is ever rewritten: its size is the open state, not the history.
+- ``gold/session_funnel``: a changed session's stored row is replaced (deleted from its
+  ``open_slot``, inserted in the slot of its new end); a session that merged into another is
+  deleted; a closed session moves to ``is_open=false``. Only the open slots the changes name
+  are rewritten: the recently active sessions and those closing, not all open ones.
 - ``gold/campaign_funnel`` and ``gold/product_abandonment``: the signed counts are *added*
   to the stored ones (MERGE ``t.n + s.n``), conversions recomputed from the sums; a cell or
   product left with nothing is deleted. The funnel MERGE is pruned to the cells' dates.
@@ -32,6 +33,7 @@ from pipelines.gold.abandonment import abandonment_rate
 from pipelines.gold.campaigns import add_totals, performance
 from pipelines.gold.funnel import COUNTS as CELL_COUNTS
 from pipelines.gold.funnel import conversions
+from pipelines.gold.sessions import open_slots
 from pipelines.io.delta_rs import Commit, arrow_schema, read
 
 
@@ -47,31 +49,49 @@ def _sql_in(values: list) -> str:
 
 def sessions(commit: Commit, changes: pa.Table, path: str) -> None:
     """Signed and closed session rows (``gold/session_funnel`` columns plus ``kind`` and
-    ``sign``) -> one MERGE keyed on (``session_id``, ``is_open``) over the open partition."""
+    ``sign``) -> one MERGE over the open slots they name.
+
+    Each session that changed or closed has its stored row deleted, found by its key and its
+    ``open_slot`` (a retracted row is the stored one; a session closed unchanged is stored as it
+    closed), and its new row inserted: open in the slot of its new ``session_end``, or closed.
+    Deleting and inserting, rather than updating in place, lets a session move to another slot,
+    and the MERGE reads only the slots named (docs/performance.md, "Open slots")."""
     kind, sign = changes["kind"], changes["sign"]
     closed = changes.filter(pc.equal(kind, "closed"))
     final = closed["session_id"]  # a session that changed and closed in one batch: closed wins
     upsert = changes.filter(pc.and_(pc.equal(kind, "session"), pc.equal(sign, 1)))
     upsert = upsert.filter(pc.invert(pc.is_in(upsert["session_id"], value_set=final)))
     retracted = changes.filter(pc.and_(pc.equal(kind, "session"), pc.equal(sign, -1)))
-    kept = pa.concat_arrays([upsert["session_id"].combine_chunks(), final.combine_chunks()])
-    gone = retracted.filter(pc.invert(pc.is_in(retracted["session_id"], value_set=kept)))
+    unchanged = closed.filter(pc.invert(pc.is_in(final, value_set=retracted["session_id"])))
     columns = T.SESSION_FUNNEL.columns
-    parts = [_action(upsert, "upsert", True), _action(gone, "delete", True),
-             _action(closed, "delete", True), _action(closed, "insert", False)]
+    parts = [_action(retracted, "delete", True), _action(unchanged, "delete", True),
+             _action(upsert, "insert", True), _action(closed, "insert", False)]
     source = pa.concat_tables([p.select([*columns, "_action"]) for p in parts])
-    values = {c: f"s.{c}" for c in columns}
+    deleted = source.filter(pc.equal(source["_action"], "delete"))
+    if deleted.num_rows == 0:  # only new sessions
+        commit.append(source.select(columns), path, T.SESSION_FUNNEL)
+        return
+    # The slots as literals: delta-rs prunes the files it reads by those, not by the join's
+    # `t.open_slot = s.open_slot` (0.07 s against 0.4 s over 1M open sessions in 27 slots).
+    dates = sorted({d.isoformat() for d in deleted["session_date"].to_pylist()})
+    slots = ", ".join(str(v) for v in sorted(set(deleted["open_slot"].to_pylist())))
     commit.merge(
         source, path, T.SESSION_FUNNEL,
-        "t.session_id = s.session_id AND t.is_open = s.is_open AND t.is_open = true",
-        lambda m: (m.when_matched_delete(predicate="s._action = 'delete'")
-                   .when_matched_update(updates=values, predicate="s._action = 'upsert'")
-                   .when_not_matched_insert(updates=values, predicate="s._action <> 'delete'")))
+        f"t.session_date IN ({_sql_in(dates)}) AND t.is_open = true AND t.open_slot IN ({slots})"
+        " AND t.session_id = s.session_id AND t.session_date = s.session_date"
+        " AND t.open_slot = s.open_slot AND s._action = 'delete'",
+        lambda m: (m.when_matched_delete()
+                   .when_not_matched_insert(updates={c: f"s.{c}" for c in columns},
+                                            predicate="s._action = 'insert'")))
 
 
 def _action(rows: pa.Table, action: str, is_open: bool) -> pa.Table:
+    """``rows`` as MERGE source rows of ``action``, stored open (in the slot of their
+    ``session_end``) or closed."""
+    slot = open_slots(rows["session_end"]) if is_open else pa.nulls(rows.num_rows, pa.int64())
     rows = rows.set_column(rows.schema.get_field_index("is_open"), "is_open",
                            pa.array([is_open] * rows.num_rows, pa.bool_()))
+    rows = rows.set_column(rows.schema.get_field_index("open_slot"), "open_slot", slot)
     return rows.append_column("_action", pa.array([action] * rows.num_rows, pa.string()))
 
 

@@ -36,6 +36,12 @@ EVENT_COLUMNS = ["journey", "tracking_id", "t", "step", "tie", "user_id", "campa
                  "product_id", "price", "quantity", "ip_country", "ip_hash"]
 AD, CLICK, CART, PURCHASE = 1, 2, 4, 6
 TO_STEP = [f"seconds_to_{s}" for s in STEPS[1:]]
+# An open session's storage slot in ``gold/session_funnel`` (``open_slot``): the 10-second slot
+# its ``session_end`` falls in. The open rows are partitioned by it, so a micro-batch's MERGE
+# rewrites the slots of the sessions it changed or closed (the recent ones, and those ending
+# ``gap`` ago), not every open session: delta-rs rewrites whole files (no deletion vectors).
+# A fixed width: a stored row's slot is found again from its ``session_end``.
+OPEN_SLOT_SECONDS = 10
 SESSION_COLUMNS = ["tracking_id", "session_start", "session_end", "user_id", "campaign_id",
                    "funnel_level", "event_count", "clicks", "adds", "purchases", "items",
                    "revenue", "added_products", "purchased_products", "countries", "ip_hashes", *TO_STEP]
@@ -248,18 +254,28 @@ def typed_session_rows(rows: pd.DataFrame) -> pd.DataFrame:
     ``session_id``, times as timestamps and ``session_date``, the same values Spark gives (the
     stream == batch tests compare the two). The stream's micro-batch changes never need a
     round trip through Spark for four columns."""
-    start = rows["session_start"].astype("int64")
+    start, end = rows["session_start"].astype("int64"), rows["session_end"].astype("int64")
     out = rows.assign(
         session_id=rows["tracking_id"] + "@" + start.astype(str),
         session_start=pd.to_datetime(start, unit="ms"),
-        session_end=pd.to_datetime(rows["session_end"].astype("int64"), unit="ms"))
+        session_end=pd.to_datetime(end, unit="ms"),
+        open_slot=(end // (OPEN_SLOT_SECONDS * 1000) * OPEN_SLOT_SECONDS).astype("Int64")
+        .where(rows["is_open"].astype(bool)))
     return out.assign(session_date=out["session_start"].dt.date)
+
+
+def open_slots(ends: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """``open_slot`` of open sessions ending at ``ends`` (timestamps): the epoch second that
+    starts the ``OPEN_SLOT_SECONDS`` slot each falls in."""
+    micros = pc.cast(pc.cast(ends, pa.timestamp("us")), pa.int64())
+    return pc.multiply(pc.divide(micros, OPEN_SLOT_SECONDS * 1_000_000), OPEN_SLOT_SECONDS)
 
 
 def to_session_rows(gap: timedelta, watermark: datetime | None) -> Transform:
     """Python's session rows -> ``gold/session_funnel`` columns: times typed, ``session_id``
-    (``<tracking_id>@<start in epoch ms>``), ``session_date`` and ``is_open`` (the watermark
-    has not yet passed ``session_end + gap``, so an on-time event may still change it).
+    (``<tracking_id>@<start in epoch ms>``), ``session_date``, ``is_open`` (the watermark
+    has not yet passed ``session_end + gap``, so an on-time event may still change it) and
+    ``open_slot`` (``OPEN_SLOT_SECONDS``).
     Rows that already carry ``is_open`` (the stream's) keep it."""
     def _(rows: DataFrame) -> DataFrame:
         typed = rows.withColumns({
@@ -271,7 +287,9 @@ def to_session_rows(gap: timedelta, watermark: datetime | None) -> Transform:
             closes = F.col("session_end") + F.expr(f"INTERVAL {int(gap.total_seconds())} SECONDS")
             is_open = F.lit(True) if watermark is None else closes > F.lit(watermark)
             typed = typed.withColumn("is_open", is_open)
-        return typed.withColumn("session_date", F.to_date("session_start"))
+        slot = F.floor(F.unix_seconds("session_end") / OPEN_SLOT_SECONDS) * OPEN_SLOT_SECONDS
+        return typed.withColumns({"session_date": F.to_date("session_start"),
+                                  "open_slot": F.when(F.col("is_open"), slot.cast("long"))})
     return _
 
 
