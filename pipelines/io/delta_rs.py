@@ -17,6 +17,8 @@ holds is skipped, so a replayed micro-batch changes nothing.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Callable
 
 import pyarrow as pa
@@ -50,22 +52,57 @@ def from_pandas(frame, table: Table) -> pa.Table:
                                 schema=pa.schema([schema.field(c) for c in frame.columns]))
 
 
+_opened = threading.local()  # per thread: path -> (table, its commit file's stat)
+
+
+def opened(path: str) -> DeltaTable:
+    """The Delta table at ``path`` as of its newest commit.
+
+    A micro-batch reads and writes some ten tables, and loading one replays its log from the
+    last checkpoint: 10-15 ms alone, several times that on a driver whose two cores are busy
+    (16% of a micro-batch after five minutes at 10k ev/s; docs/performance.md). So each thread
+    keeps a local table's object and brings it up to date with the commits after the one it
+    holds (about 1 ms; other writers' commits included). The object is dropped when the
+    commit file it was read at is gone or another one (the table was removed and made again).
+    An object-store table is loaded afresh each time."""
+    uri = rs_uri(path)
+    if "://" in uri or uri.startswith("file:"):
+        return DeltaTable(uri)
+    cache = _opened.__dict__.setdefault("tables", {})
+    held = cache.get(uri)
+    if held is not None and _commit_stat(uri, held[0].version()) == held[1]:
+        held[0].update_incremental()
+        dt = held[0]
+    else:
+        dt = DeltaTable(uri)
+    cache[uri] = (dt, _commit_stat(uri, dt.version()))
+    return dt
+
+
+def _commit_stat(uri: str, version: int) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(os.path.join(uri, "_delta_log", f"{version:020d}.json"))
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def read(path: str, filters: list[tuple] | None = None) -> pa.Table:
     """Read (part of) a small table with delta-rs, without Spark. ``filters`` are pyarrow
     ``(column, op, value)`` conjunctions; partitions and file statistics prune what is read."""
-    return DeltaTable(rs_uri(path)).to_pyarrow_table(filters=filters)
+    return opened(path).to_pyarrow_table(filters=filters)
 
 
 def row_count(path: str) -> int:
     """Rows in a table, from its files' statistics (no data read)."""
-    adds = pa.table(DeltaTable(rs_uri(path)).get_add_actions(flatten=True))
+    adds = pa.table(opened(path).get_add_actions(flatten=True))
     return sum(adds.column("num_records").to_pylist())
 
 
 def max_stat(path: str, column: str):
     """The largest value of ``column`` in a table, from its files' statistics (no data read;
     None when the table is empty or keeps no statistics for the column)."""
-    adds = pa.table(DeltaTable(rs_uri(path)).get_add_actions(flatten=True))
+    adds = pa.table(opened(path).get_add_actions(flatten=True))
     name = f"max.{column}"
     if name not in adds.column_names or adds.num_rows == 0:
         return None
@@ -96,7 +133,7 @@ class Commit:
         """Append ``data``; nothing (and no commit) when it is empty."""
         if data.num_rows == 0 or self._done(path):
             return False
-        write_deltalake(rs_uri(path), data.cast(arrow_schema(table)), mode="append",
+        write_deltalake(opened(path), data.cast(arrow_schema(table)), mode="append",
                         partition_by=list(table.partition_by) or None, commit_properties=self._props())
         self._committed(path)
         return True
@@ -105,7 +142,7 @@ class Commit:
         """Replace the rows matching ``predicate`` (all rows when None) with ``data``."""
         if self._done(path):
             return False
-        write_deltalake(rs_uri(path), data.cast(arrow_schema(table)), mode="overwrite",
+        write_deltalake(opened(path), data.cast(arrow_schema(table)), mode="overwrite",
                         predicate=predicate, partition_by=list(table.partition_by) or None,
                         commit_properties=self._props())
         self._committed(path)
@@ -128,7 +165,7 @@ def merge(source: pa.Table, path: str, predicate: str, clauses: Callable[[TableM
     commit that conflicted with another writer on a fresh snapshot."""
     for attempt in range(1, RETRIES + 1):
         try:
-            merger = DeltaTable(rs_uri(path)).merge(source, predicate, source_alias="s", target_alias="t",
+            merger = opened(path).merge(source, predicate, source_alias="s", target_alias="t",
                                                     commit_properties=props)
             clauses(merger).execute()
             return
