@@ -10,6 +10,7 @@ from pipelines import tables as T
 from pipelines.config import load_settings
 from pipelines.io.delta_rs import arrow_schema
 from pipelines.stateful import sessions
+from pipelines.stateful import gold
 from pipelines.stateful.gold import Held, Kept, StateFiles
 from pipelines.streams.gold import gold_processors
 
@@ -43,6 +44,56 @@ def test_open_sessions_held_as_a_table_are_read_back_equal(files):
     assert held["fraud"] == Held(('["a"]',), 20)
 
 
+def _held(rows: list[tuple[int, int]]) -> pa.Table:
+    """Held session events (journey, t); the other columns null."""
+    table = sessions.HELD.empty_table().to_pydict()
+    table = {name: [None] * len(rows) for name in table}
+    table["journey"], table["t"] = [j for j, _ in rows], [t for _, t in rows]
+    return pa.table(table, schema=sessions.HELD)
+
+
+def _pairs(value) -> list[tuple[int, int]]:
+    table = value.value if isinstance(value, Kept) else sessions.decode(value)
+    return sorted(zip(table["journey"].to_pylist(), table["t"].to_pylist(), strict=True))
+
+
+def _is_delta(files, batch: int) -> bool:
+    with pa.ipc.open_file(files.dir / f"{batch}.arrow") as reader:
+        return reader.read_all()["delta"].to_pylist() == [True]
+
+
+def test_open_sessions_are_stored_as_the_journeys_that_changed_and_read_back_whole(files):
+    """Between complete files, a batch's file holds only the journeys whose events changed
+    (grew, or closed and left); a start from it reads the whole table back."""
+    def kept(rows, changed=None):
+        return Held((Kept(_held(rows), sessions.encode, "journey",
+                          None if changed is None else pa.array(changed, pa.int64())),), 10)
+    files.save(0, {"sessions": kept([(1, 100), (1, 200), (2, 300)])}, 1_000)
+    files.save(1, {"sessions": kept([(1, 100), (1, 200), (1, 250), (2, 300), (3, 400)], [1, 3])}, 2_000)
+    files.save(2, {"sessions": kept([(1, 100), (1, 200), (1, 250), (3, 400)], [2])}, 3_000)  # 2 closed
+    assert not _is_delta(files, 0) and _is_delta(files, 1) and _is_delta(files, 2)
+    held, latest = files.load(3)
+    assert _pairs(held["sessions"].values[0]) == [(1, 100), (1, 200), (1, 250), (3, 400)]
+    assert latest == 3_000
+    assert _pairs(files.load(2)[0]["sessions"].values[0]) == [(1, 100), (1, 200), (1, 250), (2, 300), (3, 400)]
+
+    restarted = StateFiles(files.dir.parent, [])  # a new run writes a complete file first
+    restarted.save(3, {"sessions": kept([(3, 400)], [1])}, 4_000)
+    assert not _is_delta(restarted, 3)
+    (files.dir / "1.arrow").unlink()  # a file a later one builds on
+    with pytest.raises(RuntimeError, match="state of micro-batch 1 is missing.*to rebuild"):
+        files.load(3)
+
+
+def test_a_complete_file_comes_every_snapshot_every_files(files, monkeypatch):
+    monkeypatch.setattr(gold, "SNAPSHOT_EVERY", 2)
+    for batch in range(4):
+        files.save(batch, {"sessions": Held((Kept(_held([(1, batch)]), sessions.encode, "journey",
+                                                  pa.array([1], pa.int64())),), 10)}, 1_000)
+    assert [_is_delta(files, b) for b in range(4)] == [False, True, False, True]
+    assert _pairs(files.load(4)[0]["sessions"].values[0]) == [(1, 3)]
+
+
 def test_a_staged_state_becomes_the_batchs_only_when_committed(files):
     """The stream writes a batch's state beside its table commits and commits it after them:
     until then a restart starts that batch from the state before it."""
@@ -66,7 +117,7 @@ def test_an_unknown_layout_is_refused(files):
     schema = pa.schema([("processor", pa.string())]).with_metadata({"layout": "driver-state-0"})
     with pa.ipc.new_file(files.dir / "0.arrow", schema) as writer:
         writer.write_table(schema.empty_table())
-    with pytest.raises(RuntimeError, match="layout driver-state-0, not driver-state-2"):
+    with pytest.raises(RuntimeError, match="layout driver-state-0, not driver-state-3"):
         files.load(1)
 
 

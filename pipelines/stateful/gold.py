@@ -36,20 +36,28 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql.types import BinaryType, StructType
 
 from pipelines.common import Transform
 
 Process = Callable[[tuple, Iterator[pd.DataFrame], "KeyState"], Iterator[pd.DataFrame]]
 
-LAYOUT = "driver-state-2"  # bump when the file's meaning changes; an unknown layout is refused
+LAYOUT = "driver-state-3"  # bump when the file's meaning changes; an unknown layout is refused
+READS = {"driver-state-2", LAYOUT}  # layout 2: every file complete (no ``delta`` column)
 RETAIN = 20  # state files kept (Spark keeps 100 batches of its own state by default)
+# A keyed table (``Kept.key``) is stored complete at least every SNAPSHOT_EVERY files; the
+# files between hold only the keys that changed (Spark's state store keeps delta files and
+# snapshots the same way). So RETAIN + SNAPSHOT_EVERY files are kept: each of the newest RETAIN
+# can be read back.
+SNAPSHOT_EVERY = 20
+DELTA_KEY = b"funnelhouse.delta_key"  # a delta's key column, in its Arrow schema's metadata
 REBUILD = ("to rebuild: stop the job, move <lake>/_checkpoints/pipeline and the bronze, silver "
            "and gold "
            "tables aside, and run `funnelhouse run` (it replays the landing folder, or "
            "Kafka from its earliest retained offset; docs/operations.md)")
 FILE = pa.schema([("processor", pa.string()), ("values", pa.list_(pa.binary())),
-                  ("timeout_ms", pa.int64())])
+                  ("timeout_ms", pa.int64()), ("delta", pa.bool_())])
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,8 @@ def advance(p: Processor, rows: pd.DataFrame | None, held: Held, before_ms: int,
     """One micro-batch of processor ``p``: its ``rows`` at the watermark ``before_ms``, then
     its timer at ``after_ms`` (0 = no watermark yet). Returns its output frames and its state."""
     out: list[pd.DataFrame] = []
+    if held.values is not None:  # what changes is counted from this batch's start
+        held = Held(tuple(v.begun() if isinstance(v, Kept) else v for v in held.values), held.timeout_ms)
     if rows is not None and len(rows):
         state = KeyState(held, before_ms)
         out += list(p.process((0,), iter([rows]), state))
@@ -146,6 +156,7 @@ class StateFiles:
     def __init__(self, checkpoint: Path, processors: list[Processor]):
         self.dir = checkpoint / "processors"
         self.fields = {p.name: p.state for p in processors}
+        self.chain: tuple[int, int] | None = None  # the last file committed here, its deltas' depth
 
     def load(self, batch_id: int) -> tuple[dict[str, Held], int | None]:
         """The state micro-batch ``batch_id`` starts from, and the newest event time (ms)
@@ -159,21 +170,51 @@ class StateFiles:
                        f"{LAYOUT})" if (self.dir.parent / "state").exists() else "")
                     + f"; {REBUILD}")
             return {}, None
-        with pa.ipc.open_file(self.dir / f"{before[-1]}.arrow") as reader:
+        rows, meta = self._read(before[-1])
+        latest = meta.get(b"latest_ms", b"")
+        held = {}
+        for name, row in rows.items():
+            types = self.fields[name]
+            values = tuple(v if isinstance(f.dataType, BinaryType) or v is None else v.decode()
+                           for f, v in zip(types.fields, row["values"], strict=True))
+            if row.get("delta"):
+                values = tuple(self._complete(before[-1], name, i)
+                               if isinstance(v, bytes) and _delta_key(v) else v for i, v in enumerate(values))
+            held[name] = Held(values, row["timeout_ms"])
+        return held, int(latest) if latest else None
+
+    def _read(self, batch: int) -> tuple[dict[str, dict], dict]:
+        """One state file: its rows by processor, and its metadata."""
+        try:
+            reader = pa.ipc.open_file(self.dir / f"{batch}.arrow")
+        except FileNotFoundError:
+            raise RuntimeError(f"the gold state of micro-batch {batch} is missing from {self.dir}, "
+                               f"and a later file holds only what changed after it; {REBUILD}") from None
+        with reader:
             meta = reader.schema.metadata or {}
-            if meta.get(b"layout") != LAYOUT.encode():
+            if meta.get(b"layout", b"").decode() not in READS:
                 raise RuntimeError(
                     f"{self.dir} holds state of layout {meta.get(b'layout', b'?').decode()}, not "
                     f"{LAYOUT}; {REBUILD}")
             table = reader.read_all()
-        latest = meta.get(b"latest_ms", b"")
-        held = {}
-        for row in table.to_pylist():
-            types = self.fields[row["processor"]]
-            values = tuple(v if isinstance(f.dataType, BinaryType) or v is None else v.decode()
-                           for f, v in zip(types.fields, row["values"], strict=True))
-            held[row["processor"]] = Held(values, row["timeout_ms"])
-        return held, int(latest) if latest else None
+        return {row["processor"]: row for row in table.to_pylist()}, meta
+
+    def _complete(self, batch: int, name: str, index: int) -> Kept:
+        """Field ``index`` of processor ``name`` after ``batch``, whose file holds only what
+        changed: the complete field of the file before it, with the changes applied."""
+        chain = []
+        while True:
+            rows, _ = self._read(batch)
+            value = rows[name]["values"][index] if name in rows else None
+            if value is None or not rows[name].get("delta") or not _delta_key(value):
+                break
+            chain.append(_ipc(value))
+            batch -= 1
+        table = _ipc(value) if value is not None else None
+        for delta in reversed(chain):
+            table = apply_delta(table, delta)
+        key = chain[0].schema.metadata[DELTA_KEY].decode()
+        return Kept(table, ipc_stream, key)
 
     def save(self, batch_id: int, held: dict[str, Held], latest_ms: int | None) -> None:
         self.commit(self.stage(batch_id, held, latest_ms))
@@ -181,23 +222,38 @@ class StateFiles:
     def stage(self, batch_id: int, held: dict[str, Held], latest_ms: int | None) -> Staged:
         """The state after micro-batch ``batch_id``, serialised to a temporary file that
         ``commit`` then makes the batch's. The stream stages it beside the batch's table
-        commits (Arrow's IPC writer releases the GIL) and commits it after them."""
-        rows = [{"processor": name, "timeout_ms": h.timeout_ms, "values": [stored(v) for v in h.values]}
-                for name, h in held.items() if h.values is not None]
-        size = sum(len(v) for row in rows for v in row["values"] if v is not None)
+        commits (Arrow's IPC writer releases the GIL) and commits it after them.
+
+        When the last file committed here is the batch before's, and fewer than
+        ``SNAPSHOT_EVERY`` files since the last complete one, a keyed table (``Kept.key``) is
+        stored as what changed in it this batch (``delta_bytes``), not whole."""
+        delta = (self.chain is not None and self.chain[0] == batch_id - 1
+                 and self.chain[1] + 1 < SNAPSHOT_EVERY)
+        rows, size, depth = [], 0, 0
+        for name, h in held.items():
+            if h.values is None:
+                continue
+            keyed = delta and any(isinstance(v, Kept) and v.key for v in h.values)
+            values = [delta_bytes(v) if keyed and isinstance(v, Kept) and v.key else stored(v)
+                      for v in h.values]
+            size += sum(v.value.nbytes if isinstance(v, Kept) and v.key else len(b)
+                        for v, b in zip(h.values, values, strict=True) if b is not None)
+            rows.append({"processor": name, "timeout_ms": h.timeout_ms, "values": values, "delta": keyed})
+            depth = self.chain[1] + 1 if keyed else depth
         meta = {"layout": LAYOUT, "latest_ms": "" if latest_ms is None else str(latest_ms)}
         table = pa.Table.from_pylist(rows, schema=FILE.with_metadata(meta))
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{batch_id}.{uuid.uuid4().hex}.arrow.tmp"
         with pa.ipc.new_file(tmp, table.schema) as writer:
             writer.write_table(table)
-        return Staged(batch_id, tmp, size)
+        return Staged(batch_id, tmp, size, depth)
 
     def commit(self, staged: Staged) -> None:
         os.replace(staged.file, self.dir / f"{staged.batch_id}.arrow")
+        self.chain = (staged.batch_id, staged.depth)
         for left in self.dir.glob(".*.arrow.tmp"):  # staged by a batch that failed before its commit
             left.unlink(missing_ok=True)
-        for old in state_ids(self.dir)[:-RETAIN]:
+        for old in state_ids(self.dir)[:-(RETAIN + SNAPSHOT_EVERY)]:
             (self.dir / f"{old}.arrow").unlink(missing_ok=True)
 
 
@@ -205,16 +261,75 @@ class StateFiles:
 class Staged:
     batch_id: int
     file: Path
-    size: int  # the bytes of every state field as stored
+    size: int  # the bytes of every state field (a keyed table's in memory)
+    depth: int = 0  # files since the last complete one (0: this one is)
 
 
 @dataclass(frozen=True)
 class Kept:
     """A state field as a processor keeps it between micro-batches of one run (a table, a
     frame), with ``encode``, the field's stored form: what the state file holds, and what the
-    processor decodes after a start. Never changed in place."""
+    processor decodes after a start. Never changed in place.
+
+    A table may name its ``key`` column and the keys whose rows ``changed`` since the batch
+    began (None: none yet): then the state file may store just those keys' rows
+    (``delta_bytes``). The processor must name every key whose rows it added, changed or
+    removed; naming more only stores more."""
     value: Any
     encode: Callable[[Any], str | bytes]
+    key: str | None = None
+    changed: pa.Array | None = None
+
+    def begun(self) -> Kept:
+        """This value at the start of a batch: nothing changed yet."""
+        return Kept(self.value, self.encode, self.key) if self.changed is not None else self
+
+    def changing(self, value: Any, keys: pa.Array) -> Kept:
+        """``value``, derived from this one by changing the rows of ``keys``."""
+        if self.changed is not None:
+            keys = pa.concat_arrays([self.changed, keys.cast(self.changed.type)])
+        return Kept(value, self.encode, self.key, pc.unique(keys))
+
+
+def ipc_stream(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _ipc(blob: bytes) -> pa.Table:
+    return pa.ipc.open_stream(blob).read_all()
+
+
+def _delta_key(blob: bytes) -> str | None:
+    meta = pa.ipc.open_stream(blob).schema.metadata or {}
+    return meta[DELTA_KEY].decode() if DELTA_KEY in meta else None
+
+
+def delta_bytes(k: Kept) -> bytes:
+    """What changed in keyed table ``k`` this batch: the current rows of every changed key, and
+    a row marked ``_gone`` (the other columns null) for each changed key left with none."""
+    table, key = k.value, k.key
+    keys = k.changed if k.changed is not None else pa.array([], table.schema.field(key).type)
+    rows = table.filter(pc.is_in(table[key], value_set=keys))
+    gone = keys.filter(pc.invert(pc.is_in(keys, value_set=rows[key].combine_chunks())))
+    empty = {f.name: pa.nulls(len(gone), f.type) for f in table.schema if f.name != key}
+    out = pa.concat_tables([
+        rows.append_column("_gone", pa.repeat(pa.scalar(False), rows.num_rows)),
+        pa.table({**empty, key: gone}).select(table.column_names)
+        .cast(table.schema).append_column("_gone", pa.repeat(pa.scalar(True), len(gone)))])
+    return ipc_stream(out.replace_schema_metadata({DELTA_KEY: key.encode()}))
+
+
+def apply_delta(base: pa.Table | None, delta: pa.Table) -> pa.Table:
+    """``base`` (None: empty) with a ``delta_bytes`` delta applied: the rows of its keys replaced."""
+    key = delta.schema.metadata[DELTA_KEY].decode()
+    rows = delta.filter(pc.invert(delta["_gone"])).drop_columns(["_gone"]).replace_schema_metadata(None)
+    if base is None:
+        return rows
+    kept_rows = base.filter(pc.invert(pc.is_in(base[key], value_set=pc.unique(delta[key]))))
+    return pa.concat_tables([kept_rows, rows.cast(base.schema)])
 
 
 def stored(value: Kept | str | bytes | None) -> bytes | None:

@@ -99,12 +99,16 @@ def session_processor(s: Settings):
     gap, attribution, min_adds = s.sessions.gap, s.sessions.attribution, s.reminders.min_adds
 
     def process(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
-        held = decode(state.get[0]) if state.exists else HELD.empty_table()
+        prior = state.get[0] if state.exists else None
+        held = decode(prior) if prior is not None else HELD.empty_table()
+        # the state file may store only the journeys whose events changed (stateful/gold.Kept)
+        kept_as = prior if isinstance(prior, Kept) else Kept(held, encode, "journey")
         new = pd.concat([b[EVENT_COLUMNS] for b in batches if len(b)], ignore_index=True) \
             if not state.hasTimedOut else pd.DataFrame(columns=EVENT_COLUMNS)
         out: list[pd.DataFrame] = []
         if len(new):
             held, changed = _touch(held, new, gap, attribution)
+            kept_as = kept_as.changing(held, pa.array(new["journey"].unique(), pa.int64()))
             out += changed
         watermark = state.getCurrentWatermarkMs()
         if watermark > 0 and held.num_rows:
@@ -115,9 +119,11 @@ def session_processor(s: Settings):
                 due = closed[(closed["adds"] >= min_adds) & (closed["purchases"] == 0)]
                 if len(due):
                     out.append(_changes(due, "reminder", 1, False))
+                journeys = pc.unique(held["journey"].filter(done))
                 held = held.filter(pc.invert(done))
+                kept_as = kept_as.changing(held, journeys)
         if held.num_rows:
-            state.update((Kept(held, encode),))
+            state.update((Kept(held, encode, "journey", kept_as.changed),))
             state.setTimeoutTimestamp(max(pc.min(held["closes"]).as_py() - 1, watermark + 1))
         else:
             state.remove()
