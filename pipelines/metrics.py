@@ -51,8 +51,8 @@ BATCHES = _counter("batches", "Micro-batches completed since the process started
 LAST_BATCH = _gauge("last_batch_id", "Id of the last completed micro-batch (from the checkpoint).")
 STATE_ROWS = _gauge("state_rows", "Rows the stream holds as state (silver: ids in the dedupe "
                     "window; gold: the open sessions' events).")
-STATE_BYTES = _gauge("state_memory_bytes", "Bytes of that state (silver: Arrow buffers; gold: as "
-                     "stored, with open fraud bursts and pending clicks).")
+STATE_BYTES = _gauge("state_memory_bytes", "Bytes of that state (silver: Arrow buffers; gold: the "
+                     "open sessions' Arrow buffers, open fraud bursts and pending clicks as stored).")
 DROPPED = _counter("rows_dropped_by_watermark", "Rows Spark's watermark dropped (state operators).")
 LAST_PROGRESS = _gauge("last_progress_timestamp_seconds", "Wall time of the query's last progress.")
 

@@ -303,7 +303,11 @@ def _ipc(blob: bytes) -> pa.Table:
 
 
 def _delta_key(blob: bytes) -> str | None:
-    meta = pa.ipc.open_stream(blob).schema.metadata or {}
+    """The key column of a ``delta_bytes`` delta; None for anything else."""
+    try:
+        meta = pa.ipc.open_stream(blob).schema.metadata or {}
+    except pa.ArrowInvalid:  # not an Arrow stream: a field stored whole
+        return None
     return meta[DELTA_KEY].decode() if DELTA_KEY in meta else None
 
 
