@@ -9,8 +9,7 @@ from deltalake import write_deltalake
 from pipelines import tables as T
 from pipelines.config import load_settings
 from pipelines.io.delta_rs import arrow_schema
-from pipelines.stateful import sessions
-from pipelines.stateful import gold
+from pipelines.stateful import gold, sessions
 from pipelines.stateful.gold import Held, Kept, StateFiles
 from pipelines.streams.gold import gold_processors
 
@@ -75,7 +74,8 @@ def test_open_sessions_are_stored_as_the_journeys_that_changed_and_read_back_who
     held, latest = files.load(3)
     assert _pairs(held["sessions"].values[0]) == [(1, 100), (1, 200), (1, 250), (3, 400)]
     assert latest == 3_000
-    assert _pairs(files.load(2)[0]["sessions"].values[0]) == [(1, 100), (1, 200), (1, 250), (2, 300), (3, 400)]
+    before_closing = files.load(2)[0]["sessions"].values[0]
+    assert _pairs(before_closing) == [(1, 100), (1, 200), (1, 250), (2, 300), (3, 400)]
 
     restarted = StateFiles(files.dir.parent, [])  # a new run writes a complete file first
     restarted.save(3, {"sessions": kept([(3, 400)], [1])}, 4_000)
