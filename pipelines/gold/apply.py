@@ -73,8 +73,8 @@ def sessions(commit: Commit, changes: pa.Table, path: str) -> None:
         return
     # The slots as literals: delta-rs prunes the files it reads by those, not by the join's
     # `t.open_slot = s.open_slot` (0.07 s against 0.4 s over 1M open sessions in 27 slots).
-    dates = sorted({d.isoformat() for d in deleted["session_date"].to_pylist()})
-    slots = ", ".join(str(v) for v in sorted(set(deleted["open_slot"].to_pylist())))
+    dates = sorted(d.isoformat() for d in pc.unique(deleted["session_date"]).to_pylist())
+    slots = ", ".join(str(v) for v in sorted(pc.unique(deleted["open_slot"]).to_pylist()))
     commit.merge(
         source, path, T.SESSION_FUNNEL,
         f"t.session_date IN ({_sql_in(dates)}) AND t.is_open = true AND t.open_slot IN ({slots})"

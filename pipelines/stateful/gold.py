@@ -208,9 +208,9 @@ class StateFiles:
             value = rows[name]["values"][index] if name in rows else None
             if value is None or not rows[name].get("delta") or not _delta_key(value):
                 break
-            chain.append(_ipc(value))
+            chain.append(read_ipc(value))
             batch -= 1
-        table = _ipc(value) if value is not None else None
+        table = read_ipc(value) if value is not None else None
         for delta in reversed(chain):
             table = apply_delta(table, delta)
         key = chain[0].schema.metadata[DELTA_KEY].decode()
@@ -291,14 +291,16 @@ class Kept:
         return Kept(value, self.encode, self.key, pc.unique(keys))
 
 
-def ipc_stream(table: pa.Table) -> bytes:
+def ipc_stream(table: pa.Table, schema: pa.Schema | None = None) -> bytes:
+    """A table as Arrow IPC stream bytes (typed as ``schema`` when given): how the processors
+    store their tables and frames, and how a delta is stored."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    with pa.ipc.new_stream(sink, schema or table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
 
 
-def _ipc(blob: bytes) -> pa.Table:
+def read_ipc(blob: bytes) -> pa.Table:
     return pa.ipc.open_stream(blob).read_all()
 
 

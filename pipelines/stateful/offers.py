@@ -22,7 +22,7 @@ from pyspark.sql.types import BinaryType, StructField, StructType, _parse_dataty
 
 from pipelines.config import RetargetSettings
 from pipelines.gold.retarget import OFFER_DDL, _ms, due_offers, offer_events, offer_input, split
-from pipelines.stateful.gold import Kept, Processor, kept
+from pipelines.stateful.gold import Kept, Processor, ipc_stream, kept, read_ipc
 
 CLICKS = pa.schema([("user_id", pa.string()), ("campaign_id", pa.string()),
                     ("tracking_id", pa.string()), ("click_time", pa.int64())])
@@ -32,14 +32,11 @@ STATE_SCHEMA = StructType([StructField(n, BinaryType()) for n in ("clicks", "pur
 
 
 def _encode(frame: pd.DataFrame, schema: pa.Schema) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema) as writer:
-        writer.write_table(pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False))
-    return sink.getvalue().to_pybytes()
+    return ipc_stream(pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False))
 
 
 def _decode(blob: bytes | None, schema: pa.Schema) -> pd.DataFrame:
-    table = pa.ipc.open_stream(blob).read_all() if blob else schema.empty_table()
+    table = read_ipc(blob) if blob else schema.empty_table()
     return table.to_pandas()
 
 

@@ -43,7 +43,7 @@ from pipelines.gold.sessions import (
     session_input,
     sessionize,
 )
-from pipelines.stateful.gold import Kept, Processor, kept
+from pipelines.stateful.gold import Kept, Processor, ipc_stream, kept, read_ipc
 
 _parse_ddl = _parse_datatype_string
 
@@ -58,15 +58,12 @@ CHANGE_DDL = "kind string, sign int, is_open boolean, " + SESSION_DDL
 
 
 def encode(held: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, HELD) as writer:
-        writer.write_table(held)
-    return sink.getvalue().to_pybytes()
+    return ipc_stream(held, HELD)
 
 
 def decode(held: Kept | bytes) -> pa.Table:
     """The held events: kept as a table between micro-batches, Arrow IPC bytes in the file."""
-    return kept(held, lambda blob: pa.ipc.open_stream(blob).read_all())
+    return kept(held, read_ipc)
 
 
 def closes_at(events: pd.DataFrame, gap: timedelta) -> pd.DataFrame:
