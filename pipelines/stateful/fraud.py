@@ -12,7 +12,8 @@ passed ``last_event + window``: no on-time event can extend it any more. Flags t
 appear ``window + watermark delay`` after a burst ends.
 
 The same ``find_bursts`` function runs inside the streaming processor (on the events it holds
-in state plus the new ones) and in a batch (on all events, closing everything).
+in state plus the new ones, and what its open bursts carry of the events they let go) and in
+a batch (on all events, closing everything).
 """
 
 from __future__ import annotations
@@ -37,31 +38,51 @@ from pipelines.tables import FLAG_SCHEMA
 
 # Rule events as the processor sees them: t is the event time in epoch milliseconds.
 EVENT_COLUMNS = ["rule", "entity_id", "t", "value", "event_id"]
+# What an open burst holds of the events it let go (``find_bursts``): first_t in epoch ms,
+# count and total (the measure) over them, the burst's peak so far, and their first ids.
+CARRIED = ["rule", "entity_id", "first_t", "count", "total", "peak", "evidence"]
 
 STATE_SCHEMA = StructType([StructField("pending", StringType())])
 
 
 def find_bursts(events: pd.DataFrame, rules: list[FraudRule], close_before_ms: int | None,
-                max_evidence: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+                max_evidence: int, carried: pd.DataFrame | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Split ``events`` (``EVENT_COLUMNS``) into bursts; return (flags of the flagged bursts
-    that are closed, the events of bursts still open).
+    that are closed, the events of bursts still open that later events can still need, and
+    ``CARRIED``: what the open bursts hold of the events let go).
 
     ``close_before_ms``: the watermark; a burst with ``last + window < watermark`` is closed.
     ``None`` closes every burst (a batch over complete data). Vectorised: one sort, then
     numpy over all entities at once.
+
+    ``carried`` (from the call before, in a stream): the part of each open burst whose events
+    were let go. It continues the entity's first burst here (every event let go is older than
+    every event kept, and within a window of the burst's next one).
+
+    **What an open burst keeps.** An on-time event arrives at or after the watermark ``W``, so
+    it can only fall in a span ``[t - window, t]`` with ``t >= W``, and only such a span can
+    still count more. So an open burst keeps its events from ``W - window`` on, and its
+    events before that become ``CARRIED``: their count, measure, first time, the first
+    ``max_evidence`` ids, and the burst's peak so far. The peak stays exact: a span gets
+    every event it will ever hold before its first event is let go (``t' < W - window`` and
+    ``t' >= t - window`` give ``t < W``: no event can arrive in it any more), and at that
+    call it was counted whole. A busy entity that never pauses for a window is held as one
+    window of its events, however long its burst lasts.
     """
+    carried = carried if carried is not None else _no_carry()
     if events.empty:
-        return _no_flags(), events
+        return _no_flags(), events, carried
     by_name = {r.name: r for r in rules}
     df = events.sort_values(["rule", "entity_id", "t", "event_id"], kind="stable").reset_index(drop=True)
     t = df["t"].to_numpy(np.int64)
     window = df["rule"].map({n: int(r.window.total_seconds() * 1000) for n, r in by_name.items()}
                             ).to_numpy(np.int64)
-    same_key = (df["rule"].to_numpy() == np.roll(df["rule"].to_numpy(), 1)) & (
-        df["entity_id"].to_numpy() == np.roll(df["entity_id"].to_numpy(), 1))
+    rule, entity = df["rule"].to_numpy(), df["entity_id"].to_numpy()
+    new_key = ~((rule == np.roll(rule, 1)) & (entity == np.roll(entity, 1)))
+    new_key[0] = True
     gap = t - np.roll(t, 1)
-    new_burst = ~same_key | (gap > window)
-    new_burst[0] = True
+    new_burst = new_key | (gap > window)
     burst = np.cumsum(new_burst) - 1
 
     # Peak measure in any closed span [t - window, t], computed for every event at once:
@@ -76,23 +97,43 @@ def find_bursts(events: pd.DataFrame, rules: list[FraudRule], close_before_ms: i
     starts = np.flatnonzero(new_burst)
     ends = np.append(starts[1:], len(df)) - 1
     peak = np.maximum.reduceat(in_window, starts)
-    total = np.add.reduceat(value, starts)
+    here_total = np.add.reduceat(value, starts)
+    here_count = ends - starts + 1
+    total, count, first = here_total.copy(), here_count.copy(), t[starts].copy()
     threshold = df["rule"].map({n: r.threshold for n, r in by_name.items()}).to_numpy()[starts]
     closed = np.ones(len(starts), bool) if close_before_ms is None else (
         t[ends] + window[starts] < close_before_ms)
 
+    # What was let go of a burst continues its entity's first burst here.
+    prefix: dict[int, list[str]] = {}
+    if len(carried):
+        heads = pd.DataFrame({"rule": rule[starts], "entity_id": entity[starts],
+                              "burst": np.arange(len(starts))})[new_key[starts]]
+        joined = heads.merge(carried, on=["rule", "entity_id"])
+        b = joined["burst"].to_numpy()
+        first[b] = joined["first_t"].to_numpy(np.int64)
+        count[b] += joined["count"].to_numpy(np.int64)
+        total[b] += joined["total"].to_numpy(np.int64)
+        peak[b] = np.maximum(peak[b], joined["peak"].to_numpy(np.int64))
+        prefix = dict(zip(b.tolist(), joined["evidence"], strict=True))
+    event_ids = df["event_id"].to_numpy()
+
+    def evidence(i: int, upto: int) -> list[str]:
+        """The first ``max_evidence`` ids of burst ``i``, of its first ``upto`` events here."""
+        head = list(prefix.get(i, []))
+        return head + event_ids[starts[i]:starts[i] + min(upto, max_evidence - len(head))].tolist()
+
     flagged = np.flatnonzero(closed & (peak >= threshold))
     flags = pd.DataFrame({
-        "rule": df["rule"].to_numpy()[starts[flagged]],
-        "entity_id": df["entity_id"].to_numpy()[starts[flagged]],
-        "first_event_time": pd.to_datetime(t[starts[flagged]], unit="ms"),
+        "rule": rule[starts[flagged]],
+        "entity_id": entity[starts[flagged]],
+        "first_event_time": pd.to_datetime(first[flagged], unit="ms"),
         "last_event_time": pd.to_datetime(t[ends[flagged]], unit="ms"),
-        "event_count": (ends - starts + 1)[flagged],
+        "event_count": count[flagged],
         "measure_value": total[flagged],
         "peak_value": peak[flagged],
         "threshold": threshold[flagged].astype(np.int64),
-        "evidence_event_ids": [df["event_id"].iloc[starts[i]:min(ends[i] + 1, starts[i] + max_evidence)]
-                               .tolist() for i in flagged],
+        "evidence_event_ids": [evidence(i, here_count[i]) for i in flagged],
     })
     rule_of = flags["rule"].map(by_name)
     flags["entity_type"] = rule_of.map(lambda r: r.key)
@@ -100,8 +141,24 @@ def find_bursts(events: pd.DataFrame, rules: list[FraudRule], close_before_ms: i
     flags["window_seconds"] = rule_of.map(lambda r: r.window.total_seconds()).astype(float)
     flags["flag_id"] = (flags["rule"] + "|" + flags["entity_id"] + "|"
                         + flags["first_event_time"].dt.strftime("%Y-%m-%dT%H:%M:%S.%f"))
-    open_events = df.loc[~np.repeat(closed, ends - starts + 1), EVENT_COLUMNS]
-    return flags[FLAG_SCHEMA.fieldNames()], open_events
+    if close_before_ms is None:
+        return flags[FLAG_SCHEMA.fieldNames()], df.iloc[:0][EVENT_COLUMNS], _no_carry()
+
+    # An open burst lets go of its events before ``close_before_ms - window``: a prefix.
+    is_open = ~closed
+    let_go = is_open[burst] & (t < close_before_ms - window)
+    gone = np.bincount(burst, weights=let_go, minlength=len(starts)).astype(np.int64)
+    gone_total = np.bincount(burst, weights=value * let_go, minlength=len(starts)).astype(np.int64)
+    had = np.zeros(len(starts), bool)
+    had[list(prefix)] = True
+    carry = np.flatnonzero(is_open & ((gone > 0) | had))
+    carried_now = pd.DataFrame({
+        "rule": rule[starts[carry]], "entity_id": entity[starts[carry]], "first_t": first[carry],
+        "count": count[carry] - here_count[carry] + gone[carry],
+        "total": total[carry] - here_total[carry] + gone_total[carry],
+        "peak": peak[carry], "evidence": [evidence(i, gone[i]) for i in carry]}, columns=CARRIED)
+    open_events = df.loc[is_open[burst] & ~let_go, EVENT_COLUMNS]
+    return flags[FLAG_SCHEMA.fieldNames()], open_events, carried_now
 
 
 def _no_flags() -> pd.DataFrame:
@@ -109,6 +166,11 @@ def _no_flags() -> pd.DataFrame:
     empty = pd.DataFrame(columns=FLAG_SCHEMA.fieldNames())
     empty["evidence_event_ids"] = pd.Series([], dtype=pd.ArrowDtype(pa.list_(pa.string())))
     return empty
+
+
+def _no_carry() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series([], dtype="int64" if c in ("first_t", "count", "total", "peak")
+                                      else object) for c in CARRIED})
 
 
 def rule_events(rules: list[FraudRule], buckets: int) -> Transform:
@@ -155,33 +217,45 @@ def rule_rows(rules: list[FraudRule]) -> Callable[[pa.Table], pa.Table]:
     return _
 
 
-def _encode(events: pd.DataFrame) -> str:
-    return json.dumps([events[c].tolist() for c in EVENT_COLUMNS])
+def _encode(held: tuple[pd.DataFrame, pd.DataFrame]) -> str:
+    events, carried = held
+    return json.dumps({"events": [events[c].tolist() for c in EVENT_COLUMNS],
+                       "carried": [carried[c].tolist() for c in CARRIED]})
 
 
-def _decode(text: str) -> pd.DataFrame:
-    columns = json.loads(text)
-    return pd.DataFrame(dict(zip(EVENT_COLUMNS, columns, strict=True))).astype({"t": "int64",
-                                                                                 "value": "int64"})
+def _decode(text: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The stored state: {"events": columns, "carried": columns}; a plain list of columns is
+    the form before ``CARRIED`` (every open burst's events, none let go)."""
+    stored = json.loads(text)
+    events, carried = (stored, None) if isinstance(stored, list) else (stored["events"], stored["carried"])
+    frame = pd.DataFrame(dict(zip(EVENT_COLUMNS, events, strict=True)), columns=EVENT_COLUMNS
+                         ).astype({"t": "int64", "value": "int64"})
+    if not carried or not carried[0]:
+        return frame, _no_carry()
+    return frame, pd.DataFrame(dict(zip(CARRIED, carried, strict=True))).astype(
+        {c: "int64" for c in ("first_t", "count", "total", "peak")})
 
 
 def fraud_processor(settings: FraudSettings):
-    """The processor. State: the events of the open bursts (JSON text). The event-time timer
-    is set to when the earliest open burst closes, so flags come out when no new rule events do."""
+    """The processor. State: the events the open bursts still need, and what they carry of
+    the events they let go (``find_bursts``; JSON text). The event-time timer is set to when
+    the earliest open burst closes, so flags come out when no new rule events do."""
     rules, cap = settings.rules, settings.max_evidence
     window_ms = {r.name: int(r.window.total_seconds() * 1000) for r in rules}
 
     def process(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
-        held = [kept(state.get[0], _decode)] if state.exists else []
-        frames = [f for f in held + [b[EVENT_COLUMNS] for b in batches] if len(f)]
+        held, carried = kept(state.get[0], _decode) if state.exists else (None, None)
+        frames = [f for f in [held] + [b[EVENT_COLUMNS] for b in batches] if f is not None and len(f)]
         events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EVENT_COLUMNS)
         events = events[events["rule"].isin(window_ms)]  # a rule removed from config: its open bursts go
+        if carried is not None:
+            carried = carried[carried["rule"].isin(window_ms)]
         watermark = state.getCurrentWatermarkMs()
-        flags, still_open = find_bursts(events, rules, watermark, cap)
+        flags, still_open, carried = find_bursts(events, rules, watermark, cap, carried)
         if still_open.empty:
             state.remove()
         else:
-            state.update((Kept(still_open, _encode),))
+            state.update((Kept((still_open, carried), _encode),))
             last = still_open.groupby(["rule", "entity_id"])["t"].max().reset_index()
             closes_at = (last["t"] + last["rule"].map(window_ms)).min()
             state.setTimeoutTimestamp(int(max(closes_at, watermark)) + 1)
