@@ -119,8 +119,8 @@ def test_a_rule_removed_from_config_drops_its_open_bursts_from_state():
     held = pd.concat([events("R3", "h", [0, 100, 200, 300, 400]),
                       events("R1", "u1", [i * 100 for i in range(12)])])
     only_r1 = FraudSettings(rules=[r for r in RULES if r.name == "R1"])
-    state = KeyState(Held((json.dumps([held[c].tolist() for c in EVENT_COLUMNS]),), T0 + 1), T0 + 60_000,
-                     timed_out=True)  # the stored form before CARRIED: a list of columns
+    legacy = json.dumps([held[c].tolist() for c in EVENT_COLUMNS]).encode()  # the form before HELD
+    state = KeyState(Held((legacy, None), T0 + 1), T0 + 60_000, timed_out=True)  # as StateFiles reads it
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # before the fix: R3's window was NaN cast to int64
         out = list(fraud_processor(only_r1)((0,), iter([]), state))

@@ -10,8 +10,8 @@ from pyspark.sql import functions as F
 
 from pipelines.jobs.run import run_available_now
 from pipelines.privacy import hash_ip, ip_salt
-from pipelines.stateful.fraud import fraud_flags_batch
-from pipelines.stateful.gold import StateFiles
+from pipelines.stateful.fraud import decode, fraud_flags_batch
+from pipelines.stateful.gold import StateFiles, kept
 from pipelines.streams import CHECKPOINTS, QUERY
 from pipelines.streams.gold import gold_processors
 
@@ -44,9 +44,9 @@ def test_stream_and_batch_flags_are_identical(spark, sample_lake):
 
 def _held_events(s) -> list[int]:
     """Event times held in the fraud processor's state, read from the gold checkpoint's newest
-    state file: the open bursts' events, column by column; [2] is t."""
+    state file: the open bursts' events."""
     held, _ = StateFiles(Path(s.checkpoint(CHECKPOINTS[QUERY])), gold_processors(s)).load(sys.maxsize)
-    return json.loads(held["fraud"].values[0])["events"][2] if "fraud" in held else []
+    return kept(held["fraud"].values[0], decode)["t"].to_pylist() if "fraud" in held else []
 
 
 def test_state_holds_only_bursts_still_open(spark, sample_lake):

@@ -29,11 +29,11 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.streaming.state import GroupState
-from pyspark.sql.types import StringType, StructField, StructType
+from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from pipelines.common import Transform, unix_millis
 from pipelines.config import FraudRule, FraudSettings
-from pipelines.stateful.gold import Kept, Processor, kept
+from pipelines.stateful.gold import Kept, Processor, ipc_stream, kept, read_ipc
 from pipelines.tables import FLAG_SCHEMA
 
 # Rule events as the processor sees them: t is the event time in epoch milliseconds.
@@ -42,15 +42,23 @@ EVENT_COLUMNS = ["rule", "entity_id", "t", "value", "event_id"]
 # count and total (the measure) over them, the burst's peak so far, and their first ids.
 CARRIED = ["rule", "entity_id", "first_t", "count", "total", "peak", "evidence"]
 
-STATE_SCHEMA = StructType([StructField("pending", StringType())])
+HELD = pa.schema([("key", pa.int64()), ("rule", pa.string()), ("entity_id", pa.string()),
+                  ("t", pa.int64()), ("value", pa.int64()), ("event_id", pa.string()),
+                  ("closes", pa.int64())])
+CARRY = pa.schema([("rule", pa.string()), ("entity_id", pa.string()), ("first_t", pa.int64()),
+                   ("count", pa.int64()), ("total", pa.int64()), ("peak", pa.int64()),
+                   ("evidence", pa.list_(pa.string()))])
+# Binary fields (Arrow IPC). A file from before ``HELD`` holds one field, JSON text.
+STATE_SCHEMA = StructType([StructField("held", BinaryType()), StructField("carried", BinaryType())])
 
 
 def find_bursts(events: pd.DataFrame, rules: list[FraudRule], close_before_ms: int | None,
                 max_evidence: int, carried: pd.DataFrame | None = None
                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Split ``events`` (``EVENT_COLUMNS``) into bursts; return (flags of the flagged bursts
-    that are closed, the events of bursts still open that later events can still need, and
-    ``CARRIED``: what the open bursts hold of the events let go).
+    that are closed, the events of bursts still open that later events can still need, with
+    ``closes``: their burst's ``last + window``, and ``CARRIED``: what the open bursts hold
+    of the events let go).
 
     ``close_before_ms``: the watermark; a burst with ``last + window < watermark`` is closed.
     ``None`` closes every burst (a batch over complete data). Vectorised: one sort, then
@@ -72,7 +80,7 @@ def find_bursts(events: pd.DataFrame, rules: list[FraudRule], close_before_ms: i
     """
     carried = carried if carried is not None else _no_carry()
     if events.empty:
-        return _no_flags(), events, carried
+        return _no_flags(), events[EVENT_COLUMNS].assign(closes=0), carried
     by_name = {r.name: r for r in rules}
     df = events.sort_values(["rule", "entity_id", "t", "event_id"], kind="stable").reset_index(drop=True)
     t = df["t"].to_numpy(np.int64)
@@ -142,7 +150,7 @@ def find_bursts(events: pd.DataFrame, rules: list[FraudRule], close_before_ms: i
     flags["flag_id"] = (flags["rule"] + "|" + flags["entity_id"] + "|"
                         + flags["first_event_time"].dt.strftime("%Y-%m-%dT%H:%M:%S.%f"))
     if close_before_ms is None:
-        return flags[FLAG_SCHEMA.fieldNames()], df.iloc[:0][EVENT_COLUMNS], _no_carry()
+        return flags[FLAG_SCHEMA.fieldNames()], df.iloc[:0][EVENT_COLUMNS].assign(closes=0), _no_carry()
 
     # An open burst lets go of its events before ``close_before_ms - window``: a prefix.
     is_open = ~closed
@@ -156,8 +164,10 @@ def find_bursts(events: pd.DataFrame, rules: list[FraudRule], close_before_ms: i
         "rule": rule[starts[carry]], "entity_id": entity[starts[carry]], "first_t": first[carry],
         "count": count[carry] - here_count[carry] + gone[carry],
         "total": total[carry] - here_total[carry] + gone_total[carry],
-        "peak": peak[carry], "evidence": [evidence(i, gone[i]) for i in carry]}, columns=CARRIED)
-    open_events = df.loc[is_open[burst] & ~let_go, EVENT_COLUMNS]
+        "peak": peak[carry],
+        "evidence": pd.Series([evidence(i, gone[i]) for i in carry], dtype=object)}, columns=CARRIED)
+    keep = is_open[burst] & ~let_go
+    open_events = df.loc[keep, EVENT_COLUMNS].assign(closes=(t[ends] + window[starts])[burst][keep])
     return flags[FLAG_SCHEMA.fieldNames()], open_events, carried_now
 
 
@@ -217,48 +227,80 @@ def rule_rows(rules: list[FraudRule]) -> Callable[[pa.Table], pa.Table]:
     return _
 
 
-def _encode(held: tuple[pd.DataFrame, pd.DataFrame]) -> str:
-    events, carried = held
-    return json.dumps({"events": [events[c].tolist() for c in EVENT_COLUMNS],
-                       "carried": [carried[c].tolist() for c in CARRIED]})
+def entity_keys(rule: pd.Series, entity: pd.Series) -> np.ndarray:
+    """A 64-bit hash of (rule, entity): the held table's key. Two pairs that share one are
+    only ever stored and re-run together, which is correct, just more work."""
+    return pd.util.hash_array((rule + "\x1f" + entity).to_numpy(object)).view(np.int64)
 
 
-def _decode(text: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The stored state: {"events": columns, "carried": columns}; a plain list of columns is
-    the form before ``CARRIED`` (every open burst's events, none let go)."""
-    stored = json.loads(text)
-    events, carried = (stored, None) if isinstance(stored, list) else (stored["events"], stored["carried"])
-    frame = pd.DataFrame(dict(zip(EVENT_COLUMNS, events, strict=True)), columns=EVENT_COLUMNS
-                         ).astype({"t": "int64", "value": "int64"})
-    if not carried or not carried[0]:
-        return frame, _no_carry()
-    return frame, pd.DataFrame(dict(zip(CARRIED, carried, strict=True))).astype(
-        {c: "int64" for c in ("first_t", "count", "total", "peak")})
+def encode(held: pa.Table) -> bytes:
+    return ipc_stream(held, HELD)
+
+
+def decode(blob: bytes | None) -> pa.Table:
+    """The stored open-burst events. JSON text (a list of columns) is the form before
+    ``HELD``: its ``closes`` is unknown, so 0, and the first call re-runs those bursts."""
+    if not blob:
+        return HELD.empty_table()
+    if blob[:1] != b"[":
+        return read_ipc(blob)
+    frame = pd.DataFrame(dict(zip(EVENT_COLUMNS, json.loads(blob), strict=True)), columns=EVENT_COLUMNS)
+    return _held(frame.astype({"t": "int64", "value": "int64"}).assign(closes=0))
+
+
+def encode_carried(carried: pd.DataFrame) -> bytes:
+    return ipc_stream(pa.Table.from_pandas(carried[CARRIED], schema=CARRY, preserve_index=False))
+
+
+def decode_carried(blob: bytes | None) -> pd.DataFrame:
+    return read_ipc(blob).to_pandas() if blob else _no_carry()
+
+
+def _held(frame: pd.DataFrame) -> pa.Table:
+    """Open-burst events (``EVENT_COLUMNS`` and ``closes``) as the held table, keyed."""
+    frame = frame.assign(key=entity_keys(frame["rule"], frame["entity_id"]))
+    return pa.Table.from_pandas(frame[HELD.names], schema=HELD, preserve_index=False)
 
 
 def fraud_processor(settings: FraudSettings):
-    """The processor. State: the events the open bursts still need, and what they carry of
-    the events they let go (``find_bursts``; JSON text). The event-time timer is set to when
-    the earliest open burst closes, so flags come out when no new rule events do."""
+    """The processor. State: the events the open bursts still need, each with ``closes``
+    (its burst's ``last + window``), keyed by (rule, entity); and what the open bursts carry
+    of the events they let go (``find_bursts``). A call re-runs ``find_bursts`` only on the
+    entities its events touch and the bursts the watermark closes: the other held events are
+    not read, and the state file stores the keys that changed (``Kept.key``). The event-time
+    timer is the earliest ``closes``, so flags come out when no new rule events do."""
     rules, cap = settings.rules, settings.max_evidence
-    window_ms = {r.name: int(r.window.total_seconds() * 1000) for r in rules}
+    known = [r.name for r in rules]
 
     def process(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
-        held, carried = kept(state.get[0], _decode) if state.exists else (None, None)
-        frames = [f for f in [held] + [b[EVENT_COLUMNS] for b in batches] if f is not None and len(f)]
-        events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EVENT_COLUMNS)
-        events = events[events["rule"].isin(window_ms)]  # a rule removed from config: its open bursts go
-        if carried is not None:
-            carried = carried[carried["rule"].isin(window_ms)]
+        prior, carry = state.get if state.exists else (None, None)
+        held = kept(prior, decode) if prior is not None else HELD.empty_table()
+        carried = kept(carry, decode_carried) if carry is not None else _no_carry()
+        kept_as = prior if isinstance(prior, Kept) else Kept(held, encode, "key")
+        new = pd.concat([b[EVENT_COLUMNS] for b in batches if len(b)], ignore_index=True) \
+            if not state.hasTimedOut else pd.DataFrame(columns=EVENT_COLUMNS)
+        new = new[new["rule"].isin(known)]  # a rule removed from config: its bursts go
         watermark = state.getCurrentWatermarkMs()
-        flags, still_open, carried = find_bursts(events, rules, watermark, cap, carried)
-        if still_open.empty:
-            state.remove()
+        touched = pa.array(entity_keys(new["rule"], new["entity_id"]), pa.int64())
+        removed = pc.invert(pc.is_in(held["rule"], value_set=pa.array(known, pa.string())))
+        rerun = pc.or_(pc.or_(pc.is_in(held["key"], value_set=touched), pc.less(held["closes"], watermark)),
+                       removed)
+        keys = pc.unique(pa.concat_arrays([touched, held["key"].filter(rerun).combine_chunks()]))
+        work = held.filter(pc.and_(rerun, pc.invert(removed))).to_pandas()[EVENT_COLUMNS]
+        events = pd.concat([work, new], ignore_index=True) if len(work) else new
+        carried = carried[carried["rule"].isin(known)]
+        mine = np.isin(entity_keys(carried["rule"], carried["entity_id"]), keys.to_numpy())
+        flags, still_open, carried_now = find_bursts(events, rules, watermark, cap, carried[mine])
+        if (~mine).any():
+            carried = pd.concat([carried[~mine], carried_now], ignore_index=True)
         else:
-            state.update((Kept((still_open, carried), _encode),))
-            last = still_open.groupby(["rule", "entity_id"])["t"].max().reset_index()
-            closes_at = (last["t"] + last["rule"].map(window_ms)).min()
-            state.setTimeoutTimestamp(int(max(closes_at, watermark)) + 1)
+            carried = carried_now
+        held = pa.concat_tables([held.filter(pc.invert(rerun)), _held(still_open)])
+        if held.num_rows:
+            state.update((kept_as.changing(held, keys), Kept(carried, encode_carried)))
+            state.setTimeoutTimestamp(int(max(pc.min(held["closes"]).as_py(), watermark)) + 1)
+        else:
+            state.remove()
         if not flags.empty:
             yield flags.assign(kind="flag")
     return process

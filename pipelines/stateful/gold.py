@@ -175,8 +175,10 @@ class StateFiles:
         held = {}
         for name, row in rows.items():
             types = self.fields[name]
+            stored = list(row["values"])  # a field added after the file was written: None
+            stored += [None] * (len(types.fields) - len(stored))
             values = tuple(v if isinstance(f.dataType, BinaryType) or v is None else v.decode()
-                           for f, v in zip(types.fields, row["values"], strict=True))
+                           for f, v in zip(types.fields, stored, strict=True))
             if row.get("delta"):
                 values = tuple(self._complete(before[-1], name, i)
                                if isinstance(v, bytes) and _delta_key(v) else v for i, v in enumerate(values))
