@@ -17,6 +17,7 @@ from functools import partial
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql.streaming.state import GroupState
 from pyspark.sql.types import BinaryType, StructField, StructType, _parse_datatype_string
 
@@ -31,17 +32,24 @@ SENT = pa.schema([("user_id", pa.string()), ("campaign_id", pa.string()), ("clic
 STATE_SCHEMA = StructType([StructField(n, BinaryType()) for n in ("clicks", "purchases", "sent")])
 
 
-def _encode(frame: pd.DataFrame, schema: pa.Schema) -> bytes:
-    return ipc_stream(pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False))
+def _table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
 
 
-def _decode(blob: bytes | None, schema: pa.Schema) -> pd.DataFrame:
-    table = read_ipc(blob) if blob else schema.empty_table()
-    return table.to_pandas()
+def _decode(blob: bytes | None, schema: pa.Schema) -> pa.Table:
+    return read_ipc(blob) if blob else schema.empty_table()
+
+
+def _of(table: pa.Table, column: str, values: pa.ChunkedArray) -> pd.DataFrame:
+    """The rows of ``table`` whose ``column`` is among ``values``, as pandas."""
+    return table.filter(pc.is_in(table[column], value_set=pc.unique(values))).to_pandas()
 
 
 def offer_processor(r: RetargetSettings):
-    """The processor: a micro-batch's clicks and purchases (or a timer) and the state -> offers."""
+    """The processor: a micro-batch's clicks and purchases (or a timer) and the state -> offers.
+    The state stays Arrow tables between micro-batches: a call converts to pandas only the
+    clicks that came due and their users' purchases and offers, so storing it costs no
+    conversion of every pending click."""
     wait, cooldown = _ms(r.wait), _ms(r.cooldown)
 
     def process(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
@@ -51,31 +59,42 @@ def offer_processor(r: RetargetSettings):
         frames = [b for b in batches if len(b)]
         if frames:
             clicks, buys = split(pd.concat(frames, ignore_index=True))
-            pending = pd.concat([pending, clicks], ignore_index=True)
-            purchases = pd.concat([purchases, buys], ignore_index=True)
+            pending = pa.concat_tables([pending, _table(clicks, CLICKS)])
+            purchases = pa.concat_tables([purchases, _table(buys, PURCHASES)])
         watermark = state.getCurrentWatermarkMs()
         offers = None
         if watermark > 0:
-            due = (pending["click_time"] + wait <= watermark).to_numpy()
-            if due.any():
-                offers = due_offers(pending[due], purchases, sent, r.wait, r.cooldown)
-                sent = (pd.concat([sent, offers[["user_id", "campaign_id", "click_time"]]])
-                        .groupby(["user_id", "campaign_id"], as_index=False)["click_time"].max())
-                pending = pending[~due]
-            purchases = purchases[purchases["t"] > watermark - wait]
-            sent = sent[sent["click_time"] > watermark - wait - cooldown]
-        if len(pending) or len(purchases) or len(sent):
-            state.update(tuple(Kept(frame, partial(_encode, schema=schema)) for frame, schema
+            due = pc.less_equal(pending["click_time"], watermark - wait)
+            if pc.any(due).as_py():
+                clicks = pending.filter(due)
+                users = clicks["user_id"]
+                offers = due_offers(clicks.to_pandas(), _of(purchases, "user_id", users),
+                                    _of(sent, "user_id", users), r.wait, r.cooldown)
+                if len(offers):
+                    made = _table(offers, SENT)
+                    last = pa.concat_tables([sent, made]).group_by(["user_id", "campaign_id"]).aggregate(
+                        [("click_time", "max")]).rename_columns(["user_id", "campaign_id", "click_time"])
+                    sent = last.select(SENT.names).cast(SENT)
+                pending = pending.filter(pc.invert(due))
+            purchases = purchases.filter(pc.greater(purchases["t"], watermark - wait))
+            sent = sent.filter(pc.greater(sent["click_time"], watermark - wait - cooldown))
+        if pending.num_rows or purchases.num_rows or sent.num_rows:
+            state.update(tuple(Kept(_compact(table), partial(ipc_stream, schema=schema)) for table, schema
                                in ((pending, CLICKS), (purchases, PURCHASES), (sent, SENT))))
-            wake = (pending["click_time"].min() + wait if len(pending) else
-                    max(purchases["t"].max() + wait if len(purchases) else 0,
-                        sent["click_time"].max() + wait + cooldown if len(sent) else 0))
+            wake = (pc.min(pending["click_time"]).as_py() + wait if pending.num_rows else
+                    max(pc.max(purchases["t"]).as_py() + wait if purchases.num_rows else 0,
+                        pc.max(sent["click_time"]).as_py() + wait + cooldown if sent.num_rows else 0))
             state.setTimeoutTimestamp(max(int(wake) - 1, watermark + 1))
         else:
             state.remove()
         if offers is not None and len(offers):
             yield offers.assign(kind="offer")
     return process
+
+
+def _compact(table: pa.Table) -> pa.Table:
+    """A table appended to every micro-batch, in one chunk once it has many."""
+    return table.combine_chunks() if table.column(0).num_chunks > 32 else table
 
 
 def processor(r: RetargetSettings) -> Processor:
