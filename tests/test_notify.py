@@ -282,3 +282,25 @@ def test_email_upgrades_to_starttls_and_logs_in_when_the_server_offers_it(tmp_pa
     [message] = inbox.messages
     assert (message["To"], message["Subject"]) == ("u2@example.com", "You left something in your cart")
     assert "  - p_001\n  - p_002" in message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("append", [True, False], ids=["local lake: append", "object store: merge"])
+def test_a_notice_recorded_twice_is_one_row_and_limits_count_across_calls(tmp_path, append):
+    """The outbox inserts only ids it lacks, by an append under the gold lease (a local lake)
+    or a MERGE (an object store, no lease); a limit counts what earlier calls recorded."""
+    from pipelines.notify.outbox import open_outbox
+
+    s = NotifySettings(limits={"offer": 1})
+    box = open_outbox(str(tmp_path / "lake"), s)
+    box.append = append
+    offer = {"offer_id": "o1", "user_id": "u1", "campaign_id": "c1", "tracking_id": "t1",
+             "click_time": datetime(2026, 11, 2, 10), "due_time": datetime(2026, 11, 2, 10, 10)}
+    first = notices("offer", [offer], s)
+    assert first  # routed to at least one channel by default
+    assert box.record(first) == len(first) == len(s.routes["offer"])
+    assert box.record(first) == 0  # a replay: nothing twice
+    second = notices("offer", [offer | {"offer_id": "o2"}], s)  # the same user, the same day
+    assert box.record(second) == len(second)
+    rows = DeltaTable(str(tmp_path / "lake" / "ops/notifications")).to_pyarrow_table().to_pylist()
+    assert Counter(r["status"] for r in rows) == {"pending": len(first), "suppressed": len(second)}
+    assert sorted(r["source_id"] for r in rows) == sorted(["o1"] * len(first) + ["o2"] * len(second))

@@ -87,10 +87,11 @@ def _commit_stat(uri: str, version: int) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def read(path: str, filters: list[tuple] | None = None) -> pa.Table:
+def read(path: str, filters: list[tuple] | None = None, columns: list[str] | None = None) -> pa.Table:
     """Read (part of) a small table with delta-rs, without Spark. ``filters`` are pyarrow
-    ``(column, op, value)`` conjunctions; partitions and file statistics prune what is read."""
-    return opened(path).to_pyarrow_table(filters=filters)
+    ``(column, op, value)`` conjunctions; partitions and file statistics prune what is read;
+    only ``columns`` (all when None) are decoded."""
+    return opened(path).to_pyarrow_table(filters=filters, columns=columns)
 
 
 def row_count(path: str) -> int:

@@ -23,9 +23,14 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def leased(lake: str) -> bool:
+    """Whether ``lease`` serialises writers of ``lake`` (a local lake; not an object store)."""
+    return not ("://" in lake and not lake.startswith("file:"))
+
+
 @contextmanager
 def lease(lake: str, name: str = "gold", who: str = "") -> Iterator[None]:
-    if "://" in lake and not lake.startswith("file:"):
+    if not leased(lake):
         yield
         return
     path = Path(lake.removeprefix("file:")) / "_locks" / f"{name}.lock"

@@ -14,6 +14,7 @@ from deltalake import DeltaTable
 
 from pipelines.config import Settings
 from pipelines.io.delta_rs import read
+from pipelines.io.lease import lease
 from pipelines.io.ledger import rs_uri
 from pipelines.notify.channels import channels
 from pipelines.notify.messages import KINDS, SOURCE_TABLE
@@ -26,8 +27,9 @@ def run_notify(s: Settings, retry: bool = False, environ: Mapping[str, str] | No
     on = channels(s.notify, environ)
     box = open_outbox(s.lake, s.notify)
     if not retry:
-        for kind in KINDS:
-            path = rs_uri(s.table(SOURCE_TABLE[kind]))
-            if DeltaTable.is_deltatable(path):  # the gold stream may not have run yet
-                record_rows(box, kind, read(path))
+        with lease(s.lake, who="notify"):  # recorders hold it: the outbox appends (notify/outbox.py)
+            for kind in KINDS:
+                path = rs_uri(s.table(SOURCE_TABLE[kind]))
+                if DeltaTable.is_deltatable(path):  # the gold stream may not have run yet
+                    record_rows(box, kind, read(path))
     return box.deliver(box.due(("failed",) if retry else ("pending",)), on)

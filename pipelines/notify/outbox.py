@@ -3,8 +3,11 @@ the outcome of each attempt. Reads and writes go through delta-rs (no Spark), so
 in the gold micro-batch, in ``funnelhouse notify``, or anywhere a Python process runs.
 
 Guarantees (docs/alerts.md):
-- a notice is recorded once: the MERGE inserts only ids the outbox lacks, and the id comes
-  from the source row, so replays, restarts and backfills add nothing;
+- a notice is recorded once: only ids the outbox lacks are inserted, and the id comes from
+  the source row, so replays, restarts and backfills add nothing. Every writer that records
+  (a gold micro-batch, ``funnelhouse notify``) holds the gold lease (``io/lease.py``), so on
+  a local lake the ids read under it are the outbox's and the new rows are appended; on an
+  object store, where the lease is a no-op, a MERGE on the id inserts them;
 - only ``pending`` notices are sent, and a notice's status becomes ``sent`` in the commit right
   after its channel accepted it. A crash between those two steps sends that notice again on
   the next delivery (at least once at the edge): emails carry the id as ``Message-ID``,
@@ -27,10 +30,12 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from deltalake import write_deltalake
 
 from pipelines import tables as T
 from pipelines.config import NotifySettings
-from pipelines.io.delta_rs import arrow_schema, merge, read
+from pipelines.io.delta_rs import arrow_schema, merge, opened, read
+from pipelines.io.lease import leased
 from pipelines.io.ledger import rs_uri
 from pipelines.notify.channels import Sender, SendError
 from pipelines.notify.messages import ON_CALL, Notice, notices, to_json
@@ -53,22 +58,26 @@ class Outbox:
         self.path = rs_uri(f"{lake}/{T.NOTIFICATIONS.name}")
         self.s = s
         self.schema = arrow_schema(T.NOTIFICATIONS)
+        # ``record`` runs under the gold lease, which serialises recorders here: it may append.
+        # (A MERGE reads the days' partitions whole: a cost that grows with the outbox.)
+        self.append = leased(lake)
 
-    def read(self, filters: list[tuple] | None = None) -> pa.Table:
-        return read(self.path, filters)
+    def read(self, filters: list[tuple] | None = None, columns: list[str] | None = None) -> pa.Table:
+        return read(self.path, filters, columns)
 
     def record(self, new: list[Notice], now: datetime | None = None) -> int:
         """Record the notices the outbox lacks: ``pending``, or ``suppressed`` by a limit.
-        Returns how many rows the MERGE inserted."""
+        Returns how many rows it inserted. The caller holds the gold lease."""
         if not new:
             return 0
         now = now or datetime.now(UTC).replace(tzinfo=None)
         ids = {n.notification_id for n in new}
         days = sorted({n.day for n in new})
         # Of the days' rows, only these notices and the rows of their recipients matter: filter
-        # in Arrow before any Python object is made (the days' partitions are still read).
-        have = self.read([("created_date", "in", days)]).select(
-            ["notification_id", "kind", "recipient", "status", "created_date"])
+        # in Arrow before any Python object is made. The days' partitions are still read, but
+        # only these columns (not the subjects and payloads: 15x less on a 1M-event lake).
+        have = self.read([("created_date", "in", days)],
+                         ["notification_id", "kind", "recipient", "status", "created_date"])
         ours = pc.or_(pc.is_in(have["notification_id"], value_set=pa.array(sorted(ids), pa.string())),
                       pc.is_in(have["recipient"], value_set=pa.array(sorted({n.recipient for n in new}),
                                                                      pa.string())))
@@ -95,8 +104,11 @@ class Outbox:
                          "last_error": reason, "created_at": now, "sent_at": None, "created_date": n.day})
         if not rows:
             return 0
-        self._merge(pa.Table.from_pylist(rows, schema=self.schema),
-                    lambda m: m.when_not_matched_insert_all())
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        if self.append:
+            write_deltalake(opened(self.path), table, mode="append", partition_by=["created_date"])
+        else:
+            self._merge(table, lambda m: m.when_not_matched_insert_all())
         return len(rows)
 
     def due(self, statuses: Iterable[str] = ("pending",), ids: set[str] | None = None,
