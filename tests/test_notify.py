@@ -12,14 +12,17 @@ from datetime import date, datetime
 from email import message_from_bytes
 from email.policy import default as email_policy
 
+import pyarrow as pa
 import pytest
 from aiosmtpd.controller import Controller
 from deltalake import DeltaTable
 from helpers import SAMPLE, Receiver, copy_sample, free_port, lake_copy
 from typer.testing import CliRunner
 
+from pipelines import tables
 from pipelines.cli import app
 from pipelines.config import NotifySettings
+from pipelines.io.delta_rs import arrow_schema
 from pipelines.jobs.notify import run_notify
 from pipelines.jobs.run import run_available_now
 from pipelines.notify.messages import email_message, notices, notification_id, slack_message, webhook_body
@@ -304,3 +307,62 @@ def test_a_notice_recorded_twice_is_one_row_and_limits_count_across_calls(tmp_pa
     rows = DeltaTable(str(tmp_path / "lake" / "ops/notifications")).to_pyarrow_table().to_pylist()
     assert Counter(r["status"] for r in rows) == {"pending": len(first), "suppressed": len(second)}
     assert sorted(r["source_id"] for r in rows) == sorted(["o1"] * len(first) + ["o2"] * len(second))
+
+
+def _table(name: str, rows: list[dict]) -> pa.Table:
+    schema = arrow_schema(next(t for t in tables.GOLD_STREAM if t.name == name))
+    return pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema=schema)
+
+
+ODD = 'an "odd" id, with ünïcode \\ and a / slash'
+
+
+@pytest.mark.parametrize(("kind", "table", "rows"), [
+    ("fraud", "gold/fraud_flags", [FLAG, FLAG | {"flag_id": "f2", "entity_type": "ip", "rule": "R3",
+                                                 "entity_id": ODD, "evidence_event_ids": ["x"],
+                                                 "window_seconds": 10.0, "measure": "quantity"}]),
+    ("offer", "gold/retarget_offers", [OFFER, OFFER | {
+        "offer_id": "o2", "user_id": ODD, "click_time": datetime(2026, 11, 3, 23, 59, 59, 999999)}]),
+    ("reminder", "gold/cart_reminders", [REMINDER, REMINDER | {"reminder_id": "r2", "products": [],
+                                                               "tracking_id": ODD}]),
+])
+def test_a_batch_of_notices_built_column_by_column_is_the_same_as_one_by_one(kind, table, rows):
+    """The stream builds a micro-batch's notices column by column (``notice_frame``); each must
+    be the notice ``notices`` builds from the row alone, payload included."""
+    from pipelines.notify.messages import notice_frame
+
+    s = NotifySettings(routes={"fraud": ["slack", "email"], "offer": ["email", "webhook"],
+                               "reminder": ["email"]})
+    gold = _table(table, rows)
+    frame = notice_frame(kind, gold, s)
+    one_by_one = notices(kind, gold.to_pylist(), s)
+    assert len(frame) == len(one_by_one) == len(rows) * len(s.routes[kind])
+    got = {r["notification_id"]: r for r in frame.to_dict("records")}
+    for n in one_by_one:
+        row = got[n.notification_id]
+        columns = ("kind", "channel", "source_id", "recipient", "subject", "day")
+        assert tuple(row[c] for c in columns) == tuple(getattr(n, c) for c in columns)
+        assert json.loads(row["payload"]) == json.loads(json.dumps(n.payload, default=str))
+
+
+def test_a_limit_counts_the_recipients_earlier_notices_and_those_in_the_same_call(tmp_path):
+    """Limit 2 offers per recipient per day: one already recorded, then three more in one call
+    for the same day (one pending, two suppressed), one for the next day, and one for
+    someone else: each of those two pending."""
+    from pipelines.notify.outbox import open_outbox
+
+    s = NotifySettings(limits={"offer": 2}, routes={"offer": ["email"]})
+    box = open_outbox(str(tmp_path / "lake"), s)
+
+    def offer(i: str, user: str = "u1", day: int = 2) -> dict:
+        return {"offer_id": i, "user_id": user, "campaign_id": "c1", "tracking_id": "t",
+                "click_time": datetime(2026, 11, day, 10), "due_time": datetime(2026, 11, day, 10, 10)}
+    assert box.record(notices("offer", [offer("a")], s)) == 1
+    batch = [offer("b"), offer("c"), offer("d"), offer("e", day=3), offer("f", user="u2")]
+    assert box.record(notices("offer", batch, s)) == 5
+    rows = DeltaTable(str(tmp_path / "lake" / "ops/notifications")).to_pyarrow_table().to_pylist()
+    status = Counter((r["recipient"], r["created_date"].day, r["status"]) for r in rows)
+    assert status == {("u1@example.com", 2, "pending"): 2, ("u1@example.com", 2, "suppressed"): 2,
+                      ("u1@example.com", 3, "pending"): 1, ("u2@example.com", 2, "pending"): 1}
+    assert {r["last_error"] for r in rows if r["status"] == "suppressed"} == {
+        "limit: at most 2 offer per recipient per day"}

@@ -17,6 +17,9 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pyarrow as pa
+
 from pipelines.config import REPO_ROOT, NotifySettings
 
 TEMPLATES = REPO_ROOT / "conf" / "templates"
@@ -54,6 +57,82 @@ def notices(kind: str, rows: Iterable[Mapping[str, Any]], s: NotifySettings) -> 
             out.append(Notice(notification_id(kind, source_id, channel), kind, channel, source_id,
                               recipient(kind, channel, row, s), subject, payload, when.date()))
     return out
+
+
+NOTICE_COLUMNS = ["notification_id", "kind", "channel", "source_id", "recipient", "subject", "payload", "day"]
+
+
+def notice_frame(kind: str, rows: pa.Table, s: NotifySettings) -> pd.DataFrame:
+    """``notices`` over a whole table at once, for the stream's micro-batches: one row per
+    gold row and channel routed to (``NOTICE_COLUMNS``; ``payload`` as JSON text). Offers,
+    reminders and fraud flags come by the thousand and are built column by column (the same
+    values: tests/test_notify.py holds the two to the same notices); drop-off alerts, a few
+    per window, go through ``notices``."""
+    channels = s.routes.get(kind, [])  # type: ignore[call-overload]
+    if not channels or rows.num_rows == 0:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in NOTICE_COLUMNS})
+    if kind not in _COLUMNS:
+        return pd.DataFrame([(n.notification_id, n.kind, n.channel, n.source_id, n.recipient, n.subject,
+                              to_json(n.payload), n.day) for n in notices(kind, rows.to_pylist(), s)],
+                            columns=NOTICE_COLUMNS)
+    df = rows.to_pandas()
+    subject, payload, when = _COLUMNS[kind](df, s)
+    text = payload[sorted(payload.columns)].to_json(orient="records", lines=True, double_precision=15)
+    source = df[SOURCE_KEY[kind]]
+    base = pd.DataFrame({"kind": kind, "source_id": source.to_numpy(object),
+                         "subject": subject.to_numpy(object), "payload": text.rstrip("\n").split("\n"),
+                         "day": when.dt.date.to_numpy(object)})
+    parts = []
+    for channel in channels:
+        part = base.assign(channel=channel)
+        part["notification_id"] = [notification_id(kind, i, channel) for i in base["source_id"]]
+        part["recipient"] = (channel if channel != "email" else s.on_call_email if kind in ON_CALL else
+                             [s.recipient.format(user_id=u, tracking_id=t) for u, t in
+                              zip(_ids(df, "user_id"), _ids(df, "tracking_id"), strict=True)])
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)[NOTICE_COLUMNS]
+
+
+def _ids(df: pd.DataFrame, column: str) -> list:
+    return df[column].tolist() if column in df else [None] * len(df)
+
+
+def _iso_column(t: pd.Series) -> pd.Series:
+    """``_iso`` of UTC timestamps, column-wise (None for a missing one)."""
+    return t.dt.strftime("%Y-%m-%d %H:%M:%S+00:00").astype(object).where(t.notna(), None)
+
+
+def _fraud_columns(df: pd.DataFrame, s: NotifySettings) -> tuple[pd.Series, pd.DataFrame, pd.Series]:
+    evidence = df["evidence_event_ids"].map(lambda e: [] if e is None else list(e))
+    payload = pd.DataFrame({
+        "rule": df["rule"], "entity_type": df["entity_type"], "entity_id": df["entity_id"],
+        "first_event_time": _iso_column(df["first_event_time"]),
+        "last_event_time": _iso_column(df["last_event_time"]), "event_count": df["event_count"],
+        "measure": df["measure"], "peak_value": df["peak_value"], "threshold": df["threshold"],
+        "window_seconds": df["window_seconds"], "evidence": evidence.map(lambda e: e[:EVIDENCE]),
+        "evidence_total": evidence.map(len)})
+    window = df["window_seconds"].map(lambda w: f"{w:g}")
+    subject = ("Flag for review: " + df["entity_type"] + " " + df["entity_id"] + " (" + df["rule"] + ": "
+               + df["measure"] + " " + df["peak_value"].astype(str) + " >= " + df["threshold"].astype(str)
+               + " within " + window + " s)")
+    return subject, payload, df["last_event_time"]
+
+
+def _offer_columns(df: pd.DataFrame, s: NotifySettings) -> tuple[pd.Series, pd.DataFrame, pd.Series]:
+    payload = pd.DataFrame({"user_id": df["user_id"], "campaign_id": df["campaign_id"],
+                            "tracking_id": df["tracking_id"], "click_time": _iso_column(df["click_time"]),
+                            "due_time": _iso_column(df["due_time"]), "discount": s.discount})
+    return pd.Series(f"{s.discount:.0%} off: come back to your cart", index=df.index), payload, df["due_time"]
+
+
+def _reminder_columns(df: pd.DataFrame, s: NotifySettings) -> tuple[pd.Series, pd.DataFrame, pd.Series]:
+    payload = pd.DataFrame({"user_id": df["user_id"], "tracking_id": df["tracking_id"],
+                            "session_end": _iso_column(df["session_end"]), "adds": df["adds"],
+                            "products": df["products"].map(lambda p: [] if p is None else list(p))})
+    return pd.Series("You left something in your cart", index=df.index), payload, df["session_end"]
+
+
+_COLUMNS = {"fraud": _fraud_columns, "offer": _offer_columns, "reminder": _reminder_columns}
 
 
 def recipient(kind: str, channel: str, row: Mapping[str, Any], s: NotifySettings) -> str:

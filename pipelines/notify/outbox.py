@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import write_deltalake
@@ -38,7 +39,7 @@ from pipelines.io.delta_rs import arrow_schema, merge, opened, read
 from pipelines.io.lease import leased
 from pipelines.io.ledger import rs_uri
 from pipelines.notify.channels import Sender, SendError
-from pipelines.notify.messages import ON_CALL, Notice, notices, to_json
+from pipelines.notify.messages import NOTICE_COLUMNS, ON_CALL, Notice, notice_frame, to_json
 
 log = logging.getLogger(__name__)
 COUNTED = ("pending", "sent", "failed")  # what a limit counts: everything not suppressed
@@ -66,50 +67,55 @@ class Outbox:
         return read(self.path, filters, columns)
 
     def record(self, new: list[Notice], now: datetime | None = None) -> int:
-        """Record the notices the outbox lacks: ``pending``, or ``suppressed`` by a limit.
-        Returns how many rows it inserted. The caller holds the gold lease."""
-        if not new:
+        """``record_frame`` of ``Notice`` objects."""
+        return self.record_frame(pd.DataFrame(
+            [(n.notification_id, n.kind, n.channel, n.source_id, n.recipient, n.subject, to_json(n.payload),
+              n.day) for n in new], columns=NOTICE_COLUMNS), now)
+
+    def record_frame(self, new: pd.DataFrame, now: datetime | None = None) -> int:
+        """Record the notices (``NOTICE_COLUMNS``) the outbox lacks: ``pending``, or
+        ``suppressed`` by a limit (taken in the order of day and id, counting what the outbox
+        already holds for the recipient that day). Returns how many rows it inserted. The
+        caller holds the gold lease."""
+        if not len(new):
             return 0
         now = now or datetime.now(UTC).replace(tzinfo=None)
-        ids = {n.notification_id for n in new}
-        days = sorted({n.day for n in new})
         # Of the days' rows, only these notices and the rows of their recipients matter: filter
         # in Arrow before any Python object is made. The days' partitions are still read, but
         # only these columns (not the subjects and payloads: 15x less on a 1M-event lake).
-        have = self.read([("created_date", "in", days)],
+        have = self.read([("created_date", "in", sorted(set(new["day"])))],
                          ["notification_id", "kind", "recipient", "status", "created_date"])
-        ours = pc.or_(pc.is_in(have["notification_id"], value_set=pa.array(sorted(ids), pa.string())),
-                      pc.is_in(have["recipient"], value_set=pa.array(sorted({n.recipient for n in new}),
-                                                                     pa.string())))
-        have = have.filter(ours).to_pylist()
-        known = {r["notification_id"] for r in have if r["notification_id"] in ids}
-        used = Counter((r["kind"], r["recipient"], r["created_date"]) for r in have if r["status"] in COUNTED)
-        rows = []
-        for n in sorted(new, key=lambda n: (n.day, n.notification_id)):
-            if n.notification_id in known:
-                continue
-            known.add(n.notification_id)
-            status, reason = "pending", None
-            limit = self.s.limits.get(n.kind) if n.kind not in ON_CALL else None  # type: ignore[call-overload]
-            if limit is not None:
-                key = (n.kind, n.recipient, n.day)
-                if used[key] >= limit:
-                    status = "suppressed"
-                    reason = f"limit: at most {limit} {n.kind} per recipient per day"
-                else:
-                    used[key] += 1
-            rows.append({"notification_id": n.notification_id, "kind": n.kind, "channel": n.channel,
-                         "source_id": n.source_id, "recipient": n.recipient, "subject": n.subject,
-                         "payload": to_json(n.payload), "status": status, "attempts": 0,
-                         "last_error": reason, "created_at": now, "sent_at": None, "created_date": n.day})
-        if not rows:
+        ids, recipients = pa.array(new["notification_id"], pa.string()), pa.array(new["recipient"].unique())
+        ours = pc.or_(pc.is_in(have["notification_id"], value_set=ids),
+                      pc.is_in(have["recipient"], value_set=recipients.cast(pa.string())))
+        have = have.filter(ours).to_pandas()
+        new = (new[~new["notification_id"].isin(have["notification_id"])]
+               .drop_duplicates("notification_id").sort_values(["day", "notification_id"], ignore_index=True))
+        if not len(new):
             return 0
-        table = pa.Table.from_pylist(rows, schema=self.schema)
+        key = ["kind", "recipient", "day"]
+        used = (have[have["status"].isin(COUNTED)].rename(columns={"created_date": "day"})
+                .groupby(key).size().rename("used").reset_index())
+        # Within a (kind, recipient, day), the k-th new notice is the (used + k + 1)-th: pending
+        # while that is within the limit, suppressed after (the loop this replaces counted so).
+        rank = new.merge(used, on=key, how="left")["used"].fillna(0).to_numpy() + new.groupby(key).cumcount()
+        limit = new["kind"].map(lambda k: None if k in ON_CALL else self.s.limits.get(k)).astype(float)
+        over = (limit.notna() & (rank >= limit)).to_numpy()
+        reason = [f"limit: at most {int(n)} {k} per recipient per day" if o else None
+                  for o, n, k in zip(over, limit, new["kind"], strict=True)]
+        table = pa.table({
+            "notification_id": new["notification_id"], "kind": new["kind"], "channel": new["channel"],
+            "source_id": new["source_id"], "recipient": new["recipient"], "subject": new["subject"],
+            "payload": new["payload"], "status": pa.array(["suppressed" if o else "pending" for o in over]),
+            "attempts": pa.repeat(0, len(new)), "last_error": pa.array(reason, pa.string()),
+            "created_at": pa.repeat(pa.scalar(now, pa.timestamp("us")), len(new)),
+            "sent_at": pa.nulls(len(new)), "created_date": pa.array(new["day"], pa.date32())})
+        table = table.select(self.schema.names).cast(self.schema)
         if self.append:
             write_deltalake(opened(self.path), table, mode="append", partition_by=["created_date"])
         else:
             self._merge(table, lambda m: m.when_not_matched_insert_all())
-        return len(rows)
+        return len(new)
 
     def due(self, statuses: Iterable[str] = ("pending",), ids: set[str] | None = None,
             days: Iterable | None = None) -> list[dict]:
@@ -187,8 +193,9 @@ def open_outbox(lake: str, s: NotifySettings, spark=None) -> Outbox:
     return Outbox(lake, s)
 
 
-def record_rows(box: Outbox, kind: str, rows: pa.Table) -> list[Notice]:
-    """Record the notices of gold ``rows`` of ``kind`` (their table's columns); returns them."""
-    found = notices(kind, rows.to_pylist(), box.s)
-    box.record(found)
+def record_rows(box: Outbox, kind: str, rows: pa.Table) -> pd.DataFrame:
+    """Record the notices of gold ``rows`` of ``kind`` (their table's columns); returns them
+    (``NOTICE_COLUMNS``)."""
+    found = notice_frame(kind, rows, box.s)
+    box.record_frame(found)
     return found

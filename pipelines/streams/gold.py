@@ -36,7 +36,7 @@ from pipelines.gold.sessions import typed_session_rows
 from pipelines.io.delta_rs import Commit, arrow_schema, from_pandas, max_stat
 from pipelines.io.delta_rs import read as delta_read
 from pipelines.notify.channels import channels
-from pipelines.notify.messages import SOURCE_TABLE, Notice
+from pipelines.notify.messages import SOURCE_TABLE
 from pipelines.notify.outbox import open_outbox, record_rows
 from pipelines.quality import Quality
 from pipelines.silver import event_watermark
@@ -178,20 +178,22 @@ class GoldStep(Handler):
         if sessions:
             funnel_metrics(self.paths[T.CAMPAIGN_FUNNEL.name], self.paths[T.CAMPAIGN_PERFORMANCE.name])
 
-    def _record(self, inserted: dict[str, pa.Table]) -> list[Notice]:
+    def _record(self, inserted: dict[str, pa.Table]) -> pd.DataFrame | None:
         """Record the notices of this batch's alerts, flags, offers and reminders in the
         outbox (keyed on ids: a replayed batch records nothing twice); returns them."""
         if self.outbox is None:
-            return []
-        return [n for kind, table in SOURCE_TABLE.items() if table in inserted
-                for n in record_rows(self.outbox, kind, inserted[table])]
+            return None
+        found = [record_rows(self.outbox, kind, inserted[table]) for kind, table in SOURCE_TABLE.items()
+                 if table in inserted]
+        found = [f for f in found if len(f)]
+        return pd.concat(found, ignore_index=True) if found else None
 
-    def _deliver(self, batch_id: int, found: list[Notice]) -> None:
+    def _deliver(self, batch_id: int, found: pd.DataFrame | None) -> None:
         """Send the notices this batch recorded (before the state moves on: a crash replays
         the batch, and the outbox sends nothing it recorded as sent)."""
-        if found and self.channels:
-            ids = {n.notification_id for n in found}
-            done = self.outbox.deliver(self.outbox.due(ids=ids, days={n.day for n in found}), self.channels)
+        if found is not None and self.channels:
+            ids = set(found["notification_id"])
+            done = self.outbox.deliver(self.outbox.due(ids=ids, days=set(found["day"])), self.channels)
             for (channel, status), n in done.outcomes.items():
                 metrics.NOTICES.labels(channel, status).inc(n)
             log.info("gold batch %d notices: %s", batch_id, done)
