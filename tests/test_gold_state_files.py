@@ -139,3 +139,18 @@ def test_a_table_written_by_another_release_is_refused_naming_its_columns(tmp_pa
         T.ensure(None, str(tmp_path), T.SILVER_EVENTS)
     assert T.ensure(None, str(tmp_path / "new"), T.SILVER_EVENTS)  # a new lake: created
     T.ensure(None, str(tmp_path / "new"), T.SILVER_EVENTS)  # and then accepted as it is
+
+
+def test_keep_rows_filters_like_arrow_without_copying_the_batches_it_keeps_whole(monkeypatch):
+    from pipelines.stateful.gold import keep_rows
+
+    batches = [pa.record_batch({"k": pa.array(range(i * 10, i * 10 + 10), pa.int64())}) for i in range(3)]
+    table = pa.Table.from_batches(batches)
+    mask = pa.chunked_array([[True] * 10, [i % 2 == 0 for i in range(10)], [False] * 10])
+    out = keep_rows(table, mask)
+    assert out.equals(table.filter(mask))
+    assert out["k"].to_pylist() == [*range(10), 10, 12, 14, 16, 18]
+    kept = out.to_batches()[0].column(0).buffers()[1]
+    assert kept.address == batches[0].column(0).buffers()[1].address  # the same memory: not copied
+    monkeypatch.setattr(gold, "CHUNKS", 1)
+    assert keep_rows(table, mask).column(0).num_chunks == 1  # past CHUNKS batches: combined

@@ -33,7 +33,7 @@ from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from pipelines.common import Transform, unix_millis
 from pipelines.config import FraudRule, FraudSettings
-from pipelines.stateful.gold import Kept, Processor, ipc_stream, kept, read_ipc
+from pipelines.stateful.gold import Kept, Processor, ipc_stream, keep_rows, kept, read_ipc
 from pipelines.tables import FLAG_SCHEMA
 
 # Rule events as the processor sees them: t is the event time in epoch milliseconds.
@@ -295,7 +295,7 @@ def fraud_processor(settings: FraudSettings):
             carried = pd.concat([carried[~mine], carried_now], ignore_index=True)
         else:
             carried = carried_now
-        held = pa.concat_tables([held.filter(pc.invert(rerun)), _held(still_open)])
+        held = pa.concat_tables([keep_rows(held, pc.invert(rerun)), _held(still_open)])
         if held.num_rows:
             state.update((kept_as.changing(held, keys), Kept(carried, encode_carried)))
             state.setTimeoutTimestamp(int(max(pc.min(held["closes"]).as_py(), watermark)) + 1)

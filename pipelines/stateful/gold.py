@@ -293,6 +293,28 @@ class Kept:
         return Kept(value, self.encode, self.key, pc.unique(keys))
 
 
+CHUNKS = 64  # a held table's record batches before ``keep_rows`` makes them one
+
+
+def keep_rows(table: pa.Table, mask: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """``table.filter(mask)`` for the state's held tables, without copying what it keeps whole.
+    A micro-batch appends its rows as a new record batch and drops the rows of the keys it
+    touched or closed; most batches of a long-held table lose no row, and a filter would copy
+    them all (an O(open state) copy every micro-batch). Past ``CHUNKS`` batches they are
+    combined into one: a copy every ``CHUNKS`` micro-batches at most."""
+    batches, offset = [], 0
+    for batch in table.to_batches():
+        keep = mask.slice(offset, batch.num_rows)
+        offset += batch.num_rows
+        kept = pc.sum(keep).as_py() or 0
+        if kept == batch.num_rows:
+            batches.append(batch)
+        elif kept:
+            batches.append(batch.filter(keep))
+    out = pa.Table.from_batches(batches, schema=table.schema)
+    return out.combine_chunks() if len(batches) > CHUNKS else out
+
+
 def ipc_stream(table: pa.Table, schema: pa.Schema | None = None) -> bytes:
     """A table as Arrow IPC stream bytes (typed as ``schema`` when given): how the processors
     store their tables and frames, and how a delta is stored."""

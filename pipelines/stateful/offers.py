@@ -23,7 +23,7 @@ from pyspark.sql.types import BinaryType, StructField, StructType, _parse_dataty
 
 from pipelines.config import RetargetSettings
 from pipelines.gold.retarget import OFFER_DDL, _ms, due_offers, offer_events, offer_input, split
-from pipelines.stateful.gold import Kept, Processor, ipc_stream, kept, read_ipc
+from pipelines.stateful.gold import Kept, Processor, ipc_stream, keep_rows, kept, read_ipc
 
 CLICKS = pa.schema([("user_id", pa.string()), ("campaign_id", pa.string()),
                     ("tracking_id", pa.string()), ("click_time", pa.int64())])
@@ -75,7 +75,7 @@ def offer_processor(r: RetargetSettings):
                     last = pa.concat_tables([sent, made]).group_by(["user_id", "campaign_id"]).aggregate(
                         [("click_time", "max")]).rename_columns(["user_id", "campaign_id", "click_time"])
                     sent = last.select(SENT.names).cast(SENT)
-                pending = pending.filter(pc.invert(due))
+                pending = keep_rows(pending, pc.invert(due))
             purchases = purchases.filter(pc.greater(purchases["t"], watermark - wait))
             sent = sent.filter(pc.greater(sent["click_time"], watermark - wait - cooldown))
         if pending.num_rows or purchases.num_rows or sent.num_rows:

@@ -43,7 +43,7 @@ from pipelines.gold.sessions import (
     session_input,
     sessionize,
 )
-from pipelines.stateful.gold import Kept, Processor, ipc_stream, kept, read_ipc
+from pipelines.stateful.gold import Kept, Processor, ipc_stream, keep_rows, kept, read_ipc
 
 _parse_ddl = _parse_datatype_string
 
@@ -117,7 +117,7 @@ def session_processor(s: Settings):
                 if len(due):
                     out.append(_changes(due, "reminder", 1, False))
                 journeys = pc.unique(held["journey"].filter(done))
-                held = held.filter(pc.invert(done))
+                held = keep_rows(held, pc.invert(done))
                 kept_as = kept_as.changing(held, journeys)
         if held.num_rows:
             state.update((Kept(held, encode, "journey", kept_as.changed),))
@@ -144,7 +144,7 @@ def _touch(held: pa.Table, new: pd.DataFrame, gap: timedelta, attribution: str
     kept = old.merge(unchanged, on=["tracking_id", "session_start"], how="left", indicator=True)
     retracted = old[(kept["_merge"] == "left_only").to_numpy()]
     added = now[now["marked"].astype(bool)]
-    rest = held.filter(pc.invert(touched))
+    rest = keep_rows(held, pc.invert(touched))
     again = pa.Table.from_pandas(closes_at(events.drop(columns="is_new"), gap)[HELD.names],
                                  schema=HELD, preserve_index=False)
     return pa.concat_tables([rest, again]), [_changes(retracted, "session", -1, True),
