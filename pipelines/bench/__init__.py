@@ -1,0 +1,26 @@
+"""``make bench``: what the pipeline costs, beside a baseline measured in the same run.
+
+Four measurements, each printed as a table and all written to ``bench/results/<time>.json``:
+
+- ``throughput``: ``funnelhouse run --available-now`` (bronze, then silver with gold) on 1M
+  generated events, beside plain Spark on the same files in the same JVM (``read.text`` + ``from_json``
+  -> Parquet). Both run warm: the baseline once untimed, the pipeline once on the sample.
+- ``growth``: the same 20k-event increment (later event times, ids of its own) on a lake
+  primed empty and on the lake the throughput run left (1M events; ``--big``: 10M), each as
+  primed and after a one-event tick closed what it held open (history alone).
+- ``freshness``: the job runs continuously while a feeder writes ``--rate`` events/s for
+  ``--seconds`` (landing files every 200 ms, or Kafka records), each with ``event_time`` =
+  its arrival. The delay from arrival to the commit that made it visible, read from each
+  table's Delta log. ``--alerts`` shrinks the window, gap and watermark delay so drop-off
+  alerts fire within the run, and measures each alert's lag behind the watermark that closed
+  its window.
+- ``quality``: silver micro-batches of ~100k events with the quality suite on and off.
+- ``scoring``: the silver query (silver and gold) over the throughput input, without an anomaly
+  model and then with a champion trained on the sessions the first run closed: what scoring costs.
+
+Memory: the JVM's peak resident size (``VmHWM``) and the Python driver's, at the end.
+
+One module per part (``throughput``, ``growth``, ``freshness``, ``costs``: quality, scoring
+and memory), what they share in ``common``; ``python -m pipelines.bench`` runs them
+(``__main__``).
+"""

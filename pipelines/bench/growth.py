@@ -1,0 +1,114 @@
+"""``make bench`` growth: the same increment on a lake primed empty and on a full one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from datetime import timedelta
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from pipelines.bench.common import bench_settings, console, rich_table, timed
+from pipelines.generate import Profile, generate, land
+from pipelines.io.delta_rs import row_count
+from pipelines.jobs.run import run_available_now
+from pipelines.streams import QUERIES
+
+# -- growth -----------------------------------------------------------------------------------
+
+def increment(root: Path, after: Profile) -> Path:
+    """20k events an hour after ``after``'s last, with ids of their own: one landing file."""
+    out = root / "increment"
+    if not out.exists():
+        start = after.start + timedelta(hours=after.hours + 1)
+        generate(Profile(events=20_000, start=start, id_prefix="inc-", seed=7, lines_per_file=50_000,
+                         bots_per_rule=1), out, root / "increment.truth.json", quiet=True)
+    return out
+
+
+def _silver_rows(lake: Path) -> int:
+    return row_count(str(lake / "silver" / "events"))
+
+
+def tick(root: Path, after: Profile) -> Path:
+    """One page view a second before the increment's first event: landed and run after
+    priming, it moves the watermark past everything the primed lake holds open."""
+    out = root / "tick" / "tick.jsonl"
+    at = after.start + timedelta(hours=after.hours + 1) - timedelta(seconds=1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"event_id": "tick-1", "event_type": "landing_page_view",
+                               "event_time": at.strftime("%Y-%m-%dT%H:%M:%S.000Z"), "user_id": "u-tick",
+                               "tracking_id": "t-tick", "ip": "10.0.0.1", "user_agent": "bench"}) + "\n")
+    return out
+
+
+def growth(spark: SparkSession, root: Path, full: tuple[Path, Path] | None, landing: Path,
+           profile: Profile, lines: int) -> dict:
+    """The increment's cost on a lake primed empty and on one holding ``landing`` (``full``:
+    that lake and its input, when the throughput run just built it). Each is timed twice, on
+    a fresh copy of the primed lake, with the increment landed beside the primed input; each
+    run must add exactly the increment's events to silver.
+
+    The increment comes an hour after the primed events, so on the full lake it also closes
+    everything the lake held open (sessions, bursts, pending clicks): work on the open state,
+    which the issue allows. So each lake is timed twice over: as primed ("open state"), and
+    after a one-event tick closed what it held open ("closed first"): that pair is what
+    history alone costs."""
+    inc = sorted(increment(root, profile).glob("*.jsonl"))
+    expected = json.loads((root / "increment.truth.json").read_text())["valid_unique_events"]
+    empty_input = root / "growth-landing"
+    shutil.rmtree(empty_input, ignore_errors=True)
+    empty_input.mkdir()
+    lakes = {"empty": None, f"{lines:,} events": full}
+    out: dict[str, dict[str, float]] = {}
+    for n, (name, primed) in enumerate(lakes.items()):
+        if primed is None:  # prime: tables, checkpoints, state, history
+            primed = (root / f"growth-primed-{n}", empty_input if name == "empty" else landing)
+            shutil.rmtree(primed[0], ignore_errors=True)
+            run_available_now(spark, bench_settings(*primed))
+        closed = root / f"growth-closed-{n}"  # the same, after the tick
+        shutil.rmtree(closed, ignore_errors=True)
+        shutil.copytree(primed[0], closed)
+        landed = land([tick(root, profile)], primed[1], prefix="tick-")
+        try:
+            run_available_now(spark, bench_settings(closed, primed[1]))
+        finally:
+            for f in landed:
+                f.unlink()
+        for label, lake in ((name, primed[0]), (f"{name}, closed first", closed)):
+            out[label] = _increment_runs(spark, root, f"{n}", lake, primed[1], inc, expected)
+    def ratio(label: str) -> float:  # against the empty lake primed the same way
+        closed = ", closed first" if label.endswith(", closed first") else ""
+        return out[label]["total"] / out[f"empty{closed}"]["total"]
+    console.print(rich_table(f"growth: the same {expected:,}-event increment, --available-now (median of 2)",
+                         ["lake before", *QUERIES, "total s", "ratio"],
+                         [[k, *v.values(), f"{ratio(k):.2f}x"] for k, v in out.items()]))
+    big = f"{lines:,} events"
+    return {"seconds": out, "ratio": ratio(big), "ratio_closed_first": ratio(f"{big}, closed first"),
+            "increment_events": expected}
+
+
+def _increment_runs(spark: SparkSession, root: Path, tag: str, lake: Path, source: Path, inc: list[Path],
+                    expected: int) -> dict[str, float]:
+    """The increment, run twice on fresh copies of ``lake`` reading ``source``: median seconds."""
+    runs = []
+    for i in range(2):  # each on its own copy (a reused path confuses Delta's log cache)
+        s = bench_settings(root / f"growth-run-{tag}-{i}", source)
+        shutil.rmtree(s.lake, ignore_errors=True)
+        shutil.copytree(lake, s.lake)
+        before = _silver_rows(Path(s.lake))
+        landed = land(inc, source, prefix="increment-")  # not the name of an input file
+        try:
+            runs.append({q: timed(lambda s=s, q=q: run_available_now(spark, s, [q])) for q in QUERIES})
+        finally:
+            for f in landed:
+                f.unlink()
+        added = _silver_rows(Path(s.lake)) - before
+        if added != expected:
+            raise RuntimeError(f"the increment added {added} silver rows, not {expected}")
+        shutil.rmtree(s.lake, ignore_errors=True)
+    out = {q: statistics.median(r[q] for r in runs) for q in QUERIES}
+    out["total"] = statistics.median(sum(r.values()) for r in runs)
+    return out

@@ -1,0 +1,43 @@
+"""``make bench`` throughput: the pipeline on 1M events beside plain Spark in the same JVM."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from pipelines.bench.common import bench_settings, console, rich_table, timed
+from pipelines.config import REPO_ROOT
+from pipelines.contract import RAW_EVENT_SCHEMA
+from pipelines.jobs.run import run_available_now
+from pipelines.streams import QUERIES
+
+# -- throughput -------------------------------------------------------------------------------
+
+def baseline(spark: SparkSession, landing: Path, out: Path) -> float:
+    """Batch read.text + from_json -> Parquet: the floor a JSON pipeline here starts from."""
+    df = spark.read.text(str(landing)).select(F.from_json("value", RAW_EVENT_SCHEMA).alias("e"))
+    return timed(lambda: df.select("e.*").write.mode("overwrite").parquet(str(out)))
+
+
+def throughput(spark: SparkSession, root: Path, landing: Path, lines: int) -> dict:
+    baseline(spark, landing, root / "base")  # warm-up: JIT, file listing
+    base = baseline(spark, landing, root / "base")
+    warm = root / "warm"  # the pipeline's own warm-up: every code path, on the sample
+    shutil.rmtree(warm, ignore_errors=True)
+    run_available_now(spark, bench_settings(warm / "lake", REPO_ROOT / "data" / "sample" / "events"))
+    s = bench_settings(root / "lake", landing)
+    shutil.rmtree(s.lake, ignore_errors=True)
+    layers = {}
+    for name in QUERIES:
+        layers[name] = timed(lambda name=name: run_available_now(spark, s, [name]))
+    total = sum(layers.values())
+    rows = [["baseline: read.text + from_json -> parquet", base, lines / base, "100%"]]
+    rows += [[f"{n} query", t, lines / t, ""] for n, t in layers.items()]
+    rows += [["pipeline: all queries, end to end", total, lines / total, f"{base / total:.0%}"]]
+    console.print(rich_table(f"throughput: {lines:,} lines, --available-now, warm JVM",
+                         ["stage", "seconds", "events/s", "of baseline"], rows))
+    return {"lines": lines, "baseline_s": base, "layers_s": layers, "total_s": total,
+            "events_per_s": lines / total, "baseline_events_per_s": lines / base}
