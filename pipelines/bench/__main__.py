@@ -21,7 +21,7 @@ ALL = ("throughput", "growth", "freshness", "quality", "scoring")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=ABOUT,
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench", description=ABOUT,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated, from {', '.join(ALL)}")
     parser.add_argument("--events", type=int, default=1_000_000, help="throughput input (generated once)")
