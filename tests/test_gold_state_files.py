@@ -51,6 +51,30 @@ def test_open_sessions_held_as_a_table_are_read_back_equal(files):
     assert held["fraud"] == Held((b"a", b"b"), 20)
 
 
+
+def test_fields_of_every_kind_in_one_processor_are_read_back_in_place(files):
+    """A processor's fields are stored side by side: a table (its IPC buffer), a missing field
+    and bytes come back as they were, in their places."""
+    events = _held([(3, 30), (1, 10)])
+    files.save(0, {"offers": Held((None, Kept(events, sessions.encode), b"x"), 5),
+                   "sessions": Held((Kept(events, sessions.encode),), 6)}, 1_000)
+    held, _ = files.load(1)
+    none, table, text = held["offers"].values
+    assert none is None and text == b"x" and sessions.decode(table).equals(events)
+    assert sessions.decode(held["sessions"].values[0]).equals(events)
+
+
+def test_a_file_of_binary_fields_from_before_large_binary_is_read(files):
+    """Files written before the fields became ``large_binary`` (one table, ``binary``)."""
+    old = pa.schema([("processor", pa.string()), ("values", pa.list_(pa.binary())),
+                     ("timeout_ms", pa.int64()), ("delta", pa.bool_())],
+                    metadata={"layout": gold.LAYOUT, "latest_ms": "1000"})
+    files.dir.mkdir(parents=True)
+    with pa.ipc.new_file(files.dir / "0.arrow", old) as writer:
+        writer.write_table(pa.Table.from_pylist(
+            [{"processor": "fraud", "values": [b"a", None], "timeout_ms": 20, "delta": False}], schema=old))
+    assert files.load(1) == ({"fraud": Held((b"a", None), 20)}, 1_000)
+
 def _held(rows: list[tuple[int, int]]) -> pa.Table:
     """Held session events (journey, t); the other columns null."""
     table = sessions.HELD.empty_table().to_pydict()

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -56,7 +57,9 @@ REBUILD = ("to rebuild: stop the job, move <lake>/_checkpoints/pipeline and the 
            "and gold "
            "tables aside, and run `funnelhouse run` (it replays the landing folder, or "
            "Kafka from its earliest retained offset; docs/operations.md)")
-FILE = pa.schema([("processor", pa.string()), ("values", pa.list_(pa.binary())),
+# ``values``: large_binary, so that one field may pass 2 GiB (layout 3 files before it used
+# binary; both read the same)
+FILE = pa.schema([("processor", pa.string()), ("values", pa.list_(pa.large_binary())),
                   ("timeout_ms", pa.int64()), ("delta", pa.bool_())])
 
 
@@ -187,8 +190,8 @@ class StateFiles:
 
     def _read(self, batch: int) -> tuple[dict[str, dict], dict]:
         """One state file: its rows by processor, and its metadata."""
-        try:
-            reader = pa.ipc.open_file(self.dir / f"{batch}.arrow")
+        try:  # mapped: its values are copied once, into the bytes each field decodes from
+            reader = pa.ipc.open_file(pa.memory_map(str(self.dir / f"{batch}.arrow")))
         except FileNotFoundError:
             raise RuntimeError(f"the gold state of micro-batch {batch} is missing from {self.dir}, "
                                f"and a later file holds only what changed after it; {REBUILD}") from None
@@ -243,11 +246,15 @@ class StateFiles:
             rows.append({"processor": name, "timeout_ms": h.timeout_ms, "values": values, "delta": keyed})
             depth = self.chain[1] + 1 if keyed else depth
         meta = {"layout": LAYOUT, "latest_ms": "" if latest_ms is None else str(latest_ms)}
-        table = pa.Table.from_pylist(rows, schema=FILE.with_metadata(meta))
+        schema = FILE.with_metadata(meta)
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{batch_id}.{uuid.uuid4().hex}.arrow.tmp"
-        with pa.ipc.new_file(tmp, table.schema) as writer:
-            writer.write_table(table)
+        with pa.ipc.new_file(tmp, schema) as writer:  # a record batch per processor
+            for row in rows:
+                writer.write_batch(pa.RecordBatch.from_arrays([
+                    pa.array([row["processor"]], pa.string()), _blobs(row["values"]),
+                    pa.array([row["timeout_ms"]], pa.int64()), pa.array([row["delta"]])],
+                    schema=schema))
         return Staged(batch_id, tmp, size, depth)
 
     def commit(self, staged: Staged) -> None:
@@ -257,6 +264,21 @@ class StateFiles:
             left.unlink(missing_ok=True)
         for old in state_ids(self.dir)[:-(RETAIN + SNAPSHOT_EVERY)]:
             (self.dir / f"{old}.arrow").unlink(missing_ok=True)
+
+
+def _blobs(values: list[bytes | pa.Buffer | None]) -> pa.Array:
+    """One processor's stored fields as one ``list<large_binary>`` value. The sessions' open
+    events are one field of up to gigabytes: when a single field has bytes, the array is
+    built over its buffer as it is; a snapshot then holds the open state twice at most (the
+    tables and their IPC bytes), not four times."""
+    sizes = [0 if v is None else len(v) for v in values]
+    filled = [v for v in values if v]
+    data = pa.py_buffer(filled[0] if len(filled) == 1 else b"".join(filled))  # wraps, or joins
+    offsets = pa.py_buffer(np.cumsum([0, *sizes], dtype=np.int64).tobytes())
+    valid = pa.array([v is not None for v in values]).buffers()[1]
+    blobs = pa.Array.from_buffers(pa.large_binary(), len(values), [valid, offsets, data],
+                                  null_count=sum(v is None for v in values))
+    return pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), blobs)
 
 
 @dataclass(frozen=True)
@@ -315,16 +337,22 @@ def keep_rows(table: pa.Table, mask: pa.ChunkedArray | pa.Array) -> pa.Table:
     return out.combine_chunks() if len(batches) > CHUNKS else out
 
 
-def ipc_stream(table: pa.Table, schema: pa.Schema | None = None) -> bytes:
+def ipc_stream(table: pa.Table, schema: pa.Schema | None = None) -> pa.Buffer:
     """A table as Arrow IPC stream bytes (typed as ``schema`` when given): how the processors
-    store their tables and frames, and how a delta is stored."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema or table.schema) as writer:
+    store their tables and frames, and how a delta is stored. Sized first, then written once
+    into a buffer of that size: a growing output stream would reallocate and copy an open
+    state of a gigabyte several times over (docs/performance.md)."""
+    schema = schema or table.schema
+    size = pa.MockOutputStream()
+    with pa.ipc.new_stream(size, schema) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    out = pa.allocate_buffer(size.size())
+    with pa.ipc.new_stream(pa.FixedSizeBufferWriter(out), schema) as writer:
+        writer.write_table(table)
+    return out
 
 
-def read_ipc(blob: bytes) -> pa.Table:
+def read_ipc(blob: bytes | pa.Buffer) -> pa.Table:
     return pa.ipc.open_stream(blob).read_all()
 
 
@@ -362,7 +390,7 @@ def apply_delta(base: pa.Table | None, delta: pa.Table) -> pa.Table:
     return pa.concat_tables([kept_rows, rows.cast(base.schema)])
 
 
-def stored(value: Kept | str | bytes | None) -> bytes | None:
+def stored(value: Kept | str | bytes | None) -> bytes | pa.Buffer | None:
     """A state field as its file stores it: text as UTF-8, a ``Kept`` value encoded."""
     if isinstance(value, Kept):
         value = value.encode(value.value)
