@@ -312,7 +312,7 @@ def funnel_metrics(funnel_path: str, performance_path: str) -> None:
 
 def _stored(path: str, key: str, keys: pd.Series, columns: list[str]) -> pd.DataFrame:
     """The rows of a profile table whose ``key`` is among ``keys``."""
-    table = delta_read(path).select(columns)
+    table = delta_read(path, columns=columns)
     wanted = pa.array(pd.unique(keys.to_numpy(object)), pa.string())
     return table.filter(pc.is_in(table[key], value_set=wanted)).to_pandas()
 
