@@ -2,6 +2,7 @@
 the stream drives it (pure pandas and Arrow; the rule itself: tests/test_retarget.py)."""
 
 import pandas as pd
+import pyarrow as pa
 
 from pipelines.config import RetargetSettings
 from pipelines.stateful.gold import Held, StateFiles, advance
@@ -29,16 +30,22 @@ EXPECTED = [("again", "c1", 2), ("again", "c2", 3), ("before", "c1", 4), ("late-
             ("plain", "c1", 0)]
 
 
-def _run(slice_minutes: float, files: StateFiles | None = None) -> tuple[list[tuple], Held]:
+def _rows(value) -> list[tuple]:
+    table = value.value if hasattr(value, "value") else pa.ipc.open_stream(value).read_all()
+    return sorted(tuple(r.values()) for r in table.to_pylist())
+
+
+def _run(slice_minutes: float, files: StateFiles | None = None, restart: bool = True,
+         settings: RetargetSettings | None = None) -> tuple[list[tuple], Held]:
     """The events in arrival slices, each batch's watermark the newest time less DELAY; then
     quiet batches an hour apart, which only move the watermark. Returns the offers as (user,
     campaign, click minute), and the state after."""
-    p = processor(RetargetSettings())
+    p = processor(settings or RetargetSettings())
     held, latest, offers = Held(), 0, []
     slot = (EVENTS["t"] - T0) // int(slice_minutes * MIN)
     batches = [(EVENTS[slot == n], 0) for n in range(int(slot.max()) + 1)] + [(EVENTS.iloc[:0], 60 * MIN)] * 2
     for batch_id, (rows, quiet) in enumerate(batches):
-        if files is not None and batch_id:
+        if files is not None and batch_id and restart:
             held = files.load(batch_id)[0].get("offers", Held())  # a restart before every batch
         newest = int(rows["t"].max()) if len(rows) else latest + quiet
         before, latest = max(latest - DELAY, 0), max(latest, newest)
@@ -47,6 +54,9 @@ def _run(slice_minutes: float, files: StateFiles | None = None) -> tuple[list[tu
                    for f in out for r in f.itertuples()]
         if files is not None:
             files.save(batch_id, {"offers": held}, latest)
+            if not restart:  # the file (most hold only the keys that changed) reads back the state
+                stored = files.load(batch_id + 1)[0].get("offers", Held())
+                assert [_rows(v) for v in stored.values or ()] == [_rows(v) for v in held.values or ()]
     return sorted(offers), held
 
 
@@ -62,3 +72,20 @@ def test_each_offer_once_whatever_the_batching(spark):  # the processor's schema
 def test_a_restart_before_every_batch_gives_the_same_offers(spark, tmp_path):  # schemas parse with Spark
     files = StateFiles(tmp_path / "gold", [processor(RetargetSettings())])
     assert _run(3, files)[0] == EXPECTED
+
+
+def test_the_state_files_store_what_changed_and_read_back_the_whole_state(spark, tmp_path):
+    """Every batch's file holds only the keys it changed, yet reads back the state as kept.
+    A one-minute cooldown: offers made leave the state while clicks are still pending (and
+    "again" gets a second offer for c1)."""
+    short = RetargetSettings(cooldown="1 minute")
+    for minutes in (0.5, 3):
+        files = StateFiles(tmp_path / f"gold-{minutes}", [processor(short)])
+        offers, held = _run(minutes, files, restart=False, settings=short)
+        assert offers == sorted([*EXPECTED, ("again", "c1", 14)]) and held.values is None
+        assert [_is_delta(files, i) for i in range(1, 4)] == [True] * 3, minutes
+
+
+def _is_delta(files: StateFiles, batch: int) -> bool:
+    with pa.ipc.open_file(files.dir / f"{batch}.arrow") as reader:
+        return reader.read_all()["delta"].to_pylist() == [True]
