@@ -117,13 +117,61 @@ def test_open_sessions_are_stored_as_the_journeys_that_changed_and_read_back_who
         files.load(3)
 
 
-def test_a_complete_file_comes_every_snapshot_every_files(files, monkeypatch):
+def _one(batch: int, journeys: list[int]) -> Held:
+    """Sessions state after ``batch``: journey ``j`` holds one event at time ``batch``, and
+    every journey is named as changed."""
+    return Held((Kept(_held([(j, batch) for j in journeys]), sessions.encode, "journey",
+                      pa.array(journeys, pa.int64())),), 10)
+
+
+def _run(files, batches: int, snapshots: bool) -> None:
+    for batch in range(batches):
+        held = {"sessions": _one(batch, [1, 2])}
+        files.save(batch, held, 1_000)
+        if snapshots and files.snapshot_due(batch):
+            files.snapshot(batch, held)
+
+
+def test_complete_snapshots_are_written_beside_the_files_and_are_what_a_start_builds_on(files, monkeypatch):
     monkeypatch.setattr(gold, "SNAPSHOT_EVERY", 2)
-    for batch in range(4):
-        files.save(batch, {"sessions": Held((Kept(_held([(1, batch)]), sessions.encode, "journey",
-                                                  pa.array([1], pa.int64())),), 10)}, 1_000)
-    assert [_is_delta(files, b) for b in range(4)] == [False, True, False, True]
-    assert _pairs(files.load(4)[0]["sessions"].values[0]) == [(1, 3)]
+    _run(files, 6, snapshots=True)
+    assert [_is_delta(files, b) for b in range(6)] == [False] + [True] * 5  # no batch writes it all
+    assert sorted(p.name for p in files.dir.glob("*.snapshot")) == ["2.snapshot", "4.snapshot"]
+    (files.dir / "3.arrow").unlink()  # a start after batch 5 needs the snapshot of 4 and file 5 only
+    assert _pairs(files.load(6)[0]["sessions"].values[0]) == [(1, 5), (2, 5)]
+    assert _pairs(files.load(5)[0]["sessions"].values[0]) == [(1, 4), (2, 4)]  # the snapshot
+
+
+def test_a_snapshot_holds_fields_kept_as_bytes_and_leaves_out_empty_ones(files, monkeypatch):
+    """After a start, a field a processor has not touched yet is still the bytes it was read
+    as; the snapshot holds it too. A processor with no state has no file in it."""
+    monkeypatch.setattr(gold, "SNAPSHOT_EVERY", 1)
+    files.save(0, {"sessions": _one(0, [1, 2])}, 1_000)
+    files.save(1, {"sessions": _one(1, [1])}, 1_000)
+    as_read = sessions.encode(_held([(1, 1), (2, 0)]))
+    files.snapshot(1, {"sessions": Held((as_read,), 10), "offers": Held(None, None)})
+    assert sorted(p.name for p in (files.dir / "1.snapshot").iterdir()) == ["sessions.0"]
+    files.save(2, {"sessions": _one(2, [7])}, 1_000)
+    (files.dir / "0.arrow").unlink()
+    (files.dir / "1.arrow").unlink()
+    assert _pairs(files.load(3)[0]["sessions"].values[0]) == [(1, 1), (2, 0), (7, 2)]
+
+
+def test_with_no_snapshot_a_file_is_written_whole_every_max_depth(files, monkeypatch):
+    monkeypatch.setattr(gold, "MAX_DEPTH", 3)
+    _run(files, 7, snapshots=False)
+    assert [_is_delta(files, b) for b in range(7)] == [False, True, True, False, True, True, False]
+    assert _pairs(files.load(6)[0]["sessions"].values[0]) == [(1, 5), (2, 5)]
+
+
+def test_old_files_and_snapshots_go_once_no_retained_file_needs_them(files, monkeypatch):
+    monkeypatch.setattr(gold, "SNAPSHOT_EVERY", 3)
+    monkeypatch.setattr(gold, "RETAIN", 4)
+    _run(files, 14, snapshots=True)  # snapshots after 3, 6, 9 and 12
+    assert gold.state_ids(files.dir) == [9, 10, 11, 12, 13]  # 10-13 build on the snapshot of 9
+    assert sorted(p.name for p in files.dir.glob("*.snapshot")) == ["12.snapshot", "9.snapshot"]
+    for batch in (10, 11, 12, 13):
+        assert _pairs(files.load(batch + 1)[0]["sessions"].values[0]) == [(1, batch), (2, batch)]
 
 
 def test_a_staged_state_becomes_the_batchs_only_when_committed(files):

@@ -8,9 +8,18 @@ every processor's state as one group and keeps it here, in the stream's checkpoi
 
     <checkpoint>/processors/<batch id>.arrow
 
-one Arrow IPC file per micro-batch (written atomically, the last ``RETAIN`` kept), holding each
-processor's state fields, its event-time timer and the newest event time seen (the watermark's
-input). Micro-batch ``N`` starts from the newest file before ``N``, so a replayed batch
+one Arrow IPC file per micro-batch (written atomically), holding each processor's state
+fields, its event-time timer and the newest event time seen (the watermark's input). A keyed
+field (the open sessions' events, the fraud bursts, the offers' tables) is stored as the keys
+the batch changed; every ``SNAPSHOT_EVERY`` batches a background thread writes the complete
+fields beside it,
+
+    <checkpoint>/processors/<batch id>.snapshot/<processor>.<field>
+
+so that no micro-batch waits while gigabytes of open state are written (Spark's RocksDB
+state store uploads its snapshots the same way, off the batch). A start reads the newest
+file before it, back to the newest complete base (a snapshot, or a file written whole), and
+applies the changes after it. Micro-batch ``N`` starts from the newest file before ``N``, so a replayed batch
 recomputes exactly what it computed the first time, and a restarted job carries on where the
 last committed batch left off. Between micro-batches of one run the stream keeps the state it
 saved in memory too (``GoldStep``), so a batch starts without reading the file back; the
@@ -28,6 +37,7 @@ the batch moved to, a timed-out call with no events, as Spark's following no-dat
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,12 +56,12 @@ Process = Callable[[tuple, Iterator[pd.DataFrame], "KeyState"], Iterator[pd.Data
 
 LAYOUT = "driver-state-3"  # bump when the file's meaning changes; an unknown layout is refused
 READS = {"driver-state-2", LAYOUT}  # layout 2: every file complete (no ``delta`` column)
-RETAIN = 20  # state files kept (Spark keeps 100 batches of its own state by default)
-# A keyed table (``Kept.key``) is stored complete at least every SNAPSHOT_EVERY files; the
-# files between hold only the keys that changed (Spark's state store keeps delta files and
-# snapshots the same way). So RETAIN + SNAPSHOT_EVERY files are kept: each of the newest RETAIN
-# can be read back.
+RETAIN = 20  # the newest state files that can each be read back (Spark keeps 100 batches)
+# A keyed table (``Kept.key``) is stored as the keys that changed; a complete snapshot is
+# written in the background every SNAPSHOT_EVERY files. Should none land (a slow disk, an
+# error), a batch writes its file whole itself once MAX_DEPTH files have no base closer.
 SNAPSHOT_EVERY = 20
+MAX_DEPTH = 3 * SNAPSHOT_EVERY
 DELTA_KEY = b"funnelhouse.delta_key"  # a delta's key column, in its Arrow schema's metadata
 REBUILD = ("to rebuild: stop the job, move <lake>/_checkpoints/pipeline and the bronze, silver "
            "and gold "
@@ -159,7 +169,11 @@ class StateFiles:
     def __init__(self, checkpoint: Path, processors: list[Processor]):
         self.dir = checkpoint / "processors"
         self.fields = {p.name: p.state for p in processors}
-        self.chain: tuple[int, int] | None = None  # the last file committed here, its deltas' depth
+        self.chain: int | None = None  # the last batch whose file was committed here
+        self.base: int | None = None  # the newest batch whose complete state is on disk
+        self.complete: set[int] = set()  # the batches whose file was written whole here
+        for left in self.dir.glob(".*.snapshot.*.tmp"):  # a snapshot a stopped job left unfinished
+            shutil.rmtree(left, ignore_errors=True)
 
     def load(self, batch_id: int) -> tuple[dict[str, Held], int | None]:
         """The state micro-batch ``batch_id`` starts from, and the newest event time (ms)
@@ -183,8 +197,9 @@ class StateFiles:
             values = tuple(v if isinstance(f.dataType, BinaryType) or v is None else v.decode()
                            for f, v in zip(types.fields, stored, strict=True))
             if row.get("delta"):
-                values = tuple(self._complete(before[-1], name, i)
-                               if isinstance(v, bytes) and _delta_key(v) else v for i, v in enumerate(values))
+                values = tuple(self._complete(before[-1], name, i, key)
+                               if isinstance(v, bytes) and (key := _delta_key(v)) else v
+                               for i, v in enumerate(values))
             held[name] = Held(values, row["timeout_ms"])
         return held, int(latest) if latest else None
 
@@ -204,21 +219,26 @@ class StateFiles:
             table = reader.read_all()
         return {row["processor"]: row for row in table.to_pylist()}, meta
 
-    def _complete(self, batch: int, name: str, index: int) -> Kept:
+    def _complete(self, batch: int, name: str, index: int, key: str) -> Kept:
         """Field ``index`` of processor ``name`` after ``batch``, whose file holds only what
-        changed: the complete field of the file before it, with the changes applied."""
+        changed: the newest complete base at or before it (a snapshot, or a field stored
+        whole), with the changes of the files after that base applied."""
         chain = []
         while True:
+            snapshot = self.dir / f"{batch}.snapshot"
+            if snapshot.is_dir():  # the field's complete bytes; no file: the field was empty
+                field = snapshot / f"{name}.{index}"
+                table = read_ipc(pa.memory_map(str(field))) if field.exists() else None
+                break
             rows, _ = self._read(batch)
             value = rows[name]["values"][index] if name in rows else None
             if value is None or not rows[name].get("delta") or not _delta_key(value):
+                table = read_ipc(value) if value is not None else None
                 break
             chain.append(read_ipc(value))
             batch -= 1
-        table = read_ipc(value) if value is not None else None
         for delta in reversed(chain):
             table = apply_delta(table, delta)
-        key = chain[0].schema.metadata[DELTA_KEY].decode()
         return Kept(table, ipc_stream, key)
 
     def save(self, batch_id: int, held: dict[str, Held], latest_ms: int | None) -> None:
@@ -229,12 +249,12 @@ class StateFiles:
         ``commit`` then makes the batch's. The stream stages it beside the batch's table
         commits (Arrow's IPC writer releases the GIL) and commits it after them.
 
-        When the last file committed here is the batch before's, and fewer than
-        ``SNAPSHOT_EVERY`` files since the last complete one, a keyed table (``Kept.key``) is
-        stored as what changed in it this batch (``delta_bytes``), not whole."""
-        delta = (self.chain is not None and self.chain[0] == batch_id - 1
-                 and self.chain[1] + 1 < SNAPSHOT_EVERY)
-        rows, size, depth = [], 0, 0
+        When the last file committed here is the batch before's, and a complete base is fewer
+        than ``MAX_DEPTH`` files back, a keyed table (``Kept.key``) is stored as what changed in
+        it this batch (``delta_bytes``), not whole."""
+        delta = (self.chain == batch_id - 1 and self.base is not None
+                 and batch_id - self.base < MAX_DEPTH)
+        rows, size, whole = [], 0, True
         for name, h in held.items():
             if h.values is None:
                 continue
@@ -244,7 +264,7 @@ class StateFiles:
             size += sum(v.value.nbytes if isinstance(v, Kept) and v.key else len(b)
                         for v, b in zip(h.values, values, strict=True) if b is not None)
             rows.append({"processor": name, "timeout_ms": h.timeout_ms, "values": values, "delta": keyed})
-            depth = self.chain[1] + 1 if keyed else depth
+            whole = whole and not keyed
         meta = {"layout": LAYOUT, "latest_ms": "" if latest_ms is None else str(latest_ms)}
         schema = FILE.with_metadata(meta)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -255,15 +275,56 @@ class StateFiles:
                     pa.array([row["processor"]], pa.string()), _blobs(row["values"]),
                     pa.array([row["timeout_ms"]], pa.int64()), pa.array([row["delta"]])],
                     schema=schema))
-        return Staged(batch_id, tmp, size, depth)
+        return Staged(batch_id, tmp, size, whole)
 
     def commit(self, staged: Staged) -> None:
         os.replace(staged.file, self.dir / f"{staged.batch_id}.arrow")
-        self.chain = (staged.batch_id, staged.depth)
+        self.chain = staged.batch_id
+        if staged.whole:
+            self.complete.add(staged.batch_id)
+            self.base = max(self.base or 0, staged.batch_id)
         for left in self.dir.glob(".*.arrow.tmp"):  # staged by a batch that failed before its commit
             left.unlink(missing_ok=True)
-        for old in state_ids(self.dir)[:-(RETAIN + SNAPSHOT_EVERY)]:
-            (self.dir / f"{old}.arrow").unlink(missing_ok=True)
+        self._retire()
+
+    def snapshot_due(self, batch_id: int) -> bool:
+        """Whether the state after ``batch_id`` (just committed) should be snapshotted."""
+        return self.chain == batch_id and self.base is not None and batch_id - self.base >= SNAPSHOT_EVERY
+
+    def snapshot(self, batch_id: int, held: dict[str, Held]) -> None:
+        """Write the complete state after committed micro-batch ``batch_id``: each field in the
+        form its file would store it whole, a keyed table streamed straight into its file (no
+        copy of it in memory). Run off the micro-batch: held values never change in place."""
+        tmp = self.dir / f".{batch_id}.snapshot.{uuid.uuid4().hex}.tmp"
+        tmp.mkdir(parents=True)
+        for name, h in held.items():
+            for index, value in enumerate(h.values or ()):
+                if isinstance(value, Kept) and value.key:
+                    table = value.value
+                    with pa.OSFile(str(tmp / f"{name}.{index}"), "wb") as sink, \
+                            pa.ipc.new_stream(sink, table.schema.remove_metadata()) as writer:
+                        writer.write_table(table)
+                elif value is not None:
+                    (tmp / f"{name}.{index}").write_bytes(stored(value))
+        os.replace(tmp, self.dir / f"{batch_id}.snapshot")
+        self.base = max(self.base or 0, batch_id)
+
+    def _retire(self) -> None:
+        """Delete what no start needs any more: the files and snapshots before the newest
+        complete base at or before the oldest of the newest ``RETAIN`` files."""
+        ids = state_ids(self.dir)
+        snapshots = {int(p.name.split(".")[0]) for p in self.dir.glob("*.snapshot") if p.is_dir()}
+        bases = [b for b in snapshots | self.complete if ids and b <= ids[-RETAIN:][0]]
+        if not bases:
+            return
+        cut = max(bases)
+        for old in ids:
+            if old < cut:
+                (self.dir / f"{old}.arrow").unlink(missing_ok=True)
+        for old in snapshots:
+            if old < cut:
+                shutil.rmtree(self.dir / f"{old}.snapshot", ignore_errors=True)
+        self.complete = {b for b in self.complete if b >= cut}
 
 
 def _blobs(values: list[bytes | pa.Buffer | None]) -> pa.Array:
@@ -286,7 +347,7 @@ class Staged:
     batch_id: int
     file: Path
     size: int  # the bytes of every state field (a keyed table's in memory)
-    depth: int = 0  # files since the last complete one (0: this one is)
+    whole: bool = True  # every field stored whole: a complete base for the files after it
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ query planning each micro-batch (docs/performance.md, "One query")."""
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -93,6 +93,8 @@ class GoldStep(Handler):
         self.processors = gold_processors(s)
         self.states = StateFiles(self.checkpoint, self.processors)
         self.saver = ThreadPoolExecutor(1, thread_name_prefix="gold-state")
+        self.snapshotter = ThreadPoolExecutor(1, thread_name_prefix="gold-snapshot")
+        self.snapshotting: Future | None = None  # the complete state being written, off the batches
         self.saved: tuple[int, dict[str, Held], int | None] | None = None  # the state file's copy
         self.champion = (Champion(s.anomaly.model_name, s.lake, s.mlflow.tracking_uri,
                                   s.anomaly.refresh.total_seconds()) if s.anomaly.enabled else None)
@@ -156,7 +158,18 @@ class GoldStep(Handler):
         state = staged.result()
         self.states.commit(state)  # after every table: the batch is applied
         self.saved = (batch_id, dict(held), latest)
+        self._snapshot(batch_id, held)
         self._measure(inserted, watermark, "sessions" in out, held, state.size)
+
+    def _snapshot(self, batch_id: int, held: dict[str, Held]) -> None:
+        """Every ``SNAPSHOT_EVERY`` batches, the complete state in the background; one at a
+        time. A failed one is logged: the files hold only changes until one lands, and a
+        batch writes its file whole when none has for ``MAX_DEPTH`` files."""
+        running = self.snapshotting
+        if running is not None and running.done() and running.exception() is not None:
+            log.warning("gold state snapshot failed: %s", running.exception())
+        if self.states.snapshot_due(batch_id) and (running is None or running.done()):
+            self.snapshotting = self.snapshotter.submit(self.states.snapshot, batch_id, dict(held))
 
     def _measure(self, inserted: dict[str, pa.Table], watermark: datetime | None, sessions: bool,
                  held: dict[str, Held], state_bytes: int) -> None:
