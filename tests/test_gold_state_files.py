@@ -2,6 +2,7 @@
 refusal (never a silent empty start) when the state a batch needs is missing or unreadable;
 and a table another release wrote, refused before anything is written to it."""
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
@@ -226,3 +227,36 @@ def test_keep_rows_filters_like_arrow_without_copying_the_batches_it_keeps_whole
     assert kept.address == batches[0].column(0).buffers()[1].address  # the same memory: not copied
     monkeypatch.setattr(gold, "CHUNKS", 1)
     assert keep_rows(table, mask).column(0).num_chunks == 1  # past CHUNKS batches: combined
+
+
+def test_past_chunks_batches_the_small_ones_are_combined_and_a_large_one_is_left_whole(monkeypatch):
+    from pipelines.stateful.gold import keep_rows
+
+    monkeypatch.setattr(gold, "CHUNKS", 16)  # 17 batches: combined to at most 16 / 2 + 1
+    sizes = [100, *[2] * 10, 50, *[1] * 5]
+    starts = np.cumsum([0, *sizes])
+    batches = [pa.record_batch({"k": pa.array(range(a, a + n), pa.int64())})
+               for a, n in zip(starts, sizes, strict=False)]
+    table = pa.Table.from_batches(batches)
+    out = keep_rows(table, pa.chunked_array([[True] * table.num_rows]))
+    assert out.equals(table)  # the same rows, in the same order
+    assert [len(b) for b in out.to_batches()] == [100, 20, 50, 5]  # 175 / 4: 44 rows, or one batch
+    big = out.to_batches()[0].column(0).buffers()[1]
+    assert big.address == batches[0].column(0).buffers()[1].address  # the large one: not copied
+
+
+def test_a_chain_of_changes_gives_each_key_the_rows_of_the_newest_change_naming_it():
+    def delta(rows: list[tuple[int, int]], gone: list[int]) -> pa.Table:
+        kept = Kept(_held(rows + [(g, 0) for g in gone]), sessions.encode, "journey",
+                    pa.array(sorted({j for j, _ in rows} | set(gone)), pa.int64()))
+        table = _held(rows)  # what is left once the gone keys' rows are dropped
+        return gold.read_ipc(gold.delta_bytes(Kept(table, kept.encode, "journey", kept.changed)))
+
+    base = _held([(1, 10), (2, 20), (3, 30)])
+    first = delta([(1, 11), (1, 12)], gone=[2])
+    second = delta([(1, 13), (4, 40)], gone=[])
+    assert _pairs(Kept(gold.apply_deltas(base, [first, second]), None)) == [(1, 13), (3, 30), (4, 40)]
+    in_reverse = gold.apply_deltas(base, [second, first])
+    assert _pairs(Kept(in_reverse, None)) == [(1, 11), (1, 12), (3, 30), (4, 40)]
+    assert _pairs(Kept(gold.apply_deltas(None, [first, second]), None)) == [(1, 13), (4, 40)]
+    assert gold.apply_deltas(base, []) is base

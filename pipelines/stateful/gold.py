@@ -237,9 +237,7 @@ class StateFiles:
                 break
             chain.append(read_ipc(value))
             batch -= 1
-        for delta in reversed(chain):
-            table = apply_delta(table, delta)
-        return Kept(table, ipc_stream, key)
+        return Kept(apply_deltas(table, chain[::-1]), ipc_stream, key)
 
     def save(self, batch_id: int, held: dict[str, Held], latest_ms: int | None) -> None:
         self.commit(self.stage(batch_id, held, latest_ms))
@@ -383,8 +381,8 @@ def keep_rows(table: pa.Table, mask: pa.ChunkedArray | pa.Array) -> pa.Table:
     """``table.filter(mask)`` for the state's held tables, without copying what it keeps whole.
     A micro-batch appends its rows as a new record batch and drops the rows of the keys it
     touched or closed; most batches of a long-held table lose no row, and a filter would copy
-    them all (an O(open state) copy every micro-batch). Past ``CHUNKS`` batches they are
-    combined into one: a copy every ``CHUNKS`` micro-batches at most."""
+    them all (an O(open state) copy every micro-batch). Past ``CHUNKS`` batches, the small
+    ones are combined (``_merged``)."""
     batches, offset = [], 0
     for batch in table.to_batches():
         keep = mask.slice(offset, batch.num_rows)
@@ -394,8 +392,29 @@ def keep_rows(table: pa.Table, mask: pa.ChunkedArray | pa.Array) -> pa.Table:
             batches.append(batch)
         elif kept:
             batches.append(batch.filter(keep))
-    out = pa.Table.from_batches(batches, schema=table.schema)
-    return out.combine_chunks() if len(batches) > CHUNKS else out
+    return pa.Table.from_batches(_merged(batches) if len(batches) > CHUNKS else batches, schema=table.schema)
+
+
+def _merged(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+    """Neighbouring record batches combined into at most ``CHUNKS / 2 + 1`` of similar size;
+    a batch that is already that large stays as it is. Combining all into one would copy the
+    whole open state every ``CHUNKS`` batches, and then every later micro-batch whose touched
+    or closed rows fall in that one batch would filter (copy) all of it again."""
+    target = -(-sum(b.num_rows for b in batches) // max(CHUNKS // 4, 1))
+    out: list[pa.RecordBatch] = []
+    group: list[pa.RecordBatch] = []
+    for batch in batches:
+        if group and sum(b.num_rows for b in group) + batch.num_rows > target:
+            out.append(_combined(group))
+            group = []
+        group.append(batch)
+    return [*out, _combined(group)]
+
+
+def _combined(group: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(group) == 1:
+        return group[0]
+    return pa.Table.from_batches(group).combine_chunks().to_batches()[0]
 
 
 def ipc_stream(table: pa.Table, schema: pa.Schema | None = None) -> pa.Buffer:
@@ -441,14 +460,25 @@ def delta_bytes(k: Kept) -> bytes:
     return ipc_stream(out.replace_schema_metadata({DELTA_KEY: key.encode()}))
 
 
-def apply_delta(base: pa.Table | None, delta: pa.Table) -> pa.Table:
-    """``base`` (None: empty) with a ``delta_bytes`` delta applied: the rows of its keys replaced."""
-    key = delta.schema.metadata[DELTA_KEY].decode()
-    rows = delta.filter(pc.invert(delta["_gone"])).drop_columns(["_gone"]).replace_schema_metadata(None)
-    if base is None:
-        return rows
-    kept_rows = base.filter(pc.invert(pc.is_in(base[key], value_set=pc.unique(delta[key]))))
-    return pa.concat_tables([kept_rows, rows.cast(base.schema)])
+def apply_deltas(base: pa.Table | None, deltas: list[pa.Table]) -> pa.Table | None:
+    """``base`` (None: empty) with ``delta_bytes`` deltas applied, oldest first: each key has
+    the rows of the newest delta naming it. The base is filtered once, however long the
+    chain (a start after 19 changes to a gigabyte of open state copies it once, not 19 times)."""
+    if not deltas:
+        return base
+    key = deltas[0].schema.metadata[DELTA_KEY].decode()
+    named: pa.Array | None = None  # the keys a newer delta already gave
+    parts = []
+    for delta in reversed(deltas):
+        keys = delta[key]
+        if named is not None:
+            delta = delta.filter(pc.invert(pc.is_in(keys, value_set=named)))
+        parts.append(delta.filter(pc.invert(delta["_gone"])).drop_columns(["_gone"]).replace_schema_metadata(None))
+        named = pc.unique(pa.chunked_array([*([] if named is None else [named]), *keys.chunks], keys.type))
+    if base is not None:
+        parts.append(base.filter(pc.invert(pc.is_in(base[key], value_set=named))))
+    schema = parts[-1].schema
+    return pa.concat_tables([p.cast(schema) for p in reversed(parts)])
 
 
 def stored(value: Kept | str | bytes | None) -> bytes | pa.Buffer | None:
