@@ -328,8 +328,8 @@ class StateFiles:
 def _blobs(values: list[bytes | pa.Buffer | None]) -> pa.Array:
     """One processor's stored fields as one ``list<large_binary>`` value. The sessions' open
     events are one field of up to gigabytes: when a single field has bytes, the array is
-    built over its buffer as it is; a snapshot then holds the open state twice at most (the
-    tables and their IPC bytes), not four times."""
+    built over its buffer as it is; a file written whole then holds the open state twice at
+    most (the tables and their IPC bytes), not four times."""
     sizes = [0 if v is None else len(v) for v in values]
     filled = [v for v in values if v]
     data = pa.py_buffer(filled[0] if len(filled) == 1 else b"".join(filled))  # wraps, or joins
