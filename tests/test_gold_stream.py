@@ -107,3 +107,28 @@ def test_a_crash_before_an_alerts_notice_is_recorded_loses_no_notice(spark, lake
     noticed = {n.source_id for n in read(spark, s, "ops/notifications").collect() if n.kind == "dropoff"}
     assert alerts  # the sample fires some (see test_the_generators_weak_campaigns_are_the_ones_alerted)
     assert noticed == alerts
+
+
+@pytest.mark.slow
+def test_restarts_from_background_snapshots_give_the_batch_builds_tables(spark, lake_settings, monkeypatch):
+    """A snapshot after every batch, and only the newest state file kept with what it builds
+    on: each of four runs starts from a snapshot the run before wrote in the background,
+    and gold still equals a batch build over the same silver."""
+    from pipelines.stateful import gold as state
+
+    monkeypatch.setattr(state, "SNAPSHOT_EVERY", 1)
+    monkeypatch.setattr(state, "RETAIN", 1)
+    s = lake_settings.model_copy(update={"stream": lake_settings.stream.model_copy(
+        update={"max_files_per_trigger": 1})})
+    processors = Path(s.checkpoint(CHECKPOINTS[QUERY])) / "processors"
+    for part in range(4):
+        copy_sample(s.input, slice(2 * part, 2 * part + 2))
+        run_available_now(spark, s)  # two micro-batches: the second's state is snapshotted
+        assert list(processors.glob("*.snapshot")), part
+    assert len(state.state_ids(processors)) < 8  # the files before the newest snapshot went
+    silver = read(spark, s, "silver/events")
+    batch = build_gold(silver.where(~F.col("late")), s)
+    for table in tables.GOLD:
+        streamed = read(spark, s, table.name).drop("created_at")
+        assert streamed.count() > 0, table.name
+        assert_same_rows(streamed, batch[table.name].drop("created_at"), precision=1e-6)
