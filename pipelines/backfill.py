@@ -58,8 +58,10 @@ from pipelines.io.ledger import Ledger, last_committed
 from pipelines.privacy import ip_salt
 from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe, event_watermark, parse, to_silver, valid_events
-from pipelines.stateful.gold import last_applied
+from pipelines.stateful.gold import Held, StateFiles, last_applied
+from pipelines.stateful.sessions import HELD, decode, open_journeys
 from pipelines.streams.base import CHECKPOINTS, QUERY, app_id
+from pipelines.streams.gold import gold_processors
 
 log = logging.getLogger(__name__)
 MARGIN = timedelta(days=1)
@@ -315,6 +317,19 @@ def interrupted(s: Settings, applied: int | None) -> list[str]:
             if any(last_committed(s.table(name), a) > applied for a in ids)]
 
 
+def held_sessions(spark: SparkSession, s: Settings, applied: int | None) -> DataFrame | None:
+    """The ``tracking_id`` of every journey the stream holds an open session of after
+    micro-batch ``applied`` (its state file; None: the stream never ran a batch)."""
+    if applied is None:
+        return None
+    checkpoint = Path(s.checkpoint(CHECKPOINTS[QUERY]))
+    state, _ = StateFiles(checkpoint, gold_processors(s)).load(applied + 1)
+    values = state.get("sessions", Held()).values
+    events = decode(values[0]) if values and values[0] is not None else HELD.empty_table()
+    ids = pa.table({"tracking_id": open_journeys(events)})
+    return spark.createDataFrame(ids.to_pandas(), "tracking_id string")
+
+
 def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
                    checks: Checks | None) -> list[Changes]:
     # Under the lease no other writer touches these gold tables, and the stream appends to
@@ -331,6 +346,7 @@ def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
             f"micro-batch {0 if batch is None else batch + 1} of the stream stopped part way "
             f"({', '.join(begun)} hold its writes, gold's state does not): start `funnelhouse run` "
             "so it finishes that batch, then backfill")
+    held = held_sessions(spark, s, batch)
     silver = spark.read.format("delta").load(s.table(T.SILVER_EVENTS.name)).where(~F.col("late"))
     latest = build.latest_event_time(silver)
     if streamed is not None and latest is not None:
@@ -361,7 +377,8 @@ def _backfill_gold(spark: SparkSession, s: Settings, start: date, end: date,
 
     steps = [
         Step(sessions, (), replace(sessions, lambda: events.transform(build.session_rows(s, watermark))
-                                   .where(dated(F.col("session_date"))), days, read=read)),
+                                   .where(dated(F.col("session_date"))).transform(build.held_open(held)),
+                                   days, read=read)),
         Step(funnel, (sessions,), replace(
             funnel, lambda: table(sessions).transform(build.funnel_rows(s, watermark)).where(in_windows),
             windows, check=checks.funnel_rows(start) if checks else None)),

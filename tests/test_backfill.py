@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from delta.tables import DeltaTable
 from helpers import SAMPLE, assert_same_rows, copy_sample, lake_copy, read
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipelines import tables
@@ -48,6 +49,9 @@ def test_backfill_adds_late_events_and_gives_the_batch_build(spark, sample_lake,
     late = read(spark, s, "silver/events").where("late").count()
     assert late > 0
 
+    held = spark.createDataFrame(  # the journeys the stream holds open: gold's open rows now
+        read(spark, s, tables.SESSION_FUNNEL.name).where("is_open").select("tracking_id").collect(),
+        "tracking_id string")
     first = run_backfill(spark, s, DAY, DAY, ["silver", "gold"])
     assert first["silver/events"].added == late  # the late flag is cleared: the rows changed
     assert first["gold/session_funnel"].changed > 0
@@ -55,6 +59,7 @@ def test_backfill_adds_late_events_and_gives_the_batch_build(spark, sample_lake,
     assert silver.where("late").count() == 0
     # The backfilled gold is the batch build over every event, late ones included.
     batch = build_gold(silver, s)
+    batch[tables.SESSION_FUNNEL.name] = _as_the_stream_holds(batch[tables.SESSION_FUNNEL.name], held)
     for table in (tables.SESSION_FUNNEL, tables.CAMPAIGN_FUNNEL, tables.CAMPAIGN_PERFORMANCE,
                   tables.PRODUCT_ABANDONMENT):
         assert_same_rows(read(spark, s, table.name), batch[table.name], precision=1e-6)
@@ -63,6 +68,17 @@ def test_backfill_adds_late_events_and_gives_the_batch_build(spark, sample_lake,
                          fraud_flags_batch(silver, s.fraud, watermark), precision=None)
     # A second run would find silver and gold equal to the batch build: what the test above
     # (a backfill over a lake the stream built whole) shows changes nothing.
+
+
+def _as_the_stream_holds(batch: DataFrame, held: DataFrame) -> DataFrame:
+    """A batch build's sessions as a lake beside a stream holds them. The stream closes only
+    the sessions it holds (``held``: those journeys); a backfill writes closed any session open
+    by the watermark whose journey the stream holds none of (its events came behind the
+    stream's watermark, and the backfill's silver step took them in)."""
+    held = held.distinct().withColumn("_held", F.lit(True))
+    still = F.col("is_open") & F.coalesce(F.col("_held"), F.lit(False))
+    return (batch.join(held, "tracking_id", "left").withColumn("is_open", still)
+            .withColumn("open_slot", F.when(still, F.col("open_slot"))).select(batch.columns))
 
 
 def _wait_for(condition, timeout: float = 120) -> None:
@@ -119,6 +135,9 @@ def test_backfill_beside_a_running_stream_ends_with_correct_tables(spark, tmp_pa
     assert read(spark, s, "silver/quarantine").count() == TRUTH["malformed_lines"]
     on_time = silver.where(~F.col("late"))
     batch = build_gold(on_time, s)
+    streamed = read(spark, s, tables.SESSION_FUNNEL.name)  # a row left open by mistake is still caught:
+    held = streamed.where("is_open").select("tracking_id")  # the batch build says it closed
+    batch[tables.SESSION_FUNNEL.name] = _as_the_stream_holds(batch[tables.SESSION_FUNNEL.name], held)
     for table in (tables.SESSION_FUNNEL, tables.CAMPAIGN_FUNNEL, tables.CAMPAIGN_PERFORMANCE,
                   tables.PRODUCT_ABANDONMENT):
         assert_same_rows(read(spark, s, table.name), batch[table.name], precision=1e-6)
@@ -273,3 +292,21 @@ def test_steps_run_after_the_tables_they_read_and_independent_ones_together():
     assert log == ["start gold/session_funnel"]
     with pytest.raises(ValueError, match="no step writes"):
         run_steps([step(profiles, [flags])])
+
+
+def test_an_open_session_of_a_journey_the_stream_does_not_hold_is_written_closed(spark):
+    """A backfill writes a session open only when the stream holds its journey open: the
+    stream closes only what its state holds, so a session of events it skipped as late would
+    stay open for good (seen once in the running-stream test above)."""
+    from chispa import assert_df_equality
+
+    from pipelines.gold.build import held_open
+
+    schema = "tracking_id string, is_open boolean, open_slot long, adds long"
+    rows = spark.createDataFrame(
+        [("held", True, 10, 1), ("late", True, 20, 2), ("done", False, None, 3)], schema)
+    held = spark.createDataFrame([("held",), ("gone",)], "tracking_id string")
+    expected = spark.createDataFrame([("held", True, 10, 1), ("late", False, None, 2),
+                                      ("done", False, None, 3)], schema)
+    assert_df_equality(rows.transform(held_open(held)), expected, ignore_row_order=True)
+    assert_df_equality(rows.transform(held_open(None)), rows, ignore_row_order=True)  # no stream yet

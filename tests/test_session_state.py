@@ -176,3 +176,14 @@ def test_a_reminder_goes_out_when_the_watermark_reaches_session_end_plus_gap():
     [reminder] = out[out["kind"] == "reminder"].to_dict("records")
     assert (reminder["adds"], list(reminder["added_products"])) == (3, ["p1", "p2"])
     assert not due.exists  # closed sessions leave the state
+
+
+def test_the_open_journeys_are_read_from_the_held_events():
+    import pyarrow as pa
+
+    from pipelines.stateful.sessions import HELD, open_journeys
+
+    rows = {"tracking_id": ["a", "a", "a", "b"], "t": [1_000, 3_000, 9_000_000, 5_000]}
+    held = pa.table({name: rows.get(name, [None] * 4) for name in HELD.names}, schema=HELD)
+    assert sorted(open_journeys(held).to_pylist()) == ["a", "b"]
+    assert open_journeys(HELD.empty_table()).to_pylist() == []

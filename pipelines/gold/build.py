@@ -36,6 +36,22 @@ def session_rows(s: Settings, watermark: datetime | None) -> Transform:
                            .transform(T.conform(T.SESSION_FUNNEL)))
 
 
+def held_open(held: DataFrame | None) -> Transform:
+    """Session rows -> the same, an open one written closed unless the stream holds its
+    journey open (``held``: those ``tracking_id``s; None: no stream, all kept as they are).
+    The stream closes only the sessions its state holds; one built from events it skipped as
+    late (a backfill's silver step takes them in) would otherwise stay open for good."""
+    def _(rows: DataFrame) -> DataFrame:
+        if held is None:
+            return rows
+        marks = held.select("tracking_id", F.lit(True).alias("_held"))
+        still = F.col("is_open") & F.coalesce(F.col("_held"), F.lit(False))
+        return (rows.join(F.broadcast(marks), "tracking_id", "left")
+                .withColumn("is_open", still).withColumn("open_slot", F.when(still, F.col("open_slot")))
+                .select(rows.columns))
+    return _
+
+
 def funnel_rows(s: Settings, watermark: datetime | None) -> Transform:
     """Sessions -> ``gold/campaign_funnel``."""
     return lambda sessions: sessions.transform(

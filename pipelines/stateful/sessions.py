@@ -66,6 +66,11 @@ def decode(held: Kept | bytes) -> pa.Table:
     return kept(held, read_ipc)
 
 
+def open_journeys(held: pa.Table) -> pa.Array:
+    """The ``tracking_id`` of every journey with an open session in ``held``."""
+    return pc.unique(held["tracking_id"])
+
+
 def closes_at(events: pd.DataFrame, gap: timedelta) -> pd.DataFrame:
     """``events`` in session order with ``closes``: their session's ``session_end + gap`` (ms)."""
     from pipelines.gold.sessions import order
