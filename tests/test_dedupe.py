@@ -57,3 +57,10 @@ def test_files_whose_ids_left_the_window_are_deleted(tmp_path):
     _kept(d, 1, ("b", 120))  # a is out of the window now
     _kept(d, 2, ("c", 121))  # batch 0's file had left the window before this batch: it goes
     assert sorted(f.name for f in (tmp_path / "dedupe").iterdir()) == ["1.arrow", "2.arrow"]
+
+
+def test_a_batch_whose_ids_straddle_the_window_keeps_only_those_inside(tmp_path):
+    d = Dedupe(tmp_path, timedelta(seconds=60))
+    _kept(d, 0, ("a", 0), ("b", 50))
+    _kept(d, 1, ("c", 100))  # the window now starts at 40: a left it, b is still inside
+    assert _kept(d, 2, ("a", 101), ("b", 101)) == [True, False]

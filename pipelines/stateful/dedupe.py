@@ -73,8 +73,11 @@ class Dedupe:
         horizon = newest - self.window_ms
         out = {}
         for i, c in chunks.items():
-            if c.num_rows and pc.max(c["ingest_ms"]).as_py() >= horizon:
-                out[i] = c.filter(pc.greater_equal(c["ingest_ms"], horizon))
+            if not c.num_rows:
+                continue
+            span = pc.min_max(c["ingest_ms"]).as_py()
+            if span["max"] >= horizon:  # a file wholly inside the window is kept as it is, not copied
+                out[i] = c if span["min"] >= horizon else c.filter(pc.greater_equal(c["ingest_ms"], horizon))
         return out
 
     def apply(self, rows: pa.Table, batch_id: int) -> pa.Array:
