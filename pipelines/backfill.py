@@ -58,8 +58,9 @@ from pipelines.io.ledger import Ledger, last_committed
 from pipelines.privacy import ip_salt
 from pipelines.quality import Quality, dropped_to_quarantine
 from pipelines.silver import dedupe, event_watermark, parse, to_silver, valid_events
-from pipelines.stateful.gold import Held, StateFiles, last_applied
+from pipelines.stateful.gold import Held
 from pipelines.stateful.sessions import HELD, decode, open_journeys
+from pipelines.stateful.state_files import StateFiles, last_applied
 from pipelines.streams.base import CHECKPOINTS, QUERY, app_id
 from pipelines.streams.gold import gold_processors
 

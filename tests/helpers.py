@@ -167,3 +167,11 @@ class Receiver:
 
     def bodies(self, path: str) -> list[dict]:
         return [b for p, _, b in self.posts if p == path]
+
+
+def is_delta(files, batch: int) -> bool:
+    """Whether micro-batch ``batch``'s gold state file holds only what changed (one processor)."""
+    import pyarrow as pa
+
+    with pa.ipc.open_file(files.dir / f"{batch}.arrow") as reader:
+        return reader.read_all()["delta"].to_pylist() == [True]

@@ -9,7 +9,8 @@ import pytest
 
 from pipelines.config import FraudRule, FraudSettings
 from pipelines.stateful.fraud import EVENT_COLUMNS, entity_keys, find_bursts, processor
-from pipelines.stateful.gold import Held, Kept, StateFiles, advance
+from pipelines.stateful.gold import Held, Kept, advance
+from pipelines.stateful.state_files import StateFiles
 
 T0 = 1_793_000_000_000
 # R1: 10 adds within 5 s per user; W: 3 adds within 15 s (a window longer than two batches)

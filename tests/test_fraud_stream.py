@@ -11,7 +11,8 @@ from pyspark.sql import functions as F
 from pipelines.jobs.run import run_available_now
 from pipelines.privacy import hash_ip, ip_salt
 from pipelines.stateful.fraud import decode, fraud_flags_batch
-from pipelines.stateful.gold import StateFiles, kept
+from pipelines.stateful.gold import kept
+from pipelines.stateful.state_files import StateFiles
 from pipelines.streams import CHECKPOINTS, QUERY
 from pipelines.streams.gold import gold_processors
 

@@ -6,12 +6,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
+from helpers import is_delta
 
 from pipelines import tables as T
 from pipelines.config import load_settings
 from pipelines.io.delta_rs import arrow_schema
-from pipelines.stateful import gold, sessions
-from pipelines.stateful.gold import Held, Kept, StateFiles
+from pipelines.stateful import gold, sessions, state_files
+from pipelines.stateful.gold import Held, Kept
+from pipelines.stateful.state_files import StateFiles
 from pipelines.streams.gold import gold_processors
 
 
@@ -69,7 +71,7 @@ def test_a_file_of_binary_fields_from_before_large_binary_is_read(files):
     """Files written before the fields became ``large_binary`` (one table, ``binary``)."""
     old = pa.schema([("processor", pa.string()), ("values", pa.list_(pa.binary())),
                      ("timeout_ms", pa.int64()), ("delta", pa.bool_())],
-                    metadata={"layout": gold.LAYOUT, "latest_ms": "1000"})
+                    metadata={"layout": state_files.LAYOUT, "latest_ms": "1000"})
     files.dir.mkdir(parents=True)
     with pa.ipc.new_file(files.dir / "0.arrow", old) as writer:
         writer.write_table(pa.Table.from_pylist(
@@ -89,10 +91,6 @@ def _pairs(value) -> list[tuple[int, int]]:
     return sorted(zip(table["journey"].to_pylist(), table["t"].to_pylist(), strict=True))
 
 
-def _is_delta(files, batch: int) -> bool:
-    with pa.ipc.open_file(files.dir / f"{batch}.arrow") as reader:
-        return reader.read_all()["delta"].to_pylist() == [True]
-
 
 def test_open_sessions_are_stored_as_the_journeys_that_changed_and_read_back_whole(files):
     """Between complete files, a batch's file holds only the journeys whose events changed
@@ -103,7 +101,7 @@ def test_open_sessions_are_stored_as_the_journeys_that_changed_and_read_back_who
     files.save(0, {"sessions": kept([(1, 100), (1, 200), (2, 300)])}, 1_000)
     files.save(1, {"sessions": kept([(1, 100), (1, 200), (1, 250), (2, 300), (3, 400)], [1, 3])}, 2_000)
     files.save(2, {"sessions": kept([(1, 100), (1, 200), (1, 250), (3, 400)], [2])}, 3_000)  # 2 closed
-    assert not _is_delta(files, 0) and _is_delta(files, 1) and _is_delta(files, 2)
+    assert not is_delta(files, 0) and is_delta(files, 1) and is_delta(files, 2)
     held, latest = files.load(3)
     assert _pairs(held["sessions"].values[0]) == [(1, 100), (1, 200), (1, 250), (3, 400)]
     assert latest == 3_000
@@ -112,7 +110,7 @@ def test_open_sessions_are_stored_as_the_journeys_that_changed_and_read_back_who
 
     restarted = StateFiles(files.dir.parent, [])  # a new run writes a complete file first
     restarted.save(3, {"sessions": kept([(3, 400)], [1])}, 4_000)
-    assert not _is_delta(restarted, 3)
+    assert not is_delta(restarted, 3)
     (files.dir / "1.arrow").unlink()  # a file a later one builds on
     with pytest.raises(RuntimeError, match="state of micro-batch 1 is missing.*to rebuild"):
         files.load(3)
@@ -134,9 +132,9 @@ def _run(files, batches: int, snapshots: bool) -> None:
 
 
 def test_complete_snapshots_are_written_beside_the_files_and_are_what_a_start_builds_on(files, monkeypatch):
-    monkeypatch.setattr(gold, "SNAPSHOT_EVERY", 2)
+    monkeypatch.setattr(state_files, "SNAPSHOT_EVERY", 2)
     _run(files, 6, snapshots=True)
-    assert [_is_delta(files, b) for b in range(6)] == [False] + [True] * 5  # no batch writes it all
+    assert [is_delta(files, b) for b in range(6)] == [False] + [True] * 5  # no batch writes it all
     assert sorted(p.name for p in files.dir.glob("*.snapshot")) == ["2.snapshot", "4.snapshot"]
     (files.dir / "3.arrow").unlink()  # a start after batch 5 needs the snapshot of 4 and file 5 only
     assert _pairs(files.load(6)[0]["sessions"].values[0]) == [(1, 5), (2, 5)]
@@ -146,7 +144,7 @@ def test_complete_snapshots_are_written_beside_the_files_and_are_what_a_start_bu
 def test_a_snapshot_holds_fields_kept_as_bytes_and_leaves_out_empty_ones(files, monkeypatch):
     """After a start, a field a processor has not touched yet is still the bytes it was read
     as; the snapshot holds it too. A processor with no state has no file in it."""
-    monkeypatch.setattr(gold, "SNAPSHOT_EVERY", 1)
+    monkeypatch.setattr(state_files, "SNAPSHOT_EVERY", 1)
     files.save(0, {"sessions": _one(0, [1, 2])}, 1_000)
     files.save(1, {"sessions": _one(1, [1])}, 1_000)
     as_read = sessions.encode(_held([(1, 1), (2, 0)]))
@@ -159,17 +157,17 @@ def test_a_snapshot_holds_fields_kept_as_bytes_and_leaves_out_empty_ones(files, 
 
 
 def test_with_no_snapshot_a_file_is_written_whole_every_max_depth(files, monkeypatch):
-    monkeypatch.setattr(gold, "MAX_DEPTH", 3)
+    monkeypatch.setattr(state_files, "MAX_DEPTH", 3)
     _run(files, 7, snapshots=False)
-    assert [_is_delta(files, b) for b in range(7)] == [False, True, True, False, True, True, False]
+    assert [is_delta(files, b) for b in range(7)] == [False, True, True, False, True, True, False]
     assert _pairs(files.load(6)[0]["sessions"].values[0]) == [(1, 5), (2, 5)]
 
 
 def test_old_files_and_snapshots_go_once_no_retained_file_needs_them(files, monkeypatch):
-    monkeypatch.setattr(gold, "SNAPSHOT_EVERY", 3)
-    monkeypatch.setattr(gold, "RETAIN", 4)
+    monkeypatch.setattr(state_files, "SNAPSHOT_EVERY", 3)
+    monkeypatch.setattr(state_files, "RETAIN", 4)
     _run(files, 14, snapshots=True)  # snapshots after 3, 6, 9 and 12
-    assert gold.state_ids(files.dir) == [9, 10, 11, 12, 13]  # 10-13 build on the snapshot of 9
+    assert state_files.state_ids(files.dir) == [9, 10, 11, 12, 13]  # 10-13 build on the snapshot of 9
     assert sorted(p.name for p in files.dir.glob("*.snapshot")) == ["12.snapshot", "9.snapshot"]
     for batch in (10, 11, 12, 13):
         assert _pairs(files.load(batch + 1)[0]["sessions"].values[0]) == [(1, batch), (2, batch)]
@@ -250,13 +248,13 @@ def test_a_chain_of_changes_gives_each_key_the_rows_of_the_newest_change_naming_
         kept = Kept(_held(rows + [(g, 0) for g in gone]), sessions.encode, "journey",
                     pa.array(sorted({j for j, _ in rows} | set(gone)), pa.int64()))
         table = _held(rows)  # what is left once the gone keys' rows are dropped
-        return gold.read_ipc(gold.delta_bytes(Kept(table, kept.encode, "journey", kept.changed)))
+        return gold.read_ipc(state_files.delta_bytes(Kept(table, kept.encode, "journey", kept.changed)))
 
     base = _held([(1, 10), (2, 20), (3, 30)])
     first = delta([(1, 11), (1, 12)], gone=[2])
     second = delta([(1, 13), (4, 40)], gone=[])
-    assert _pairs(Kept(gold.apply_deltas(base, [first, second]), None)) == [(1, 13), (3, 30), (4, 40)]
-    in_reverse = gold.apply_deltas(base, [second, first])
+    assert _pairs(Kept(state_files.apply_deltas(base, [first, second]), None)) == [(1, 13), (3, 30), (4, 40)]
+    in_reverse = state_files.apply_deltas(base, [second, first])
     assert _pairs(Kept(in_reverse, None)) == [(1, 11), (1, 12), (3, 30), (4, 40)]
-    assert _pairs(Kept(gold.apply_deltas(None, [first, second]), None)) == [(1, 13), (4, 40)]
-    assert gold.apply_deltas(base, []) is base
+    assert _pairs(Kept(state_files.apply_deltas(None, [first, second]), None)) == [(1, 13), (4, 40)]
+    assert state_files.apply_deltas(base, []) is base

@@ -114,7 +114,7 @@ def test_restarts_from_background_snapshots_give_the_batch_builds_tables(spark, 
     """A snapshot after every batch, and only the newest state file kept with what it builds
     on: each of four runs starts from a snapshot the run before wrote in the background,
     and gold still equals a batch build over the same silver."""
-    from pipelines.stateful import gold as state
+    from pipelines.stateful import state_files as state
 
     monkeypatch.setattr(state, "SNAPSHOT_EVERY", 1)
     monkeypatch.setattr(state, "RETAIN", 1)

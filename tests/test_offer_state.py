@@ -3,10 +3,12 @@ the stream drives it (pure pandas and Arrow; the rule itself: tests/test_retarge
 
 import pandas as pd
 import pyarrow as pa
+from helpers import is_delta
 
 from pipelines.config import RetargetSettings
-from pipelines.stateful.gold import Held, StateFiles, advance
+from pipelines.stateful.gold import Held, advance
 from pipelines.stateful.offers import processor
+from pipelines.stateful.state_files import StateFiles
 
 MIN = 60_000
 T0 = 1_793_000_000_000
@@ -83,9 +85,5 @@ def test_the_state_files_store_what_changed_and_read_back_the_whole_state(spark,
         files = StateFiles(tmp_path / f"gold-{minutes}", [processor(short)])
         offers, held = _run(minutes, files, restart=False, settings=short)
         assert offers == sorted([*EXPECTED, ("again", "c1", 14)]) and held.values is None
-        assert [_is_delta(files, i) for i in range(1, 4)] == [True] * 3, minutes
+        assert [is_delta(files, i) for i in range(1, 4)] == [True] * 3, minutes
 
-
-def _is_delta(files: StateFiles, batch: int) -> bool:
-    with pa.ipc.open_file(files.dir / f"{batch}.arrow") as reader:
-        return reader.read_all()["delta"].to_pylist() == [True]

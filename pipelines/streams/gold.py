@@ -41,7 +41,8 @@ from pipelines.notify.outbox import open_outbox, record_rows
 from pipelines.quality import Quality
 from pipelines.silver import event_watermark
 from pipelines.stateful import fraud, offers, sessions
-from pipelines.stateful.gold import Held, Processor, StateFiles, advance
+from pipelines.stateful.gold import Held, Processor, advance
+from pipelines.stateful.state_files import StateFiles
 from pipelines.steps import STEPS
 from pipelines.streams.base import Handler, counts
 
@@ -71,7 +72,7 @@ class GoldStep(Handler):
     """The gold part of the stream's micro-batch (``streams/pipeline.py``): the on-time events
     silver kept -> the processors -> every gold table.
 
-    The processors' state lives in the query's checkpoint (``stateful/gold.py``), with the
+    The processors' state lives in the query's checkpoint (``stateful/state_files.py``), with the
     newest on-time event time seen, from which ``event_watermark`` gives the batch's
     watermark: silver marks ``late`` by the same one. So a replayed or restarted batch sees
     exactly the state and watermark it saw the first time, and the tables' ledger skips what

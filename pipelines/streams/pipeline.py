@@ -30,7 +30,7 @@ class PipelineBatch:
 
     Its state is in the query's checkpoint, one file per micro-batch: silver's ids within the
     dedupe window (``stateful/dedupe.py``) and gold's processors with the newest on-time
-    event time seen (``stateful/gold.py``), from which the batch's watermark comes. A replayed
+    event time seen (``stateful/state_files.py``), from which the batch's watermark comes. A replayed
     batch therefore computes what it computed the first time, and each table's ledger skips
     the writes it already made. The whole batch holds the gold lease (``io/lease.py``), so a
     gold backfill sees silver exactly as gold has applied it.
