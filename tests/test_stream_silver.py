@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from helpers import SAMPLE, copy_sample, read
 from pyspark.sql import functions as F
@@ -119,3 +120,17 @@ def test_a_byte_cap_bounds_each_micro_batch_by_whole_files(spark, tmp_path, cap,
              .option("checkpointLocation", str(tmp_path / "checkpoint")).start())
     query.awaitTermination()
     assert seen == batches
+
+
+def test_bronze_rows_are_the_collected_struct_unnested_in_place():
+    from pipelines.streams.pipeline import _unnested
+
+    kind = pa.struct([("raw", pa.string()), ("kafka_offset", pa.int64())])
+    column = pa.chunked_array([pa.array([{"raw": "a", "kafka_offset": 1}], kind),
+                               pa.array([{"raw": "b", "kafka_offset": None}], kind)])
+    rows = _unnested(column)
+    assert rows.to_pylist() == [{"raw": "a", "kafka_offset": 1}, {"raw": "b", "kafka_offset": None}]
+    # no copy: the table's text is the collected batch's own buffer
+    assert rows["raw"].chunk(1).buffers()[2].address == column.chunk(1).field("raw").buffers()[2].address
+    empty = _unnested(pa.chunked_array([], kind))  # a micro-batch with no rows has no chunk
+    assert empty.num_rows == 0 and empty.schema == pa.schema(list(kind))

@@ -55,9 +55,15 @@ class PipelineBatch:
         # projection), and the batch's late marks and quality predicates, collected as Arrow;
         # everything after runs on the collected batch.
         rows = batch.withColumns(self.silver.batch_columns(watermark, now)).toArrow()
-        self.bronze.apply(pa.Table.from_struct_array(rows[BRONZE].combine_chunks()), batch_id)
+        self.bronze.apply(_unnested(rows[BRONZE]), batch_id)
         events = self.silver.apply(spark, rows.drop_columns([BRONZE]), batch_id, watermark, now)
         self.gold.apply(events, batch_id, held, latest)
+
+
+def _unnested(column: pa.ChunkedArray) -> pa.Table:
+    """The bronze rows of the struct column ``BRONZE``, without copying them (an empty batch
+    has no chunk, which ``from_struct_array`` needs one of)."""
+    return pa.Table.from_struct_array(column if column.num_chunks else column.combine_chunks())
 
 
 def start_pipeline(spark: SparkSession, s: Settings, available_now: bool) -> StreamingQuery:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import Column, SparkSession
@@ -24,6 +25,10 @@ from pipelines.stateful.dedupe import Dedupe
 from pipelines.streams.base import Handler, counts
 
 log = logging.getLogger(__name__)
+
+# The quarantine's own columns, which the collected valid rows carry as nulls: left behind
+# before silver filters them.
+QUARANTINE_ONLY = sorted(set(T.SILVER_QUARANTINE.columns) - set(T.SILVER_EVENTS.columns))
 
 
 class SilverStep(Handler):
@@ -68,8 +73,7 @@ class SilverStep(Handler):
         """The collected ``rows`` -> silver and the quarantine; returns silver's new events (with
         the hash keys)."""
         valid = pc.is_null(rows["reason"])
-        events = rows.filter(valid)
-        events = events.filter(self.dedupe.apply(events.select(["event_id", "ingest_time"]), batch_id))
+        events = rows.drop_columns(QUARANTINE_ONLY).filter(self._kept(rows, valid, batch_id))
         events = enrich_arrow(events, self.locator, self.ip_key)  # only the events silver keeps
         rejected = rows.filter(pc.invert(valid)).select(T.SILVER_QUARANTINE.columns)
         commit = Commit(self.app_id(), batch_id, self.ledger)
@@ -95,6 +99,15 @@ class SilverStep(Handler):
         if late:
             log.info("batch %d: %d events at or behind the watermark %s", batch_id, late, watermark)
         return events
+
+    def _kept(self, rows: pa.Table, valid: pa.ChunkedArray, batch_id: int) -> np.ndarray:
+        """Which collected rows silver keeps: the valid ones the dedupe lets in (one mask,
+        so the wide rows are filtered once)."""
+        at = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
+        first = self.dedupe.apply(rows.select(["event_id", "ingest_time"]).take(at), batch_id)
+        keep = np.zeros(rows.num_rows, bool)
+        keep[at[first.to_numpy(zero_copy_only=False)]] = True
+        return keep
 
     @staticmethod
     def _dropped(spark: SparkSession, events: pa.Table, reason: pa.Array) -> pa.Table:
