@@ -39,7 +39,7 @@ def profile_deltas(sessions: pd.DataFrame, flags: pd.DataFrame | None) -> pd.Dat
         "purchases": sessions["purchases"].to_numpy(np.int64),
         "revenue": sessions["revenue"].to_numpy(np.float64),
         "fraud_flags": np.zeros(len(sessions), np.int64),
-        "countries": list(sessions["countries"])})
+        "countries": sessions["countries"].reset_index(drop=True)})
     parts = [per_session]
     if flags is not None and len(flags):
         on_users = flags[flags["entity_type"] == "user"]
@@ -77,9 +77,9 @@ def ip_deltas(sessions: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()[IP_PROFILE.columns]
 
 
-def _list_array(column: pd.Series) -> pa.ListArray:
-    """A column of string lists (lists, arrays or None) as Arrow."""
-    return pa.array(list(column), pa.list_(pa.string()))
+def _list_array(column: pd.Series) -> pa.ListArray | pa.ChunkedArray:
+    """A column of string lists (lists, arrays or None; or Arrow lists) as Arrow."""
+    return pa.array(column, pa.list_(pa.string()), from_pandas=True)
 
 
 def _sets(keys: pd.Series, lists: pd.Series) -> pd.Series:

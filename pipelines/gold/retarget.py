@@ -86,6 +86,9 @@ def offer_input(buckets: int) -> Transform:
     return _
 
 
+OFFER_READS = ("event_type", "user_id", "campaign_id", "tracking_id", "event_time")  # offer_events'
+
+
 def offer_events(events: pa.Table) -> pa.Table:
     """``offer_input`` on the driver, over a stream's collected micro-batch of on-time silver
     rows (without ``bucket`` and ``event_time``, which only a Spark group needs)."""

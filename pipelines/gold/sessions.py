@@ -236,6 +236,10 @@ def session_input(buckets: int) -> Transform:
     return _
 
 
+SESSION_READS = ("journey", "tracking_id", "event_time", "step", "tie", "user_id", "campaign_id",
+                 "product_id", "price", "quantity", "ip_country", "ip_hash")  # session_events'
+
+
 def session_events(events: pa.Table) -> pa.Table:
     """``session_input`` on the driver, over a stream's collected micro-batch of on-time
     silver rows that carry ``hash_keys``: ``EVENT_COLUMNS``, typed as Spark types them (the

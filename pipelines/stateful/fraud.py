@@ -206,6 +206,9 @@ def rule_events(rules: list[FraudRule], buckets: int) -> Transform:
     return _
 
 
+RULE_READS = ("event_type", "user_id", "ip_hash", "quantity", "event_time", "event_id")  # rule_rows'
+
+
 def rule_rows(rules: list[FraudRule]) -> Callable[[pa.Table], pa.Table]:
     """``rule_events`` on the driver, over a stream's collected micro-batch of on-time silver
     rows: ``EVENT_COLUMNS``, one row per (rule, event) the rule looks at."""
@@ -311,7 +314,7 @@ def processor(settings: FraudSettings) -> Processor:
     bursts close."""
     return Processor("fraud", rule_events(settings.rules, settings.buckets), rule_rows(settings.rules),
                      fraud_processor(settings), STATE_SCHEMA,
-                     StructType([StructField("kind", StringType()), *FLAG_SCHEMA.fields]))
+                     StructType([StructField("kind", StringType()), *FLAG_SCHEMA.fields]), RULE_READS)
 
 
 def fraud_flags_batch(events: DataFrame, settings: FraudSettings,

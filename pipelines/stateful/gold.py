@@ -39,6 +39,7 @@ class Processor:
     process: Process  # what it does with its rows and its state
     state: StructType  # its state fields (binary or string)
     output: StructType  # what it emits, ``kind`` included
+    reads: tuple[str, ...]  # the silver columns ``rows`` reads
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pyspark.sql.streaming.state import GroupState
 from pyspark.sql.types import BinaryType, StructField, StructType, _parse_datatype_string
 
 from pipelines.config import RetargetSettings
-from pipelines.gold.retarget import OFFER_DDL, _ms, due_offers, offer_events, offer_input, split
+from pipelines.gold.retarget import OFFER_DDL, OFFER_READS, _ms, due_offers, offer_events, offer_input, split
 from pipelines.stateful.gold import Kept, Processor, ipc_stream, keep_rows, kept, read_ipc
 
 CLICKS = pa.schema([("user_id", pa.string()), ("campaign_id", pa.string()),
@@ -127,4 +127,4 @@ def _compact(table: pa.Table) -> pa.Table:
 def processor(r: RetargetSettings) -> Processor:
     """On-time silver events -> offers as they come due (``OFFER_DDL``)."""
     return Processor("offers", offer_input(r.buckets), offer_events, offer_processor(r), STATE_SCHEMA,
-                     _parse_datatype_string("kind string, " + OFFER_DDL))
+                     _parse_datatype_string("kind string, " + OFFER_DDL), OFFER_READS)

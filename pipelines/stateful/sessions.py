@@ -38,6 +38,7 @@ from pipelines.gold.sessions import (
     EVENT_COLUMNS,
     SESSION_COLUMNS,
     SESSION_DDL,
+    SESSION_READS,
     session_bounds,
     session_events,
     session_input,
@@ -83,17 +84,10 @@ def closes_at(events: pd.DataFrame, gap: timedelta) -> pd.DataFrame:
 
 
 def _changes(sessions: pd.DataFrame, kind: str, sign: int, is_open: bool) -> pd.DataFrame:
-    """Session rows as changes of ``kind``. Product lists become object arrays: the state
-    operator's serializer pads output with null rows, which Arrow-backed columns cannot take."""
-    out = sessions[SESSION_COLUMNS].copy()
-    for col in ("added_products", "purchased_products", "countries", "ip_hashes"):
-        values = out[col].array
-        if isinstance(values, pd.arrays.ArrowExtensionArray):
-            out[col] = pd.Series(values._pa_array.to_numpy(zero_copy_only=False), index=out.index)
-    out.insert(0, "is_open", is_open)
-    out.insert(0, "sign", sign)
-    out.insert(0, "kind", kind)
-    return out
+    """Session rows as changes of ``kind``: the session columns (the list columns stay Arrow
+    lists, as ``sessionize`` built them) with ``kind``, ``sign`` and ``is_open`` in front."""
+    return pd.DataFrame({"kind": kind, "sign": sign, "is_open": is_open, **sessions[SESSION_COLUMNS]},
+                        index=sessions.index, copy=False)
 
 
 def session_processor(s: Settings):
@@ -160,4 +154,4 @@ def processor(s: Settings) -> Processor:
     """On-time silver events -> the retract stream of sessions (``CHANGE_DDL``;
     times in epoch ms)."""
     return Processor("sessions", session_input(s.gold.buckets), session_events, session_processor(s),
-                     STATE_SCHEMA, _parse_ddl(CHANGE_DDL))
+                     STATE_SCHEMA, _parse_ddl(CHANGE_DDL), SESSION_READS)

@@ -62,7 +62,8 @@ def processor_rows(events: pa.Table, processors: list[Processor]
 
     Late events are left out (silver counted them); the newest ``event_time`` over the
     on-time rows is the batch's (the watermark's input)."""
-    on_time = events.filter(pc.invert(events["late"]))
+    reads = list(dict.fromkeys(c for p in processors for c in p.reads))
+    on_time = events.select(reads).filter(pc.invert(events["late"]))  # only what they read
     newest = pc.max(on_time["event_time"]).as_py() if on_time.num_rows else None
     rows = {p.name: p.rows(on_time).to_pandas() for p in processors}
     return rows, None if newest is None else _ms(newest.replace(tzinfo=None))
