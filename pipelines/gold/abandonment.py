@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -52,18 +54,19 @@ def product_abandonment() -> Transform:
 def product_count_deltas(sessions: pd.DataFrame) -> pd.DataFrame:
     """``product_counts`` on the driver, for the stream's signed session rows of one
     micro-batch (the stream == batch tests pin the two together). Each session's product
-    lists are distinct, so a product is added and bought at most once per session row."""
-    def pairs(column: str) -> pd.DataFrame:
-        listed = sessions[["sign", column]].reset_index(drop=True).explode(column)
-        listed = listed[listed[column].notna()]
-        return pd.DataFrame({"row": listed.index.to_numpy(), "sign": listed["sign"].to_numpy(np.int64),
-                             "product_id": listed[column].to_numpy()})
-    both = pairs("added_products").merge(pairs("purchased_products"), on=["row", "sign", "product_id"],
-                                         how="outer", indicator=True)
-    sign = both["sign"].to_numpy(np.int64)
-    where = both["_merge"].to_numpy()
-    counts = pd.DataFrame({"product_id": both["product_id"].to_numpy(),
-                           "adds": np.where(where != "right_only", sign, 0),
-                           "purchases": np.where(where == "both", sign, 0),
-                           "direct_purchases": np.where(where == "right_only", sign, 0)})
+    lists are distinct, so a product is added and bought at most once per session row: each
+    (row, product) pair is tagged 1 if added, 2 if bought, 3 if both."""
+    def pairs(column: str, tag: int) -> pa.Table:
+        lists = pa.array(sessions[column], pa.list_(pa.string()), from_pandas=True)
+        products = pc.list_flatten(lists)
+        return pa.table({"row": pc.list_parent_indices(lists), "product_id": products,
+                         "tag": pa.repeat(pa.scalar(tag, pa.int8()), len(products))})
+    both = pa.concat_tables([pairs("added_products", 1), pairs("purchased_products", 2)])
+    both = both.filter(pc.is_valid(both["product_id"])).group_by(["row", "product_id"]).aggregate(
+        [("tag", "sum")])
+    sign = sessions["sign"].to_numpy(np.int64)[both["row"].to_numpy()]
+    tag = both["tag_sum"].to_numpy()
+    counts = pd.DataFrame({"product_id": both["product_id"].to_numpy(zero_copy_only=False),
+                           "adds": np.where(tag != 2, sign, 0), "purchases": np.where(tag == 3, sign, 0),
+                           "direct_purchases": np.where(tag == 2, sign, 0)})
     return counts.groupby("product_id", as_index=False, sort=False).sum()

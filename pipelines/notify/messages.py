@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.config import REPO_ROOT, NotifySettings
 
@@ -98,8 +99,12 @@ def _ids(df: pd.DataFrame, column: str) -> list:
 
 
 def _iso_column(t: pd.Series) -> pd.Series:
-    """``_iso`` of UTC timestamps, column-wise (None for a missing one)."""
-    return t.dt.strftime("%Y-%m-%d %H:%M:%S+00:00").astype(object).where(t.notna(), None)
+    """``_iso`` of UTC timestamps (after 1970), column-wise, formatted by Arrow (None for a
+    missing one)."""
+    times = pa.array(t)
+    seconds = pc.cast(times, pa.timestamp("s", times.type.tz), safe=False)  # cut, as ``_iso``
+    text = pc.strftime(seconds, format="%Y-%m-%d %H:%M:%S+00:00")
+    return pd.Series(text.to_numpy(zero_copy_only=False), index=t.index, dtype=object)
 
 
 def _fraud_columns(df: pd.DataFrame, s: NotifySettings) -> tuple[pd.Series, pd.DataFrame, pd.Series]:
