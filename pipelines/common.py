@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
@@ -27,6 +28,15 @@ def unix_millis(times: pa.ChunkedArray) -> pa.ChunkedArray:
     """Spark's ``unix_millis`` over an Arrow timestamp column (for the stream's driver-side
     twins of a Spark input transform)."""
     return pc.cast(pc.cast(times, pa.timestamp("ms", times.type.tz), safe=False), pa.int64())
+
+
+def sorted_by(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``df`` sorted by ``keys`` (ascending, nulls last, stable; a new range index), as
+    ``sort_values`` sorts it (strings in code point order), with the sort done by Arrow: a
+    few times faster on string keys."""
+    keyed = pa.table({k: pa.array(df[k], from_pandas=True) for k in keys})
+    order = pc.sort_indices(keyed, sort_keys=[(k, "ascending", "at_end") for k in keys])
+    return df.take(order.to_numpy()).reset_index(drop=True)
 
 
 def from_epoch_ms(ms: int | None) -> datetime | None:

@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipelines import tables as T
-from pipelines.common import Transform, unix_millis, utc_now
+from pipelines.common import Transform, sorted_by, unix_millis, utc_now
 from pipelines.io.delta_rs import arrow_schema
 
 CLICK_COLUMNS = ["user_id", "campaign_id", "tracking_id", "click_time"]
@@ -44,7 +44,7 @@ def due_offers(clicks: pd.DataFrame, purchases: pd.DataFrame, last_sent: pd.Data
     if clicks.empty:
         return pd.DataFrame({c: pd.Series(dtype="int64" if c.endswith("time") else object)
                              for c in OFFER_COLUMNS})
-    clicks = clicks.sort_values(["click_time", "user_id", "campaign_id", "tracking_id"], ignore_index=True)
+    clicks = sorted_by(clicks, ["click_time", "user_id", "campaign_id", "tracking_id"])
     buys = purchases.sort_values("t")[["user_id", "t"]].astype({"t": "int64"})
     nxt = pd.merge_asof(clicks[["click_time", "user_id"]].astype({"click_time": "int64"}), buys,
                         left_on="click_time", right_on="t", by="user_id",
@@ -59,8 +59,7 @@ def _cooldown(candidates: pd.DataFrame, last_sent: pd.DataFrame, cooldown: timed
     after the pair's last offer."""
     last = {(r.user_id, r.campaign_id): r.click_time for r in last_sent.itertuples(index=False)}
     limit = _ms(cooldown)
-    ordered = candidates.sort_values(["user_id", "campaign_id", "click_time", "tracking_id"],
-                                     ignore_index=True)
+    ordered = sorted_by(candidates, ["user_id", "campaign_id", "click_time", "tracking_id"])
     keep = np.zeros(len(ordered), bool)
     for i, (user, campaign, click) in enumerate(zip(ordered["user_id"], ordered["campaign_id"],
                                                     ordered["click_time"], strict=True)):

@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming.state import GroupState
 from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
-from pipelines.common import Transform, unix_millis
+from pipelines.common import Transform, sorted_by, unix_millis
 from pipelines.config import FraudRule, FraudSettings
 from pipelines.stateful.gold import Kept, Processor, ipc_stream, keep_rows, kept, read_ipc
 from pipelines.tables import FLAG_SCHEMA
@@ -82,7 +82,7 @@ def find_bursts(events: pd.DataFrame, rules: list[FraudRule], close_before_ms: i
     if events.empty:
         return _no_flags(), events[EVENT_COLUMNS].assign(closes=0), carried
     by_name = {r.name: r for r in rules}
-    df = events.sort_values(["rule", "entity_id", "t", "event_id"], kind="stable").reset_index(drop=True)
+    df = sorted_by(events, ["rule", "entity_id", "t", "event_id"])
     t = df["t"].to_numpy(np.int64)
     window = df["rule"].map({n: int(r.window.total_seconds() * 1000) for n, r in by_name.items()}
                             ).to_numpy(np.int64)

@@ -39,6 +39,7 @@ from pipelines.gold.sessions import (
     SESSION_COLUMNS,
     SESSION_DDL,
     SESSION_READS,
+    order,
     session_bounds,
     session_events,
     session_input,
@@ -72,15 +73,14 @@ def open_journeys(held: pa.Table) -> pa.Array:
     return pc.unique(held["tracking_id"])
 
 
-def closes_at(events: pd.DataFrame, gap: timedelta) -> pd.DataFrame:
-    """``events`` in session order with ``closes``: their session's ``session_end + gap`` (ms)."""
-    from pipelines.gold.sessions import order
-
-    ordered = events.take(order(events)).reset_index(drop=True)
-    starts, ends = session_bounds(ordered["tracking_id"].to_numpy(), ordered["t"].to_numpy(np.int64), gap)
-    end_t = ordered["t"].to_numpy(np.int64)[ends]
-    ordered["closes"] = np.repeat(end_t, ends - starts + 1) + int(gap.total_seconds() * 1000)
-    return ordered
+def closes_at(events: pd.DataFrame, gap: timedelta) -> np.ndarray:
+    """Per event (in ``events``' order), ``closes``: its session's ``session_end + gap`` (ms)."""
+    rows = order(events)
+    t = events["t"].to_numpy(np.int64)[rows]
+    starts, ends = session_bounds(events["tracking_id"].to_numpy()[rows], t, gap)
+    closes = np.empty(len(rows), np.int64)
+    closes[rows] = np.repeat(t[ends], ends - starts + 1) + int(gap.total_seconds() * 1000)
+    return closes
 
 
 def _changes(sessions: pd.DataFrame, kind: str, sign: int, is_open: bool) -> pd.DataFrame:
@@ -144,8 +144,8 @@ def _touch(held: pa.Table, new: pd.DataFrame, gap: timedelta, attribution: str
     retracted = old[(kept["_merge"] == "left_only").to_numpy()]
     added = now[now["marked"].astype(bool)]
     rest = keep_rows(held, pc.invert(touched))
-    again = pa.Table.from_pandas(closes_at(events.drop(columns="is_new"), gap)[HELD.names],
-                                 schema=HELD, preserve_index=False)
+    events["closes"] = closes_at(events, gap)
+    again = pa.Table.from_pandas(events[HELD.names], schema=HELD, preserve_index=False)
     return pa.concat_tables([rest, again]), [_changes(retracted, "session", -1, True),
                                             _changes(added, "session", 1, True)]
 
