@@ -7,6 +7,7 @@ gold from those same events (``streams/gold.py``). So every table is one hop fro
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -33,7 +34,8 @@ class PipelineBatch:
     event time seen (``stateful/state_files.py``), from which the batch's watermark comes. A replayed
     batch therefore computes what it computed the first time, and each table's ledger skips
     the writes it already made. The whole batch holds the gold lease (``io/lease.py``), so a
-    gold backfill sees silver exactly as gold has applied it.
+    gold backfill sees silver exactly as gold has applied it. Bronze's and silver's appends
+    run on a writer thread while gold computes; the batch returns once they have landed.
     """
 
     def __init__(self, spark: SparkSession, s: Settings):
@@ -41,6 +43,7 @@ class PipelineBatch:
         self.bronze = BronzeStep(spark, s)
         self.silver = SilverStep(spark, s)
         self.gold = GoldStep(spark, s)
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="append")  # bronze, then silver
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         with lease(self.s.lake, who=f"batch {batch_id}"):  # a backfill may be rebuilding gold
@@ -55,9 +58,19 @@ class PipelineBatch:
         # projection), and the batch's late marks and quality predicates, collected as Arrow;
         # everything after runs on the collected batch.
         rows = batch.withColumns(self.silver.batch_columns(watermark, now)).toArrow()
-        self.bronze.apply(_unnested(rows[BRONZE]), batch_id)
-        events = self.silver.apply(spark, rows.drop_columns([BRONZE]), batch_id, watermark, now)
-        self.gold.apply(events, batch_id, held, latest)
+        # Bronze's and silver's appends run on the writer thread, beside silver's and gold's
+        # work on the driver (delta-rs writes without the GIL; nothing in the batch reads them
+        # back); the batch ends when they have, as a crash's replay expects.
+        appends = [self.writer.submit(self.bronze.apply, _unnested(rows[BRONZE]), batch_id)]
+        try:
+            events, append_silver = self.silver.apply(spark, rows.drop_columns([BRONZE]), batch_id,
+                                                      watermark, now)
+            appends.append(self.writer.submit(append_silver))
+            self.gold.apply(events, batch_id, held, latest)
+        finally:
+            wait(appends)
+        for done in appends:
+            done.result()  # a failed append fails the batch
 
 
 def _unnested(column: pa.ChunkedArray) -> pa.Table:

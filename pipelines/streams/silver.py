@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -69,9 +71,10 @@ class SilverStep(Handler):
         return batch_columns(watermark, self.quality.breaks(now) if self.quality else {})
 
     def apply(self, spark: SparkSession, rows: pa.Table, batch_id: int, watermark: datetime | None,
-              now: datetime) -> pa.Table:
-        """The collected ``rows`` -> silver and the quarantine; returns silver's new events (with
-        the hash keys)."""
+              now: datetime) -> tuple[pa.Table, Callable[[], None]]:
+        """The collected ``rows`` -> silver's new events (with the hash keys), returned with the
+        batch's appends to ``silver/events`` and ``silver/quarantine``, which the caller runs
+        (``PipelineBatch``: beside gold). The quality suite judges the batch here, first."""
         valid = pc.is_null(rows["reason"])
         events = rows.drop_columns(QUARANTINE_ONLY).filter(self._kept(rows, valid, batch_id))
         events = enrich_arrow(events, self.locator, self.ip_key)  # only the events silver keeps
@@ -85,20 +88,22 @@ class SilverStep(Handler):
                                              self._dropped(spark, events, reason)])
                 events = events.filter(pc.is_null(reason))
         late = pc.sum(events["late"]).as_py() or 0
-        if events.num_rows and commit.append(events.select(T.SILVER_EVENTS.columns), self.events,
-                                             T.SILVER_EVENTS):
-            metrics.ROWS.labels(T.SILVER_EVENTS.name).inc(events.num_rows)
-        quarantine = rejected.select(T.SILVER_QUARANTINE.columns)
-        if commit.append(quarantine, self.quarantine, T.SILVER_QUARANTINE):
-            metrics.ROWS.labels(T.SILVER_QUARANTINE.name).inc(quarantine.num_rows)
-            for reason, n in counts(quarantine, "reason").items():
-                metrics.QUARANTINED.labels(reason).inc(n)
         metrics.LATE.inc(late)
         metrics.set_watermark("silver", watermark)
         metrics.set_state("silver", *self.dedupe.size())
         if late:
             log.info("batch %d: %d events at or behind the watermark %s", batch_id, late, watermark)
-        return events
+        return events, partial(self._append, commit, events.select(T.SILVER_EVENTS.columns),
+                               rejected.select(T.SILVER_QUARANTINE.columns))
+
+    def _append(self, commit: Commit, events: pa.Table, quarantine: pa.Table) -> None:
+        """One micro-batch's rows -> ``silver/events`` and ``silver/quarantine``."""
+        if commit.append(events, self.events, T.SILVER_EVENTS):
+            metrics.ROWS.labels(T.SILVER_EVENTS.name).inc(events.num_rows)
+        if commit.append(quarantine, self.quarantine, T.SILVER_QUARANTINE):
+            metrics.ROWS.labels(T.SILVER_QUARANTINE.name).inc(quarantine.num_rows)
+            for reason, n in counts(quarantine, "reason").items():
+                metrics.QUARANTINED.labels(reason).inc(n)
 
     def _kept(self, rows: pa.Table, valid: pa.ChunkedArray, batch_id: int) -> np.ndarray:
         """Which collected rows silver keeps: the valid ones the dedupe lets in (one mask,
