@@ -8,7 +8,7 @@ query planning each micro-batch (docs/performance.md, "One query")."""
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -79,12 +79,14 @@ class GoldStep(Handler):
     exactly the state and watermark it saw the first time, and the tables' ledger skips what
     it already wrote.
 
-    Sessions first (the freshest table), then the aggregates their signed rows change, then
-    the windows the watermark closed (judged for drop-off alerts), then reminders, fraud
-    flags and offers, then the profiles of the users whose sessions closed or who were flagged;
-    then the notices of all of it go to the outbox, and only then are the judged windows
-    marked closed (the one cursor a table holds: a replay must find them still open). Each
-    table gets one delta-rs commit marked with the batch, or none when nothing in it changed.
+    The sessions' rows go to ``gold/session_funnel`` on a thread of their own while, on the
+    batch's thread, the aggregates their signed rows change are applied, then the windows the
+    watermark closed are judged (for drop-off alerts), then reminders, fraud flags and
+    offers, then the profiles of the users whose sessions closed or who were flagged; then
+    the notices of all of it go to the outbox, and only then are the judged windows marked
+    closed (the one cursor a table holds: a replay must find them still open). The state
+    moves on once every table has its rows. Each table gets one delta-rs commit marked with
+    the batch, or none when nothing in it changed.
     """
 
     def __init__(self, spark: SparkSession, s: Settings):
@@ -95,6 +97,7 @@ class GoldStep(Handler):
         self.processors = gold_processors(s)
         self.states = StateFiles(self.checkpoint, self.processors)
         self.saver = ThreadPoolExecutor(1, thread_name_prefix="gold-state")
+        self.merger = ThreadPoolExecutor(1, thread_name_prefix="gold-sessions")
         self.snapshotter = ThreadPoolExecutor(1, thread_name_prefix="gold-snapshot")
         self.snapshotting: Future | None = None  # the complete state being written, off the batches
         self.saved: tuple[int, dict[str, Held], int | None] | None = None  # the state file's copy
@@ -134,11 +137,32 @@ class GoldStep(Handler):
                 out[p.name] = pd.concat(frames, ignore_index=True)
         staged = self.saver.submit(self.states.stage, batch_id, dict(held), latest)
         commit = Commit(self.app_id(), batch_id, self.ledger)
+        changes = typed_session_rows(out["sessions"]) if "sessions" in out else None
+        # ``gold/session_funnel``'s MERGE, the batch's largest write, runs on a thread of its
+        # own beside the other tables' work (delta-rs writes without the GIL; no other table
+        # reads it); the state moves on only once it has landed.
+        merged = [] if changes is None else [self.merger.submit(
+            apply.sessions, commit, session_table(changes), self.paths[T.SESSION_FUNNEL.name])]
+        try:
+            inserted = self._tables(batch_id, commit, out, changes, watermark)
+        finally:
+            wait(merged)
+        for done in merged:
+            done.result()
+        state = staged.result()
+        self.states.commit(state)  # after every table: the batch is applied
+        self.saved = (batch_id, dict(held), latest)
+        self._snapshot(batch_id, held)
+        self._measure(inserted, watermark, changes is not None, held, state.size)
+
+    def _tables(self, batch_id: int, commit: Commit, out: dict[str, pd.DataFrame],
+                changes: pd.DataFrame | None, watermark: datetime | None) -> dict[str, pa.Table]:
+        """The processors' output -> every gold table but ``gold/session_funnel``, the notices
+        of what was inserted recorded and sent; returns the inserted rows per table."""
         outputs = {p.name: p.output for p in self.processors}
         inserted: dict[str, pa.Table] = {}
         closed, closing = None, None
-        if "sessions" in out:
-            changes = typed_session_rows(out["sessions"])
+        if changes is not None:
             closed = changes[changes["kind"] == "closed"]
             inserted |= self._sessions(commit, changes)
             inserted |= self._score(commit, closed)
@@ -157,11 +181,7 @@ class GoldStep(Handler):
         if closing is not None:  # only now: a replay of this batch judges these windows again
             apply.mark_closed(close, closing, self.paths[T.CAMPAIGN_FUNNEL.name])
         self._deliver(batch_id, found)
-        state = staged.result()
-        self.states.commit(state)  # after every table: the batch is applied
-        self.saved = (batch_id, dict(held), latest)
-        self._snapshot(batch_id, held)
-        self._measure(inserted, watermark, "sessions" in out, held, state.size)
+        return inserted
 
     def _snapshot(self, batch_id: int, held: dict[str, Held]) -> None:
         """Every ``SNAPSHOT_EVERY`` batches, the complete state in the background; one at a
@@ -214,21 +234,15 @@ class GoldStep(Handler):
             log.info("gold batch %d notices: %s", batch_id, done)
 
     def _sessions(self, commit: Commit, changes: pd.DataFrame) -> dict[str, pa.Table]:
-        """The session processor's typed changes -> ``gold/session_funnel`` (signed and closed
-        rows); the signed rows' counts, summed on the driver (``*_deltas``, the pandas twins of
-        the batch build's aggregates) -> ``gold/campaign_funnel``, ``gold/campaign_performance``
-        and ``gold/product_abandonment``; sessions that closed with a full cart and no
-        purchase -> ``gold/cart_reminders``."""
+        """The session processor's typed changes: the signed rows' counts, summed on the driver
+        (``*_deltas``, the pandas twins of the batch build's aggregates) ->
+        ``gold/campaign_funnel``, ``gold/campaign_performance`` and
+        ``gold/product_abandonment``; sessions that closed with a full cart and no purchase ->
+        ``gold/cart_reminders``. (Their rows -> ``gold/session_funnel``: ``session_table``.)"""
         s, p = self.s, self.paths
         kind = changes["kind"]
         funnel = T.SESSION_FUNNEL
-        columns = [*funnel.columns, "kind", "sign"]
-        rows = changes[kind.isin(["session", "closed"])]
-        schema = arrow_schema(funnel)
-        arrow = pa.Table.from_pandas(rows[columns], preserve_index=False, schema=pa.schema(
-            [*schema, pa.field("kind", pa.string()), pa.field("sign", pa.int32())]))
-        apply.sessions(commit, arrow, p[funnel.name])
-        signed = rows[rows["kind"] == "session"]
+        signed = changes[kind == "session"]
         if len(signed):
             cells = funnel_cell_deltas(signed, s.funnel.window)
             cells = cells.assign(closed=False, window_date=cells["window_start"].dt.date)
@@ -241,7 +255,8 @@ class GoldStep(Handler):
         due = changes[kind == "reminder"]
         if not len(due):
             return {}
-        sessions = pa.Table.from_pandas(due[funnel.columns], schema=schema, preserve_index=False)
+        sessions = pa.Table.from_pandas(due[funnel.columns], schema=arrow_schema(funnel),
+                                        preserve_index=False)
         return {T.CART_REMINDERS.name: self._insert(commit, as_reminders(sessions), T.CART_REMINDERS)}
 
     def _profiles(self, commit: Commit, closed: pd.DataFrame | None, flags: pd.DataFrame | None) -> None:
@@ -295,6 +310,15 @@ class GoldStep(Handler):
         rows = rows.cast(arrow_schema(table))
         apply.insert_new(commit, rows, self.paths[table.name], table)
         return rows
+
+
+def session_table(changes: pd.DataFrame) -> pa.Table:
+    """The session processor's typed changes -> what ``apply.sessions`` merges into
+    ``gold/session_funnel``: the signed and closed rows, with ``kind`` and ``sign``."""
+    rows = changes[changes["kind"].isin(["session", "closed"])]
+    schema = pa.schema([*arrow_schema(T.SESSION_FUNNEL), pa.field("kind", pa.string()),
+                        pa.field("sign", pa.int32())])
+    return pa.Table.from_pandas(rows[schema.names], preserve_index=False, schema=schema)
 
 
 def held_events(held: dict[str, Held]) -> int:
