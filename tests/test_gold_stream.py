@@ -109,6 +109,27 @@ def test_a_crash_before_an_alerts_notice_is_recorded_loses_no_notice(spark, lake
     assert noticed == alerts
 
 
+def test_a_failed_session_merge_fails_the_batch_and_the_restart_writes_it(spark, lake_settings, monkeypatch):
+    """``gold/session_funnel``'s MERGE runs on a thread of its own, beside the other gold
+    tables: its failure must still fail the micro-batch before the state moves on, and the
+    replay must give the sessions a batch build gives."""
+    from pipelines.gold import apply
+    s = lake_settings
+    copy_sample(s.input)
+
+    def refuse(commit, changes, path):
+        raise OSError("session MERGE refused (test)")
+
+    with monkeypatch.context() as m:
+        m.setattr(apply, "sessions", refuse)
+        with pytest.raises(Exception, match="session MERGE refused"):
+            run_available_now(spark, s)
+    run_available_now(spark, s)
+    silver = read(spark, s, "silver/events")
+    expected = build_gold(silver.where(~F.col("late")), s)[tables.SESSION_FUNNEL.name].drop("created_at")
+    assert_same_rows(read(spark, s, "gold/session_funnel").drop("created_at"), expected, precision=1e-6)
+
+
 @pytest.mark.slow
 def test_restarts_from_background_snapshots_give_the_batch_builds_tables(spark, lake_settings, monkeypatch):
     """A snapshot after every batch, and only the newest state file kept with what it builds

@@ -134,3 +134,24 @@ def test_bronze_rows_are_the_collected_struct_unnested_in_place():
     assert rows["raw"].chunk(1).buffers()[2].address == column.chunk(1).field("raw").buffers()[2].address
     empty = _unnested(pa.chunked_array([], kind))  # a micro-batch with no rows has no chunk
     assert empty.num_rows == 0 and empty.schema == pa.schema(list(kind))
+
+
+def test_a_failed_append_fails_the_batch_and_the_restart_writes_it(spark, lake_settings, monkeypatch):
+    """Bronze's append runs on the writer thread, beside silver and gold: its failure must still
+    fail the micro-batch, and the replay must write what it lacks (and nothing twice)."""
+    from pipelines.jobs.run import StreamFailed
+    from pipelines.streams.bronze import BronzeStep
+
+    s = lake_settings
+    copy_sample(s.input)
+
+    def refuse(self, rows, batch_id):
+        raise OSError("no space left on device (test)")
+
+    with monkeypatch.context() as m:
+        m.setattr(BronzeStep, "apply", refuse)
+        with pytest.raises(StreamFailed, match="no space left on device"):
+            run_available_now(spark, s)
+    run_available_now(spark, s)
+    assert read(spark, s, "bronze/events").count() == TRUTH["lines"]
+    assert read(spark, s, "silver/events").count() == TRUTH["valid_unique_events"]
