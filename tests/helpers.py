@@ -4,6 +4,7 @@ and comparing DataFrames (chispa, so a failure prints the differing rows)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import threading
@@ -167,6 +168,23 @@ class Receiver:
 
     def bodies(self, path: str) -> list[dict]:
         return [b for p, _, b in self.posts if p == path]
+
+
+def run_failing_at(spark: SparkSession, s: Settings, monkeypatch, owner, name: str, message: str) -> None:
+    """``run_available_now`` with ``owner.name`` raising ``OSError(message)`` wherever it is
+    called (a writer thread included): the run must fail with that message. ``owner.name`` is
+    itself again afterwards."""
+    import pytest
+
+    from pipelines.jobs.run import StreamFailed, run_available_now
+
+    def refuse(*args, **kwargs):
+        raise OSError(message)
+
+    with monkeypatch.context() as m:
+        m.setattr(owner, name, refuse)
+        with pytest.raises(StreamFailed, match=re.escape(message)):
+            run_available_now(spark, s)
 
 
 def is_delta(files, batch: int) -> bool:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
-from helpers import SAMPLE, assert_same_rows, copy_sample, read
+from helpers import SAMPLE, assert_same_rows, copy_sample, read, run_failing_at
 from pyspark.sql import functions as F
 
 from pipelines import tables
@@ -116,14 +116,7 @@ def test_a_failed_session_merge_fails_the_batch_and_the_restart_writes_it(spark,
     from pipelines.gold import apply
     s = lake_settings
     copy_sample(s.input)
-
-    def refuse(commit, changes, path):
-        raise OSError("session MERGE refused (test)")
-
-    with monkeypatch.context() as m:
-        m.setattr(apply, "sessions", refuse)
-        with pytest.raises(Exception, match="session MERGE refused"):
-            run_available_now(spark, s)
+    run_failing_at(spark, s, monkeypatch, apply, "sessions", "session MERGE refused (test)")
     run_available_now(spark, s)
     silver = read(spark, s, "silver/events")
     expected = build_gold(silver.where(~F.col("late")), s)[tables.SESSION_FUNNEL.name].drop("created_at")

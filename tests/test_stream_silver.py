@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from helpers import SAMPLE, copy_sample, read
+from helpers import SAMPLE, copy_sample, read, run_failing_at
 from pyspark.sql import functions as F
 
 from pipelines.jobs.run import run_available_now
@@ -139,19 +139,11 @@ def test_bronze_rows_are_the_collected_struct_unnested_in_place():
 def test_a_failed_append_fails_the_batch_and_the_restart_writes_it(spark, lake_settings, monkeypatch):
     """Bronze's append runs on the writer thread, beside silver and gold: its failure must still
     fail the micro-batch, and the replay must write what it lacks (and nothing twice)."""
-    from pipelines.jobs.run import StreamFailed
     from pipelines.streams.bronze import BronzeStep
 
     s = lake_settings
     copy_sample(s.input)
-
-    def refuse(self, rows, batch_id):
-        raise OSError("no space left on device (test)")
-
-    with monkeypatch.context() as m:
-        m.setattr(BronzeStep, "apply", refuse)
-        with pytest.raises(StreamFailed, match="no space left on device"):
-            run_available_now(spark, s)
+    run_failing_at(spark, s, monkeypatch, BronzeStep, "apply", "no space left on device (test)")
     run_available_now(spark, s)
     assert read(spark, s, "bronze/events").count() == TRUTH["lines"]
     assert read(spark, s, "silver/events").count() == TRUTH["valid_unique_events"]
