@@ -78,7 +78,7 @@ class SilverStep(Handler):
         valid = pc.is_null(rows["reason"])
         events = rows.drop_columns(QUARANTINE_ONLY).filter(self._kept(rows, valid, batch_id))
         events = enrich_arrow(events, self.locator, self.ip_key)  # only the events silver keeps
-        rejected = rows.filter(pc.invert(valid)).select(T.SILVER_QUARANTINE.columns)
+        rejected = rows.select(T.SILVER_QUARANTINE.columns).filter(pc.invert(valid))
         commit = Commit(self.app_id(), batch_id, self.ledger)
         if self.quality is not None:  # the GX suite; may raise QualityFailure ("fail" policy)
             drops = self.quality.judge(self.quality.count_arrow(events, now), commit, now)
