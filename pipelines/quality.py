@@ -225,6 +225,25 @@ class Quality:
                 out[c.name] = predicate
         return out
 
+    def fixed_breaks(self) -> dict[str, Column]:
+        """``breaks`` of the checks whose rule does not move with the clock (all but those
+        with a bound set from ``now``, as ``event_time_not_future``'s): a streaming query's
+        definition, built once, can hold them. A predicate that changed every micro-batch
+        would make Spark generate, and the JVM compile, the query's code anew each time; the
+        driver adds the others (``with_breaks``)."""
+        early, late = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+        fixed = {a.name for a, b in zip(self.checks(early), self.checks(late), strict=True)
+                 if repr(a.expectation) == repr(b.expectation)}
+        return {name: rule for name, rule in self.breaks(early).items() if name in fixed}
+
+    def with_breaks(self, rows: pa.Table, now: datetime) -> pa.Table:
+        """Rows on the driver, with the ``breaks(now)`` column of each check with a row rule
+        that they do not carry yet, computed by its ``arrow_rule``."""
+        for c in self.checks(now):
+            if c.name not in rows.column_names and (meets := arrow_rule(c.expectation, rows)) is not None:
+                rows = rows.append_column(c.name, pc.invert(meets))
+        return rows
+
     def count_arrow(self, rows: pa.Table, now: datetime) -> dict[str, int]:
         """``counts(now)`` over rows on the driver: a check's ``breaks(now)`` column when the
         rows carry it (Spark computed it as it collected them), else its ``arrow_rule``."""

@@ -2,11 +2,11 @@
 
 One chain serves the stream and the backfill: ``parse -> valid_events -> dedupe ->
 to_silver`` (``to_silver`` is ``enrich`` = ``mark_late -> locate -> pseudonymize``, then
-conform). The stream's ``stream_rows`` runs ``parse`` and ``mark_late`` over valid and
-rejected rows at once (``silver_and_quarantine``), so a micro-batch is one Spark pass; its
-driver then runs ``locate`` and ``pseudonymize`` once per distinct address (``enrich_arrow``,
-the Python forms of the same functions). ``locate`` is
-the IP -> location join of ``geo.py``; ``pseudonymize`` replaces the raw IP with its keyed
+conform). The stream's ``stream_rows`` runs ``parse`` over valid and rejected rows at once
+(``silver_and_quarantine``), so a micro-batch is one Spark pass; its driver then runs
+``mark_late``, ``locate`` and ``pseudonymize`` (``mark_late_arrow`` and, once per distinct
+address, ``enrich_arrow``: the Python forms of the same functions). ``locate`` is the IP ->
+location join of ``geo.py``; ``pseudonymize`` replaces the raw IP with its keyed
 hash and network (``privacy.py``; the raw IP stays in bronze). Deduplication is the one step
 with two forms, one rule (one row per ``event_id``, the first delivery wins): ``dedupe``
 over a whole batch, and the stream's driver-side state over the window of arrivals
@@ -136,22 +136,29 @@ def to_silver(watermark: datetime | None, locations: DataFrame, ip_key: bytes) -
                            .transform(conform(SILVER_EVENTS)))
 
 
-def silver_and_quarantine(watermark: datetime | None, breaks: Mapping[str, Column] | None = None,
+# What the stream's driver adds to each micro-batch's collected rows, rather than its query:
+# they change every micro-batch, and a query whose expressions change (a literal watermark or
+# clock) makes Spark generate, and the JVM compile, its code anew each micro-batch
+# (docs/performance.md, "A query that never changes").
+BY_BATCH = ("late", "quarantine_time")
+
+
+def silver_and_quarantine(breaks: Mapping[str, Column] | None = None,
                           extra: Mapping[str, Column] | None = None,
                           carry: tuple[str, ...] = ()) -> Transform:
     """Parsed rows, valid and rejected -> one frame holding the columns of both
     ``silver/events`` and ``silver/quarantine`` (``to_silver`` and ``quarantined`` of the same
     rows), so the stream computes a micro-batch in one pass and splits it on ``reason`` (null:
-    silver; else: the quarantine). The address columns are left to the driver: the frame
-    holds ``ip`` instead of ``ip_country``, ``ip_region``, ``ip_hash`` and ``ip_prefix``
-    (``enrich_arrow``). ``breaks``: named predicates over silver's columns
-    (``Quality.breaks``); each becomes a column of that name, true where a valid row breaks it.
-    ``extra``: more named columns over silver's, computed for valid rows (gold's hash keys);
-    ``carry``: columns passed through as they are.
+    silver; else: the quarantine). The driver adds the rest: the frame holds ``ip`` instead of
+    the address columns (``enrich_arrow``) and leaves out ``BY_BATCH`` (``mark_late_arrow``;
+    ``quarantine_time``), so its definition never changes. ``breaks``: named predicates over
+    silver's columns (``Quality.fixed_breaks``); each becomes a column of that name, true where
+    a valid row breaks it. ``extra``: more named columns over silver's, computed for valid rows
+    (gold's hash keys); ``carry``: columns passed through as they are.
     """
     def _(parsed: DataFrame) -> DataFrame:
-        rows = parsed.transform(mark_late(watermark)).withColumns(_stamped())
-        by_driver = {*LOCATION, *PSEUDONYM}
+        rows = parsed.withColumn("ingest_date", F.to_date("ingest_time"))
+        by_driver = {*LOCATION, *PSEUDONYM, *BY_BATCH}
         columns = {f.name: f.dataType for t in (SILVER_EVENTS, SILVER_QUARANTINE) for f in t.schema.fields
                    if f.name not in by_driver}
         out = rows.select(*[F.col(name).cast(kind) for name, kind in columns.items()], "ip", *carry)
@@ -159,6 +166,17 @@ def silver_and_quarantine(watermark: datetime | None, breaks: Mapping[str, Colum
         more = {**(breaks or {}), **(extra or {})}
         return out.withColumns({name: F.when(valid, rule) for name, rule in more.items()})
     return _
+
+
+def mark_late_arrow(rows: pa.Table, watermark: datetime | None) -> pa.Table:
+    """``mark_late`` over collected events (the stream's driver): ``late`` is true at or
+    before ``watermark`` (a naive UTC time), false everywhere when there is none yet."""
+    if watermark is None:
+        late = pa.repeat(False, rows.num_rows)
+    else:
+        times = rows["event_time"]
+        late = pc.less_equal(times, pa.scalar(watermark, times.type))
+    return rows.append_column("late", late)
 
 
 def enrich_arrow(rows: pa.Table, locator: Locator, ip_key: bytes) -> pa.Table:
@@ -188,24 +206,17 @@ def _null_if_blank(c: Column) -> Column:
 BRONZE = "_bronze"  # the bronze row, as a struct, in ``stream_rows``
 
 
-def stream_rows(extra: Mapping[str, Column]) -> Transform:
+def stream_rows(extra: Mapping[str, Column], breaks: Mapping[str, Column] | None = None) -> Transform:
     """A stream of bronze rows (``to_bronze``) -> ``silver_and_quarantine`` of them, before
     deduplication (the stream's driver does that: ``stateful/dedupe.py``), with each bronze
     row kept whole in the struct column ``BRONZE``: one Spark pass gives every table its rows.
     It depends on no micro-batch, so the query's definition holds it and Python builds it
-    once; ``late`` and the quality predicates come per batch (``batch_columns``), the address
-    columns on the driver (``enrich_arrow``)."""
+    once; ``BY_BATCH`` and the address columns come on the driver (``mark_late_arrow``,
+    ``enrich_arrow``), and so do the quality predicates that move with the clock
+    (``Quality.with_breaks``)."""
     def _(bronze: DataFrame) -> DataFrame:
         require_columns(bronze, *BRONZE_EVENTS.columns)
         rows = bronze.withColumn(BRONZE, F.struct(*BRONZE_EVENTS.columns))
         return rows.transform(lambda df: parse(df, carry=(BRONZE,))).transform(
-            silver_and_quarantine(None, extra=extra, carry=(BRONZE,)))
+            silver_and_quarantine(breaks, extra=extra, carry=(BRONZE,)))
     return _
-
-
-def batch_columns(watermark: datetime | None, breaks: Mapping[str, Column]) -> dict[str, Column]:
-    """What ``stream_rows`` leaves to each micro-batch: ``late`` by the batch's watermark
-    (``mark_late``) and the quality predicates (``silver_and_quarantine``'s ``breaks``)."""
-    valid = F.col("reason").isNull()
-    late = {} if watermark is None else {"late": F.col("event_time") <= F.lit(watermark)}
-    return late | {name: F.when(valid, rule) for name, rule in breaks.items()}

@@ -1,6 +1,7 @@
 """Files -> bronze -> silver with availableNow, checked against the generator's ground truth."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import pytest
 from helpers import SAMPLE, copy_sample, read, run_failing_at
 from pyspark.sql import functions as F
 
+from pipelines.config import load_settings
 from pipelines.jobs.run import run_available_now
+from pipelines.silver import BRONZE
 from pipelines.streams import CHECKPOINTS, QUERY
 
 TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
@@ -147,3 +150,30 @@ def test_a_failed_append_fails_the_batch_and_the_restart_writes_it(spark, lake_s
     run_available_now(spark, s)
     assert read(spark, s, "bronze/events").count() == TRUTH["lines"]
     assert read(spark, s, "silver/events").count() == TRUTH["valid_unique_events"]
+
+
+@pytest.mark.slow
+def test_every_micro_batch_collects_the_same_query(spark, tmp_path, monkeypatch):
+    """The query's projection holds nothing of its micro-batch (no watermark, no clock), so
+    Spark generates, and the JVM compiles, its code once rather than every micro-batch; the
+    driver adds the late marks and ``quarantine_time``."""
+    from pyspark.sql.classic.dataframe import DataFrame
+
+    s = load_settings(overrides={"lake": tmp_path / "lake", "input": tmp_path / "landing",
+                                 "stream": {"max_files_per_trigger": 1}}, environ={}, local=False)
+    copy_sample(s.input, slice(0, 3))
+    plans, collect = [], DataFrame.toArrow
+
+    def recorded(df):
+        plan = df._jdf.queryExecution().optimizedPlan().toString()
+        if BRONZE in plan:  # the micro-batch's collect, not a test's or a helper's
+            plans.append(re.sub(r"#\d+L?", "", plan))  # expression ids aside
+        return collect(df)
+
+    monkeypatch.setattr(DataFrame, "toArrow", recorded)
+    run_available_now(spark, s)
+    assert len(plans) == 3
+    assert plans[1] == plans[0] and plans[2] == plans[0]
+    quarantine = read(spark, s, "silver/quarantine")
+    assert quarantine.count() > 0 and quarantine.where("quarantine_time IS NULL").count() == 0
+    assert read(spark, s, "silver/events").where("late IS NULL").count() == 0

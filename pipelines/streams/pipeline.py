@@ -54,10 +54,10 @@ class PipelineBatch:
         held, latest = self.gold.start(batch_id)
         latest = latest if latest is not None else self.silver.first_latest(batch_id)
         watermark = event_watermark(from_epoch_ms(latest), self.s.stream.watermark_delay)
-        # One Spark pass: bronze's row, parsed, gold's hash keys (the query's
-        # projection), and the batch's late marks and quality predicates, collected as Arrow;
-        # everything after runs on the collected batch.
-        rows = batch.withColumns(self.silver.batch_columns(watermark, now)).toArrow()
+        # One Spark pass: bronze's row, parsed, with gold's hash keys and the quality
+        # predicates (the query's projection, the same every micro-batch), collected as
+        # Arrow; everything after, the late marks too, runs on the collected batch.
+        rows = batch.toArrow()
         # Bronze's and silver's appends run on the writer thread, beside silver's and gold's
         # work on the driver (delta-rs writes without the GIL; nothing in the batch reads them
         # back); the batch ends when they have, as a crash's replay expects.

@@ -11,7 +11,7 @@ from functools import partial
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, SparkSession
+from pyspark.sql import SparkSession
 
 from pipelines import metrics
 from pipelines import tables as T
@@ -22,15 +22,17 @@ from pipelines.gold.sessions import hash_keys
 from pipelines.io.delta_rs import Commit, arrow_schema, max_stat, to_arrow
 from pipelines.privacy import ip_salt
 from pipelines.quality import Quality, drop_reason, dropped_to_quarantine
-from pipelines.silver import batch_columns, enrich_arrow, stream_rows
+from pipelines.silver import BY_BATCH, enrich_arrow, mark_late_arrow, stream_rows
 from pipelines.stateful.dedupe import Dedupe
 from pipelines.streams.base import Handler, counts
 
 log = logging.getLogger(__name__)
 
-# The quarantine's own columns, which the collected valid rows carry as nulls: left behind
+# The quarantine's own collected columns, which the valid rows carry as nulls: left behind
 # before silver filters them.
-QUARANTINE_ONLY = sorted(set(T.SILVER_QUARANTINE.columns) - set(T.SILVER_EVENTS.columns))
+QUARANTINE_ONLY = sorted(set(T.SILVER_QUARANTINE.columns) - set(T.SILVER_EVENTS.columns) - set(BY_BATCH))
+# The quarantine's columns the query collects (the driver stamps ``quarantine_time``).
+QUARANTINE_COLLECTED = [c for c in T.SILVER_QUARANTINE.columns if c not in BY_BATCH]
 
 
 class SilverStep(Handler):
@@ -62,13 +64,10 @@ class SilverStep(Handler):
         return None
 
     def projection(self) -> Transform:
-        """Bronze rows -> ``stream_rows``: parsed, with gold's hash keys and ``ip`` (the query's
-        definition: built once)."""
-        return stream_rows(hash_keys())
-
-    def batch_columns(self, watermark: datetime | None, now: datetime) -> dict[str, Column]:
-        """``late`` by ``watermark`` and the quality predicates at ``now``: one micro-batch's."""
-        return batch_columns(watermark, self.quality.breaks(now) if self.quality else {})
+        """Bronze rows -> ``stream_rows``: parsed, with gold's hash keys, ``ip`` and the quality
+        predicates that do not move with the clock (the query's definition: built once, and
+        the same for every micro-batch)."""
+        return stream_rows(hash_keys(), self.quality.fixed_breaks() if self.quality else {})
 
     def apply(self, spark: SparkSession, rows: pa.Table, batch_id: int, watermark: datetime | None,
               now: datetime) -> tuple[pa.Table, Callable[[], None]]:
@@ -78,9 +77,11 @@ class SilverStep(Handler):
         valid = pc.is_null(rows["reason"])
         events = rows.drop_columns(QUARANTINE_ONLY).filter(self._kept(rows, valid, batch_id))
         events = enrich_arrow(events, self.locator, self.ip_key)  # only the events silver keeps
-        rejected = rows.select(T.SILVER_QUARANTINE.columns).filter(pc.invert(valid))
+        events = mark_late_arrow(events, watermark)
+        rejected = _stamped(rows.select(QUARANTINE_COLLECTED).filter(pc.invert(valid)), now)
         commit = Commit(self.app_id(), batch_id, self.ledger)
         if self.quality is not None:  # the GX suite; may raise QualityFailure ("fail" policy)
+            events = self.quality.with_breaks(events, now)  # those that move with the clock
             drops = self.quality.judge(self.quality.count_arrow(events, now), commit, now)
             if drops:
                 reason = drop_reason(events, drops)
@@ -122,3 +123,10 @@ class SilverStep(Handler):
         dropped = events.select(T.SILVER_EVENTS.columns).filter(kept)
         dropped = dropped.append_column("_reason", reason.filter(kept))
         return to_arrow(dropped_to_quarantine(spark.createDataFrame(dropped)), T.SILVER_QUARANTINE)
+
+
+def _stamped(rejected: pa.Table, now: datetime) -> pa.Table:
+    """The collected rejects with ``quarantine_time``: ``now``, when the micro-batch started."""
+    stamp = pa.scalar(now, arrow_schema(T.SILVER_QUARANTINE).field("quarantine_time").type)
+    rejected = rejected.append_column("quarantine_time", pa.repeat(stamp, rejected.num_rows))
+    return rejected.select(T.SILVER_QUARANTINE.columns)
