@@ -4,7 +4,8 @@ Four measurements, each printed as a table and all written to ``bench/results/<t
 
 - ``throughput``: ``funnelhouse run --available-now`` (bronze, then silver with gold) on 1M
   generated events, beside plain Spark on the same files in the same JVM (``read.text`` + ``from_json``
-  -> Parquet). Both run warm: the baseline once untimed, the pipeline once on the sample.
+  -> Parquet). Both are warmed the same way, by one untimed run over the same lines (the
+  pipeline's after one on the sample); the pipeline's first run is reported too.
 - ``growth``: the same 20k-event increment (later event times, ids of its own) on a lake
   primed empty and on the lake the throughput run left (1M events; ``--big``: 10M), each as
   primed and after a one-event tick closed what it held open (history alone).

@@ -23,11 +23,20 @@ def baseline(spark: SparkSession, landing: Path, out: Path) -> float:
 
 
 def throughput(spark: SparkSession, root: Path, landing: Path, lines: int) -> dict:
+    """The baseline and the pipeline, each warmed the same way: one untimed run over the same
+    lines first (the pipeline's into a lake of its own), so neither is timed while the JIT
+    still compiles code the other has had compiled. The pipeline's first run over the lines,
+    after a warm-up on the sample only (how this bench timed it before), is reported beside:
+    it is what a job that has just started pays."""
     baseline(spark, landing, root / "base")  # warm-up: JIT, file listing
     base = baseline(spark, landing, root / "base")
-    warm = root / "warm"  # the pipeline's own warm-up: every code path, on the sample
+    warm = root / "warm"  # every code path once, on the sample
     shutil.rmtree(warm, ignore_errors=True)
     run_available_now(spark, bench_settings(warm / "lake", REPO_ROOT / "data" / "sample" / "events"))
+    once = bench_settings(root / "lake-first", landing)  # a path of its own (Bench quirks)
+    shutil.rmtree(once.lake, ignore_errors=True)
+    first = timed(lambda: run_available_now(spark, once))  # the warm-up over the same lines
+    shutil.rmtree(once.lake, ignore_errors=True)
     s = bench_settings(root / "lake", landing)
     shutil.rmtree(s.lake, ignore_errors=True)
     layers = {}
@@ -35,9 +44,12 @@ def throughput(spark: SparkSession, root: Path, landing: Path, lines: int) -> di
         layers[name] = timed(lambda name=name: run_available_now(spark, s, [name]))
     total = sum(layers.values())
     rows = [["baseline: read.text + from_json -> parquet", base, lines / base, "100%"]]
+    rows += [["pipeline: first run over these lines (after the sample)", first, lines / first,
+              f"{base / first:.0%}"]]
     rows += [[f"{n} query", t, lines / t, ""] for n, t in layers.items()]
     rows += [["pipeline: all queries, end to end", total, lines / total, f"{base / total:.0%}"]]
-    console.print(rich_table(f"throughput: {lines:,} lines, --available-now, warm JVM",
-                         ["stage", "seconds", "events/s", "of baseline"], rows))
+    console.print(rich_table(f"throughput: {lines:,} lines, --available-now, warm JVM (each side's "
+                             "second run over them)", ["stage", "seconds", "events/s", "of baseline"], rows))
     return {"lines": lines, "baseline_s": base, "layers_s": layers, "total_s": total,
-            "events_per_s": lines / total, "baseline_events_per_s": lines / base}
+            "events_per_s": lines / total, "baseline_events_per_s": lines / base,
+            "first_run_s": first, "first_run_events_per_s": lines / first}
