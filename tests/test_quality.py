@@ -288,3 +288,25 @@ def test_the_stream_counts_closing_cells_on_its_driver_as_great_expectations_doe
         result = batch.validate(check.expectation.to_gx(), result_format="BASIC").result
         theirs = result.get("unexpected_count", 0)
         assert ours[check.name] == theirs, check.name
+
+
+def test_the_clock_check_is_added_on_the_driver_by_its_rule():
+    """The stream's query holds the checks that never move; the driver adds the one bound by
+    the clock. Hand-built times: in the past, exactly at ``now + future_tolerance`` (allowed),
+    a second after it, and missing (a null passes a range rule, as in GX)."""
+    from datetime import UTC, datetime, timedelta
+
+    q = load_settings(environ={}, local=False).quality
+    ours = Quality("/nowhere", "silver_events", q, "test")
+    now = datetime(2026, 11, 2, 12, tzinfo=UTC)
+    limit = now + q.future_tolerance
+    fixed = ["event_id_not_null", "user_id_not_null", "event_type_allowed", "price_in_range",
+             "quantity_in_range"]  # columns the collected batch carries
+    times = [now - timedelta(hours=1), limit, limit + timedelta(seconds=1), None]
+    rows = pa.table({"event_id": ["past", "at", "after", "none"],
+                     "event_time": pa.array(times, pa.timestamp("us", tz="UTC")),
+                     **{name: [False] * 4 for name in fixed}})
+    out = ours.with_breaks(rows, now)
+    assert out.column_names == [*rows.column_names, "event_time_not_future"]  # nothing it carries again
+    assert out["event_time_not_future"].to_pylist() == [False, False, True, False]
+    assert ours.count_arrow(out, now)["event_time_not_future"] == 1

@@ -132,3 +132,22 @@ def test_schema_drift_is_kept_or_quarantined_with_its_reason(spark, change, raw,
     assert [r.reason for r in parsed.collect()] == [reason], change
     if reason is None:  # the event is kept; the new field stays in bronze's raw line only
         assert [r.event_id for r in parsed.transform(valid_events).collect()] == ["e1"]
+
+
+@pytest.mark.parametrize("watermark", [datetime(2026, 11, 2, 8, 0, 0, 250000), None])
+def test_the_drivers_late_marks_are_those_of_mark_late(spark, watermark):
+    """The stream marks ``late`` on its collected rows (``mark_late_arrow``); a backfill with
+    ``mark_late``. Hand-built times: before, exactly at (late: at or before) and after."""
+    from helpers import assert_same_rows
+
+    from pipelines.silver import mark_late, mark_late_arrow
+
+    times = ["2026-11-02T09:59:59.999+02:00", "2026-11-02T10:00:00.250+02:00",
+             "2026-11-02T10:00:00.251+02:00"]
+    events = (bronze(spark, *[line(event_id=f"e{i}", event_time=t) for i, t in enumerate(times)])
+              .transform(parse).transform(valid_events).select("event_id", "event_time", "late"))
+    ours = mark_late_arrow(events.drop("late").toArrow(), watermark)
+    late = dict(zip(ours["event_id"].to_pylist(), ours["late"].to_pylist(), strict=True))
+    assert late == {"e0": watermark is not None, "e1": watermark is not None, "e2": False}
+    theirs = events.transform(mark_late(watermark))
+    assert_same_rows(spark.createDataFrame(ours.select(events.columns)), theirs)
