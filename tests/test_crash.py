@@ -11,14 +11,16 @@ recorded as sent when the process dies is sent again after the restart, with the
 exactly the notices the outbox holds as sent, each with one body, and nothing else.
 
 The kill moments: after a query plans a new micro-batch (a new offset file in a checkpoint),
-a random 0-1 s later, so the kills land in a ``foreachBatch`` body (parsing, the gold
-processors), in a Delta commit, or in the state and checkpoint writes around them. Shorter
-than a micro-batch of a fresh process: a later kill let a run finish two of the sample's four
-batches, four such runs finished all of them, and the mid-delivery run had nothing left to
-deliver (2 of 3 local runs after the pipeline got faster); and the
-last kill right after the receiver gets a POST, so it lands in the middle of a delivery. The seed
-is printed; ``FUNNELHOUSE_CRASH_SEED=<seed> pytest tests/test_crash.py`` replays the same
-delays (the moments move a little with the machine's speed).
+a random 0-0.5 s later, so the kills land in a ``foreachBatch`` body (parsing, the gold
+processors), in a Delta commit, or in the state and checkpoint writes around them; and the
+last kill right after the receiver gets a POST, so it lands in the middle of a delivery
+(the first POST comes late in the sample's work: a first kill there would leave the others
+little to do). The random delay is shorter than a micro-batch of a fresh process: with up
+to 1 s, four killed runs could finish the sample's four batches and the mid-delivery run
+found nothing left to deliver (once the query stopped compiling its code every micro-batch
+and its batches got faster). The seed is printed;
+``FUNNELHOUSE_CRASH_SEED=<seed> pytest tests/test_crash.py`` replays the same delays (the
+moments move a little with the machine's speed).
 """
 
 import os
@@ -39,6 +41,7 @@ KILLS = 5
 # The last kill lands right after the receiver gets a POST; the others at random moments
 # after a newly planned batch, so they land in every part of a micro-batch.
 DURING_DELIVERY = KILLS - 1
+LATEST_KILL = 0.5  # seconds after a newly planned micro-batch
 
 
 def _offsets(lake: Path) -> int:
@@ -79,7 +82,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(spark, sample_lake,
                 planned = _offsets(lake) if lake.exists() else 0
                 while proc.poll() is None and (not lake.exists() or _offsets(lake) <= planned):
                     time.sleep(0.05)
-                delay = rng.uniform(0, 1.0)
+                delay = rng.uniform(0, LATEST_KILL)
                 time.sleep(delay)
             if proc.poll() is not None:  # it finished first: nothing left to do
                 assert proc.returncode == 0, log.read_text()[-3000:]
