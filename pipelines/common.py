@@ -30,6 +30,12 @@ def unix_millis(times: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.cast(pc.cast(times, pa.timestamp("ms", times.type.tz), safe=False), pa.int64())
 
 
+def string_lists(column: pd.Series) -> pa.ListArray | pa.ChunkedArray:
+    """A pandas column of string lists (lists, arrays or None; or Arrow lists, kept as they
+    are) as an Arrow ``list<string>`` array, for list work in Arrow (flatten, parent indices)."""
+    return pa.array(column, pa.list_(pa.string()), from_pandas=True)
+
+
 def sorted_by(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """``df`` sorted by ``keys`` (ascending, nulls last, stable; a new range index), as
     ``sort_values`` sorts it (strings in code point order), with the sort done by Arrow: a

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.common import Transform
+from pipelines.common import Transform, string_lists
 from pipelines.gold.funnel import ratio_sql
 
 COUNTS = ["adds", "purchases", "direct_purchases"]  # additive
@@ -57,7 +57,7 @@ def product_count_deltas(sessions: pd.DataFrame) -> pd.DataFrame:
     lists are distinct, so a product is added and bought at most once per session row: each
     (row, product) pair is tagged 1 if added, 2 if bought, 3 if both."""
     def pairs(column: str, tag: int) -> pa.Table:
-        lists = pa.array(sessions[column], pa.list_(pa.string()), from_pandas=True)
+        lists = string_lists(sessions[column])
         products = pc.list_flatten(lists)
         return pa.table({"row": pc.list_parent_indices(lists), "product_id": products,
                          "tag": pa.repeat(pa.scalar(tag, pa.int8()), len(products))})

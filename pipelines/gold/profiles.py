@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.common import Transform, require_columns
+from pipelines.common import Transform, require_columns, string_lists
 from pipelines.tables import IP_PROFILE, USER_PROFILE
 
 ADDITIVE = ["sessions", "purchases", "revenue", "fraud_flags"]
@@ -62,7 +62,7 @@ def profile_deltas(sessions: pd.DataFrame, flags: pd.DataFrame | None) -> pd.Dat
 def ip_deltas(sessions: pd.DataFrame) -> pd.DataFrame:
     """Closed ``gold/session_funnel`` rows -> one row per IP hash they used (``IP_PROFILE``
     columns): sessions, the first start, the last end, and the users."""
-    hashes = _list_array(sessions["ip_hashes"])
+    hashes = string_lists(sessions["ip_hashes"])
     at = pc.list_parent_indices(hashes).to_numpy()  # the session of each (session, hash) pair
     per_ip = pd.DataFrame({"ip_hash": pc.list_flatten(hashes).to_numpy(zero_copy_only=False),
                            "user_id": sessions["user_id"].to_numpy(object)[at],
@@ -77,14 +77,9 @@ def ip_deltas(sessions: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()[IP_PROFILE.columns]
 
 
-def _list_array(column: pd.Series) -> pa.ListArray | pa.ChunkedArray:
-    """A column of string lists (lists, arrays or None; or Arrow lists) as Arrow."""
-    return pa.array(column, pa.list_(pa.string()), from_pandas=True)
-
-
 def _sets(keys: pd.Series, lists: pd.Series) -> pd.Series:
     """Per key (in order of first appearance), the sorted distinct values of its rows' lists."""
-    values = _list_array(lists)
+    values = string_lists(lists)
     at = pc.list_parent_indices(values).to_numpy()
     keys = keys.to_numpy(object)
     flat = pc.list_flatten(values).to_numpy(zero_copy_only=False)
