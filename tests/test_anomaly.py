@@ -91,7 +91,7 @@ def test_history_in_one_batch_and_across_two_equals_the_hand_written_values():
     pd.testing.assert_frame_equal(whole, expected)
     # The stream: A, B and E close first; C and D later, against the profiles stored by then.
     first, later = sessions.iloc[:3], sessions.iloc[3:]
-    users, ips = profile_deltas(first, None), ip_deltas(first)
+    users, ips = profile_deltas(first, None).to_pandas(), ip_deltas(first).to_pandas()
     streamed = pd.concat([with_history(first), with_history(later, users, ips)]).set_index("session_id")
     pd.testing.assert_frame_equal(streamed[["returning", "ip_users"]], expected)
 

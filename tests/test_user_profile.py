@@ -2,7 +2,7 @@
 deltas, merged in two batches into real Delta tables, equal the batch build's rows, and both
 equal the hand-written profiles."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pandas as pd
 from chispa import assert_df_equality
@@ -12,7 +12,7 @@ from pipelines import tables as T
 from pipelines.gold import apply
 from pipelines.gold.build import ip_profile_rows, profile_rows
 from pipelines.gold.profiles import ip_deltas, profile_deltas
-from pipelines.io.delta_rs import Commit, arrow_schema, from_pandas, read
+from pipelines.io.delta_rs import Commit, arrow_schema, read
 from pipelines.io.ledger import Ledger
 
 
@@ -61,11 +61,29 @@ def test_batch_build_gives_the_hand_written_profile(spark):
 
 def test_a_batch_that_closes_nothing_and_flags_only_an_address_changes_no_profile():
     no_sessions = _sessions().iloc[0:0]
-    assert profile_deltas(no_sessions, _flags()[_flags()["entity_type"] == "ip"]).empty
-    assert profile_deltas(no_sessions, None).empty
+    assert profile_deltas(no_sessions, _flags()[_flags()["entity_type"] == "ip"]).num_rows == 0
+    assert profile_deltas(no_sessions, None).num_rows == 0
     flagged = profile_deltas(no_sessions, _flags())  # user flags alone: rows of their own
-    assert flagged[["user_id", "fraud_flags"]].to_dict("records") == [
+    assert flagged.select(["user_id", "fraud_flags"]).to_pylist() == [
         {"user_id": "u1", "fraud_flags": 1}, {"user_id": "u3", "fraud_flags": 1}]
+
+
+def test_one_batchs_deltas_are_the_hand_written_rows_sorted_with_sorted_lists():
+    """A user or address first seen in a batch is inserted as its delta is, lists included."""
+    closed = _sessions()[~_sessions()["is_open"]]
+    utc = [(*row[:-1], None if row[-1] is None else row[-1].replace(tzinfo=UTC)) for row in EXPECTED]
+    users = [(u, *[t if t is None else t.replace(tzinfo=UTC) for t in (first, last)], *rest, end)
+             for u, first, last, *rest, end in utc]
+    assert [tuple(r.values()) for r in profile_deltas(closed, _flags()).to_pylist()] == users
+    ips = [(h, first.replace(tzinfo=UTC), last.replace(tzinfo=UTC), n, who) for h, first, last, n, who in EXPECTED_IPS]
+    assert [tuple(r.values()) for r in ip_deltas(closed).to_pylist()] == ips
+    both = closed.assign(countries=[["US", "DE", None, "DE"], ["JP"], []],
+                         ip_hashes=[["h2", "h1"], ["h2"], ["h3"]], user_id=["u9", "u1", None])
+    assert profile_deltas(both, None).select(["user_id", "countries"]).to_pylist() == [
+        {"user_id": "u1", "countries": ["JP"]}, {"user_id": "u9", "countries": ["DE", "US"]}]
+    assert ip_deltas(both).select(["ip_hash", "sessions", "users"]).to_pylist() == [
+        {"ip_hash": "h1", "sessions": 1, "users": ["u9"]}, {"ip_hash": "h2", "sessions": 2, "users": ["u1", "u9"]},
+        {"ip_hash": "h3", "sessions": 1, "users": []}]
 
 
 def test_stream_deltas_merged_batch_by_batch_give_the_same_profiles(spark, tmp_path):
@@ -76,9 +94,8 @@ def test_stream_deltas_merged_batch_by_batch_give_the_same_profiles(spark, tmp_p
     ledger = Ledger()
     # Batch 0 closes u1's first session and u2's; batch 1 closes u1's second and raises the flags.
     for batch, (rows, flags) in enumerate([(closed.iloc[[0, 2]], None), (closed.iloc[[1]], _flags())]):
-        deltas = from_pandas(profile_deltas(rows, flags), T.USER_PROFILE)
-        apply.user_profiles(Commit("test", batch, ledger), deltas, path)
-        apply.ip_profiles(Commit("test", batch, ledger), from_pandas(ip_deltas(rows), T.IP_PROFILE), ip_path)
+        apply.user_profiles(Commit("test", batch, ledger), profile_deltas(rows, flags), path)
+        apply.ip_profiles(Commit("test", batch, ledger), ip_deltas(rows), ip_path)
     got = spark.createDataFrame(read(path).to_pandas(), T.USER_PROFILE.schema)
     expected = spark.createDataFrame(EXPECTED, T.USER_PROFILE.schema)
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)

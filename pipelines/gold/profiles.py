@@ -6,7 +6,7 @@ Every column merges without history: counts and revenue add, ``first_seen`` is a
 union. So the gold stream MERGEs the deltas of the users and addresses a micro-batch touched
 (the sessions it closed, the flags it raised) into the stored rows (``gold/apply.py``), and a
 batch build aggregates all closed sessions and flags at once. ``profile_deltas`` and
-``ip_deltas`` (pandas, the stream) and ``user_profiles`` and ``ip_profiles`` (Spark, the batch
+``ip_deltas`` (Arrow, the stream) and ``user_profiles`` and ``ip_profiles`` (Spark, the batch
 build) are the same definitions; the stream == batch tests hold them together.
 """
 
@@ -20,87 +20,94 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipelines.common import Transform, require_columns, string_lists
+from pipelines.io.delta_rs import arrow_schema
 from pipelines.tables import IP_PROFILE, USER_PROFILE
 
 ADDITIVE = ["sessions", "purchases", "revenue", "fraud_flags"]
 
 
-def profile_deltas(sessions: pd.DataFrame, flags: pd.DataFrame | None) -> pd.DataFrame:
+def profile_deltas(sessions: pd.DataFrame, flags: pd.DataFrame | None) -> pa.Table:
     """Closed ``gold/session_funnel`` rows and new ``gold/fraud_flags`` rows -> one row per
-    user (``USER_PROFILE`` columns): sessions, purchase events, revenue, the first session's
-    start, the last one's end, the countries seen, the flags raised on the user, and the
-    earliest end of a session (``first_session_end``: a session that starts after it is a
-    returning visit)."""
-    per_session = pd.DataFrame({
-        "user_id": sessions["user_id"].to_numpy(object),
-        "first_seen": pd.to_datetime(sessions["session_start"]).to_numpy(),
-        "last_seen": pd.to_datetime(sessions["session_end"]).to_numpy(),
-        "sessions": np.ones(len(sessions), np.int64),
-        "purchases": sessions["purchases"].to_numpy(np.int64),
-        "revenue": sessions["revenue"].to_numpy(np.float64),
-        "fraud_flags": np.zeros(len(sessions), np.int64),
-        "countries": sessions["countries"].reset_index(drop=True)})
-    parts = [per_session]
-    if flags is not None and len(flags):
-        on_users = flags[flags["entity_type"] == "user"]
-        parts.append(pd.DataFrame({
-            "user_id": on_users["entity_id"].to_numpy(object), "first_seen": pd.NaT, "last_seen": pd.NaT,
-            "sessions": 0, "purchases": 0, "revenue": 0.0, "fraud_flags": 1,
-            "countries": [[] for _ in range(len(on_users))]}))
-    parts = [p for p in parts if len(p)]
-    if not parts:  # no session closed and no user flagged (an IP flag alone)
-        return pd.DataFrame(columns=USER_PROFILE.columns)
-    rows = pd.concat(parts, ignore_index=True)
-    out = rows.groupby("user_id", sort=True).agg(
-        first_seen=("first_seen", "min"), last_seen=("last_seen", "max"), sessions=("sessions", "sum"),
-        purchases=("purchases", "sum"), revenue=("revenue", "sum"), fraud_flags=("fraud_flags", "sum"),
-        first_session_end=("last_seen", "min"))
-    out["countries"] = _sets(rows["user_id"], rows["countries"]).reindex(out.index)
-    return out.reset_index()[USER_PROFILE.columns]
+    user (typed as ``gold/user_profile``, sorted by user): sessions, purchase events, revenue,
+    the first session's start, the last one's end, the countries seen, the flags raised on the
+    user, and the earliest end of a session (``first_session_end``: a session that starts after
+    it is a returning visit). Grouped in Arrow; a row without a user counts for none."""
+    n = len(sessions)
+    flagged = (flags.loc[flags["entity_type"] == "user", "entity_id"] if flags is not None
+               else pd.Series([], dtype=object))
+    m = len(flagged)
+    starts, ends = _utc(sessions["session_start"]), _utc(sessions["session_end"])
+    users = _strings(sessions["user_id"])
+    rows = pa.table({
+        "user_id": pa.concat_arrays([users, _strings(flagged)]),
+        "first_seen": pa.concat_arrays([starts, pa.nulls(m, TIME)]),
+        "last_seen": pa.concat_arrays([ends, pa.nulls(m, TIME)]),
+        "sessions": np.concatenate([np.ones(n, np.int64), np.zeros(m, np.int64)]),
+        "purchases": np.concatenate([sessions["purchases"].to_numpy(np.int64), np.zeros(m, np.int64)]),
+        "revenue": np.concatenate([sessions["revenue"].to_numpy(np.float64), np.zeros(m)]),
+        "fraud_flags": np.concatenate([np.zeros(n, np.int64), np.ones(m, np.int64)])})
+    out = _grouped(rows, "user_id", [("first_seen", "min"), ("last_seen", "max"), ("sessions", "sum"),
+                                     ("purchases", "sum"), ("revenue", "sum"), ("fraud_flags", "sum"),
+                                     ("last_seen", "min")])
+    countries = string_lists(sessions["countries"])
+    at = pc.list_parent_indices(countries)
+    out = out.append_column("countries", _lists(out["user_id"], users.take(at), pc.list_flatten(countries)))
+    out = out.rename_columns(["user_id", "first_seen", "last_seen", "sessions", "purchases", "revenue",
+                              "fraud_flags", "first_session_end", "countries"])
+    return out.select(USER_PROFILE.columns).cast(arrow_schema(USER_PROFILE))
 
 
-def ip_deltas(sessions: pd.DataFrame) -> pd.DataFrame:
-    """Closed ``gold/session_funnel`` rows -> one row per IP hash they used (``IP_PROFILE``
-    columns): sessions, the first start, the last end, and the users."""
+def ip_deltas(sessions: pd.DataFrame) -> pa.Table:
+    """Closed ``gold/session_funnel`` rows -> one row per IP hash they used (typed as
+    ``gold/ip_profile``, sorted by hash): sessions, the first start, the last end, and the
+    users."""
     hashes = string_lists(sessions["ip_hashes"])
-    at = pc.list_parent_indices(hashes).to_numpy()  # the session of each (session, hash) pair
-    per_ip = pd.DataFrame({"ip_hash": pc.list_flatten(hashes).to_numpy(zero_copy_only=False),
-                           "user_id": sessions["user_id"].to_numpy(object)[at],
-                           "first_seen": pd.to_datetime(sessions["session_start"]).to_numpy()[at],
-                           "last_seen": pd.to_datetime(sessions["session_end"]).to_numpy()[at]})
-    per_ip = per_ip.dropna(subset="ip_hash")
-    if per_ip.empty:
-        return pd.DataFrame(columns=IP_PROFILE.columns)
-    out = per_ip.groupby("ip_hash", sort=True).agg(
-        first_seen=("first_seen", "min"), last_seen=("last_seen", "max"), sessions=("user_id", "size"))
-    out["users"] = _distinct_sorted(per_ip["ip_hash"], per_ip["user_id"])
-    return out.reset_index()[IP_PROFILE.columns]
+    at = pc.list_parent_indices(hashes)  # the session of each (session, hash) pair
+    users = _strings(sessions["user_id"]).take(at)
+    rows = pa.table({"ip_hash": pc.list_flatten(hashes), "user_id": users,
+                     "first_seen": _utc(sessions["session_start"]).take(at),
+                     "last_seen": _utc(sessions["session_end"]).take(at)})
+    out = _grouped(rows, "ip_hash", [("first_seen", "min"), ("last_seen", "max"), ("ip_hash", "count")])
+    out = out.append_column("users", _lists(out["ip_hash"], rows["ip_hash"], rows["user_id"]))
+    out = out.rename_columns(["ip_hash", "first_seen", "last_seen", "sessions", "users"])
+    return out.cast(arrow_schema(IP_PROFILE))
 
 
-def _sets(keys: pd.Series, lists: pd.Series) -> pd.Series:
-    """Per key (in order of first appearance), the sorted distinct values of its rows' lists."""
-    values = string_lists(lists)
-    at = pc.list_parent_indices(values).to_numpy()
-    keys = keys.to_numpy(object)
-    flat = pc.list_flatten(values).to_numpy(zero_copy_only=False)
-    found = _distinct_sorted(pd.Series(keys[at]), pd.Series(flat))
-    out = found.reindex(pd.unique(keys))
-    empty = out.isna().to_numpy()  # keys whose lists were all empty
-    if empty.any():
-        out[empty] = pd.Series([[] for _ in range(int(empty.sum()))], index=out.index[empty], dtype=object)
-    return out
+TIME = pa.timestamp("us", tz="UTC")
 
 
-def _distinct_sorted(keys: pd.Series, values: pd.Series) -> pd.Series:
-    """Per key (sorted), the sorted distinct non-null values paired with it, as a list:
-    grouped in Arrow (a pandas ``groupby(...).agg(list)`` is a Python call per key)."""
-    pairs = pa.table({"k": pa.array(keys.to_numpy(object), pa.string()),
-                      "v": pa.array(values.to_numpy(object), pa.string())})
-    pairs = pairs.filter(pc.is_valid(pairs["v"])).group_by(["k", "v"]).aggregate([])
+def _utc(times: pd.Series) -> pa.Array:
+    """Naive UTC (or zoned) times as Arrow ``timestamp[us, UTC]``, NaT as null."""
+    times = pd.to_datetime(times)
+    if times.dt.tz is not None:
+        times = times.dt.tz_convert(None)
+    return pa.array(times.to_numpy("datetime64[us]"), TIME, from_pandas=True)
+
+
+def _strings(values: pd.Series) -> pa.Array:
+    return pa.array(values.to_numpy(object), pa.string(), from_pandas=True)
+
+
+def _grouped(rows: pa.Table, key: str, aggregations: list[tuple[str, str]]) -> pa.Table:
+    """``rows`` grouped by ``key`` (rows without one left out), one column per aggregation
+    in that order after the key, sorted by the key."""
+    rows = rows.filter(pc.is_valid(rows[key]))
+    out = rows.group_by(key, use_threads=False).aggregate(aggregations)
+    out = out.select([key, *[f"{c}_{f}" for c, f in aggregations]])
+    return out.sort_by(key)
+
+
+def _lists(keys: pa.ChunkedArray, paired: pa.Array, values: pa.Array) -> pa.ListArray:
+    """Per key of ``keys`` (sorted, distinct), the sorted distinct non-null ``values`` paired
+    with it (an empty list when none), built from offsets: no Python list per key."""
+    pairs = pa.table({"k": paired, "v": values})
+    pairs = pairs.filter(pc.and_(pc.is_valid(pairs["k"]), pc.is_valid(pairs["v"])))
+    pairs = pairs.group_by(["k", "v"], use_threads=False).aggregate([])
     pairs = pairs.sort_by([("k", "ascending"), ("v", "ascending")])
-    grouped = pairs.group_by("k", use_threads=False).aggregate([("v", "list")])  # keeps the order
-    return pd.Series(grouped["v_list"].to_pylist(), index=pd.Index(grouped["k"].to_pylist(), name="k"),
-                     dtype=object)
+    owner = pc.index_in(pairs["k"], value_set=keys.combine_chunks()).to_numpy()
+    counts = np.bincount(owner, minlength=len(keys))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pairs["v"].combine_chunks())
 
 
 def user_profiles(flags: DataFrame) -> Transform:

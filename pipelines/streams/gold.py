@@ -264,11 +264,11 @@ class GoldStep(Handler):
         ``gold/ip_profile`` (MERGEs of the users and addresses they name)."""
         closed = closed if closed is not None else pd.DataFrame(columns=T.SESSION_FUNNEL.columns)
         deltas = profile_deltas(closed, flags)
-        if len(deltas):
-            apply.user_profiles(commit, from_pandas(deltas, T.USER_PROFILE), self.paths[T.USER_PROFILE.name])
+        if deltas.num_rows:
+            apply.user_profiles(commit, deltas, self.paths[T.USER_PROFILE.name])
         by_ip = ip_deltas(closed)
-        if len(by_ip):
-            apply.ip_profiles(commit, from_pandas(by_ip, T.IP_PROFILE), self.paths[T.IP_PROFILE.name])
+        if by_ip.num_rows:
+            apply.ip_profiles(commit, by_ip, self.paths[T.IP_PROFILE.name])
 
     def _score(self, commit: Commit, closed: pd.DataFrame) -> dict[str, pa.Table]:
         """The sessions this batch closed, with their history (the stored profiles of their
