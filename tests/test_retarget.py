@@ -49,6 +49,15 @@ def test_cooldown_per_user_and_campaign(spark):
     assert _offers(spark, [click(60)], sent=[("u1", "c1", T0)]) == []
 
 
+def test_the_offer_id_is_user_campaign_and_click_time_to_the_microsecond(spark):
+    s = load_settings(environ={}, local=False)
+    rows = [click(0), ("ad_click", T0 + timedelta(days=1, seconds=5, milliseconds=7), "u2", "c9", "tx")]
+    made = spark.createDataFrame(rows, COLS).transform(
+        offer_rows(s, T0 + timedelta(days=3), spark.createDataFrame([], NONE_SENT)))
+    assert sorted(r.offer_id for r in made.collect()) == [
+        "u1|c1|2026-11-02T10:00:00.000000", "u2|c9|2026-11-03T10:00:05.007000"]
+
+
 def test_not_due_before_the_clock_reaches_click_plus_wait(spark):
     assert _offers(spark, [click(0)], clock=T0 + timedelta(minutes=9, seconds=59)) == []
 

@@ -68,9 +68,15 @@ def _cooldown(candidates: pd.DataFrame, last_sent: pd.DataFrame, cooldown: timed
             last[(user, campaign)] = click
     made = ordered[keep].copy()
     made["due_time"] = made["click_time"] + _ms(wait)
-    made["offer_id"] = (made["user_id"] + "|" + made["campaign_id"] + "|"
-                        + pd.to_datetime(made["click_time"], unit="ms").dt.strftime("%Y-%m-%dT%H:%M:%S.%f"))
+    made["offer_id"] = made["user_id"] + "|" + made["campaign_id"] + "|" + _iso_ms(made["click_time"])
     return made[OFFER_COLUMNS]
+
+
+def _iso_ms(ms: pd.Series) -> pd.Series:
+    """Epoch milliseconds as ``%Y-%m-%dT%H:%M:%S.%f`` text (six fraction digits), formatted by
+    numpy: ``strftime`` makes a Python object per value (0.7 s per 250k)."""
+    text = np.datetime_as_string(ms.to_numpy(np.int64).astype("datetime64[ms]"), unit="ms")
+    return pd.Series(text, index=ms.index, dtype=object) + "000"
 
 
 def offer_input(buckets: int) -> Transform:
