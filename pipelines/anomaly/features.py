@@ -105,7 +105,7 @@ def _ip_users(sessions: pd.DataFrame, end: np.ndarray, ips: pd.DataFrame | None)
 
 def _us(times: pd.Series) -> np.ndarray:
     """Times (naive UTC or zoned) -> epoch microseconds as floats (exact), NaN for none."""
-    t = pd.to_datetime(times, utc=True)
+    t = pd.to_datetime(times, utc=True, cache=False)
     us = (t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
     return us.to_numpy(dtype=float, na_value=np.nan)
 
@@ -115,8 +115,8 @@ def session_features(sessions: pd.DataFrame) -> pd.DataFrame:
     ``FEATURES`` (floats), one row per session."""
     if sessions.empty:
         return pd.DataFrame(columns=KEYS + FEATURES)
-    start = pd.to_datetime(sessions["session_start"], utc=True)
-    end = pd.to_datetime(sessions["session_end"], utc=True)
+    start = pd.to_datetime(sessions["session_start"], utc=True, cache=False)
+    end = pd.to_datetime(sessions["session_end"], utc=True, cache=False)
     duration = (end - start).dt.total_seconds().clip(lower=0).to_numpy()
     counts = {c: sessions[c].astype(float).fillna(0.0).to_numpy()
               for c in ("event_count", "adds", "purchases", "items", "revenue", "funnel_level")}
