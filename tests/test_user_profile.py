@@ -39,6 +39,10 @@ EXPECTED_IPS = [  # ip_hash, first_seen, last_seen, sessions, users
 ]
 
 
+def _utc(t: datetime | None) -> datetime | None:
+    return None if t is None else t.replace(tzinfo=UTC)
+
+
 def _sessions() -> pd.DataFrame:
     return pd.DataFrame(SESSIONS, columns=["user_id", "session_start", "session_end", "purchases",
                                            "revenue", "countries", "ip_hashes", "is_open"])
@@ -71,19 +75,18 @@ def test_a_batch_that_closes_nothing_and_flags_only_an_address_changes_no_profil
 def test_one_batchs_deltas_are_the_hand_written_rows_sorted_with_sorted_lists():
     """A user or address first seen in a batch is inserted as its delta is, lists included."""
     closed = _sessions()[~_sessions()["is_open"]]
-    utc = [(*row[:-1], None if row[-1] is None else row[-1].replace(tzinfo=UTC)) for row in EXPECTED]
-    users = [(u, *[t if t is None else t.replace(tzinfo=UTC) for t in (first, last)], *rest, end)
-             for u, first, last, *rest, end in utc]
+    users = [(u, _utc(first), _utc(last), *counts, _utc(end)) for u, first, last, *counts, end in EXPECTED]
     assert [tuple(r.values()) for r in profile_deltas(closed, _flags()).to_pylist()] == users
-    ips = [(h, first.replace(tzinfo=UTC), last.replace(tzinfo=UTC), n, who) for h, first, last, n, who in EXPECTED_IPS]
+    ips = [(h, _utc(first), _utc(last), *rest) for h, first, last, *rest in EXPECTED_IPS]
     assert [tuple(r.values()) for r in ip_deltas(closed).to_pylist()] == ips
     both = closed.assign(countries=[["US", "DE", None, "DE"], ["JP"], []],
                          ip_hashes=[["h2", "h1"], ["h2"], ["h3"]], user_id=["u9", "u1", None])
     assert profile_deltas(both, None).select(["user_id", "countries"]).to_pylist() == [
         {"user_id": "u1", "countries": ["JP"]}, {"user_id": "u9", "countries": ["DE", "US"]}]
     assert ip_deltas(both).select(["ip_hash", "sessions", "users"]).to_pylist() == [
-        {"ip_hash": "h1", "sessions": 1, "users": ["u9"]}, {"ip_hash": "h2", "sessions": 2, "users": ["u1", "u9"]},
-        {"ip_hash": "h3", "sessions": 1, "users": []}]
+        {"ip_hash": "h1", "sessions": 1, "users": ["u9"]},
+        {"ip_hash": "h2", "sessions": 2, "users": ["u1", "u9"]},
+        {"ip_hash": "h3", "sessions": 1, "users": []}]  # a session without a user names none
 
 
 def test_stream_deltas_merged_batch_by_batch_give_the_same_profiles(spark, tmp_path):
