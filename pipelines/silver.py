@@ -35,12 +35,13 @@ _JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": C.CORRUPT}
 
 def parse(df: DataFrame, carry: tuple[str, ...] = ()) -> DataFrame:
     """Bronze rows -> every row typed as ``silver/events`` types it, plus ``reason`` (the first
-    contract rule it breaks; null when valid) and the source columns the quarantine keeps.
+    contract rule it breaks; null when valid) and the source columns the quarantine keeps
+    (null on a valid row).
 
     The line is parsed once, and each typed value (``contract.typed_fields``) is computed
-    once, in a projection of its own, and serves both the row and its checks. ``raw`` is
-    kept only for rejected rows; a valid row's text is in bronze. ``carry``: columns of
-    ``df`` passed through as they are. Grain: unchanged.
+    once, in a projection of its own, and serves both the row and its checks. ``raw`` and
+    the source columns are kept only for rejected rows; a valid row's are in bronze.
+    ``carry``: columns of ``df`` passed through as they are. Grain: unchanged.
     """
     require_columns(df, *BRONZE_EVENTS.columns)
     p = F.col("p")
@@ -71,9 +72,13 @@ def parse(df: DataFrame, carry: tuple[str, ...] = ()) -> DataFrame:
         "late": F.lit(False),
     }
     reason = C.rejection_reason(p, typed)
-    keep = ["source_file", "kafka_topic", "kafka_partition", "kafka_offset"]
+    rejected = reason.isNotNull()
+    # Where a rejected row came from; a valid row's is in bronze (the stream collects every
+    # row, and a file path on each cost its collect 10%).
+    source = [F.when(rejected, F.col(c)).alias(c) for c in ("source_file", "kafka_topic", "kafka_partition",
+                                                             "kafka_offset")]
     return parsed.select(*[v.alias(k) for k, v in columns.items()], reason.alias("reason"),
-                         F.when(reason.isNotNull(), redact(F.col("raw"))).alias("raw"), *keep, *carry)
+                         F.when(rejected, redact(F.col("raw"))).alias("raw"), *source, *carry)
 
 
 def valid_events(df: DataFrame) -> DataFrame:

@@ -4,6 +4,7 @@ import json
 from datetime import datetime
 
 import pytest
+from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from pipelines.common import MissingColumns
@@ -79,6 +80,20 @@ def test_all_bad_cases_at_once_keep_one_row_each(spark):
     assert df.transform(valid_events).count() == 0
     got = sorted(r.reason for r in df.transform(quarantined).collect())
     assert got == sorted(reason for _, reason in CASES)
+
+
+def test_a_rejected_row_keeps_where_it_came_from_and_a_valid_row_leaves_it_to_bronze(spark):
+    rows = [{"raw": raw, "source_file": "file:///landing/a.jsonl", "kafka_topic": "events",
+             "kafka_partition": 3, "kafka_offset": offset, "ingest_time": datetime(2026, 11, 2, 9, 0)}
+            for offset, raw in ((7, line()), (8, "not json at all"))]
+    parsed = spark.createDataFrame(rows, BRONZE_EVENTS.schema).transform(parse)
+    source = ["reason", "source_file", "kafka_topic", "kafka_partition", "kafka_offset"]
+    expected = spark.createDataFrame(
+        [(None, None, None, None, None), ("malformed_json", "file:///landing/a.jsonl", "events", 3, 8)],
+        "reason string, source_file string, kafka_topic string, kafka_partition int, kafka_offset long")
+    assert_df_equality(parsed.select(source), expected, ignore_row_order=True, ignore_nullable=True)
+    [quarantine] = parsed.transform(quarantined).collect()
+    assert (quarantine.source_file, quarantine.kafka_offset) == ("file:///landing/a.jsonl", 8)
 
 
 def test_a_valid_line_is_typed_in_utc(spark):
