@@ -15,8 +15,9 @@ over a whole batch, and the stream's driver-side state over the window of arriva
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -184,23 +185,29 @@ def mark_late_arrow(rows: pa.Table, watermark: datetime | None) -> pa.Table:
     return rows.append_column("late", late)
 
 
-def enrich_arrow(rows: pa.Table, locator: Locator, ip_key: bytes) -> pa.Table:
+def address_values(locator: Locator, ip_key: bytes, remembered: int = 2**18
+                   ) -> Callable[[str | None], tuple[str | None, ...]]:
+    """One address -> its ``LOCATION`` then ``PSEUDONYM`` values (``geo.Locator``,
+    ``privacy.hash_ip``, ``privacy.py_ip_prefix``), remembering the last ``remembered``
+    addresses: a stream sees the same addresses batch after batch, and each costs about 10
+    µs of Python (docs/performance.md). The values depend on the address alone."""
+    @lru_cache(maxsize=remembered)
+    def values(ip: str | None) -> tuple[str | None, ...]:
+        return (*locator(ip), hash_ip(ip, ip_key), py_ip_prefix(ip))
+    return values
+
+
+def enrich_arrow(rows: pa.Table, values: Callable[[str | None], tuple[str | None, ...]]) -> pa.Table:
     """``locate`` -> ``pseudonymize`` on collected rows that hold ``ip`` (``stream_rows``),
-    on the driver: each distinct address of the batch is located, hashed and cut to its
-    network once (``geo.Locator``, ``privacy.hash_ip``, ``privacy.py_ip_prefix``), then
-    spread to its rows; ``ip`` is dropped. The same values as the Spark forms
+    on the driver: each distinct address of the batch gets its ``values`` (``address_values``)
+    once, spread to its rows; ``ip`` is dropped. The same values as the Spark forms
     (``tests/test_privacy.py``), for a fraction of the JVM's cost per row
     (docs/performance.md, "Enrichment on the driver")."""
     distinct = pc.unique(rows["ip"])
-    addresses = distinct.to_pylist()
-    places = [locator(ip) for ip in addresses]
-    per_address = {
-        "ip_country": [p[0] for p in places], "ip_region": [p[1] for p in places],
-        "ip_hash": [hash_ip(ip, ip_key) for ip in addresses],
-        "ip_prefix": [py_ip_prefix(ip) for ip in addresses]}
+    found = [values(ip) for ip in distinct.to_pylist()]
     index = pc.index_in(rows["ip"], value_set=distinct, skip_nulls=False)
-    for name, values in per_address.items():
-        rows = rows.append_column(name, pa.array(values, pa.string()).take(index))
+    for i, name in enumerate((*LOCATION, *PSEUDONYM)):
+        rows = rows.append_column(name, pa.array([v[i] for v in found], pa.string()).take(index))
     return rows.drop_columns(["ip"])
 
 

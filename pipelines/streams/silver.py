@@ -22,7 +22,7 @@ from pipelines.gold.sessions import hash_keys
 from pipelines.io.delta_rs import Commit, arrow_schema, max_stat, to_arrow
 from pipelines.privacy import ip_salt
 from pipelines.quality import Quality, drop_reason, dropped_to_quarantine
-from pipelines.silver import BY_BATCH, enrich_arrow, mark_late_arrow, stream_rows
+from pipelines.silver import BY_BATCH, address_values, enrich_arrow, mark_late_arrow, stream_rows
 from pipelines.stateful.dedupe import Dedupe
 from pipelines.streams.base import Handler, counts
 
@@ -38,7 +38,8 @@ QUARANTINE_COLLECTED = [c for c in T.SILVER_QUARANTINE.columns if c not in BY_BA
 class SilverStep(Handler):
     """The silver part of the stream's micro-batch (``streams/pipeline.py``): its collected
     rows -> ``silver/events`` (redeliveries dropped, ``stateful/dedupe.py``; then each distinct
-    address of the kept events located and pseudonymized once, ``silver.enrich_arrow``) and
+    address of the kept events located and pseudonymized once, ``silver.enrich_arrow``, and
+    recent addresses remembered across batches, ``silver.address_values``) and
     ``silver/quarantine``, with the quality suite; returns the events it kept, for gold.
 
     Events at or before the watermark (``event_watermark`` of the newest on-time event time
@@ -52,8 +53,7 @@ class SilverStep(Handler):
         self.quarantine = T.ensure(spark, s.lake, T.SILVER_QUARANTINE)
         T.ensure(spark, s.lake, T.QUALITY_RESULTS)
         self.quality = Quality(s.lake, "silver_events", s.quality, "silver") if s.quality.enabled else None
-        self.locator = Locator(read_networks(s.geo.ip_locations))
-        self.ip_key = ip_salt(s.lake)
+        self.addresses = address_values(Locator(read_networks(s.geo.ip_locations)), ip_salt(s.lake))
         self.dedupe = Dedupe(self.checkpoint, s.stream.watermark_delay)
 
     def first_latest(self, batch_id: int) -> int | None:
@@ -76,7 +76,7 @@ class SilverStep(Handler):
         (``PipelineBatch``: beside gold). The quality suite judges the batch here, first."""
         valid = pc.is_null(rows["reason"])
         events = rows.drop_columns(QUARANTINE_ONLY).filter(self._kept(rows, valid, batch_id))
-        events = enrich_arrow(events, self.locator, self.ip_key)  # only the events silver keeps
+        events = enrich_arrow(events, self.addresses)  # only the events silver keeps
         events = mark_late_arrow(events, watermark)
         rejected = _stamped(rows.select(QUARANTINE_COLLECTED).filter(pc.invert(valid)), now)
         commit = Commit(self.app_id(), batch_id, self.ledger)
