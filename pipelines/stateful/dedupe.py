@@ -28,6 +28,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -89,14 +90,12 @@ class Dedupe:
         ingest = pc.cast(pc.cast(rows["ingest_time"], pa.timestamp("ms", "UTC"), safe=False), pa.int64())
         index = pa.array(np.arange(n, dtype=np.int64))
         batch = pa.table({"event_id": rows["event_id"], "ingest_ms": ingest, "row": index})
-        # The first delivery of each id in the batch: sorted by id, then arrival.
-        order = pc.sort_indices(batch, [("event_id", "ascending"), ("ingest_ms", "ascending"),
-                                        ("row", "ascending")])
-        ids = batch["event_id"].take(order)
-        first = np.ones(n, bool)
-        if n > 1:
-            first[1:] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-        firsts = batch.take(order).filter(pa.array(first))
+        # The first delivery of each id in the batch: the rows in order of arrival (a stable
+        # sort, so ties stay in row order), then each id's first (ids hashed, not sorted).
+        ids = pc.fill_null(pc.dictionary_encode(rows["event_id"].combine_chunks()).indices, -1)
+        arrival = np.argsort(ingest.to_numpy(), kind="stable")
+        first = arrival[~pd.Series(ids.to_numpy()[arrival]).duplicated().to_numpy()]
+        firsts = batch.take(np.sort(first))
         if seen.chunks:  # those whose id the window holds go: build on the batch, probe the window
             held = pa.concat_tables(seen.chunks.values()).select(["event_id"])
             firsts = held.join(firsts, keys="event_id", join_type="right anti")
