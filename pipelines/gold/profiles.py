@@ -23,7 +23,7 @@ from pipelines.common import Transform, require_columns, string_lists
 from pipelines.io.delta_rs import arrow_schema
 from pipelines.tables import IP_PROFILE, USER_PROFILE
 
-ADDITIVE = ["sessions", "purchases", "revenue", "fraud_flags"]
+TIME = pa.timestamp("us", tz="UTC")  # the profiles' times, as Arrow types them
 
 
 def profile_deltas(sessions: pd.DataFrame, flags: pd.DataFrame | None) -> pa.Table:
@@ -71,9 +71,6 @@ def ip_deltas(sessions: pd.DataFrame) -> pa.Table:
     out = out.append_column("users", _lists(out["ip_hash"], rows["ip_hash"], rows["user_id"]))
     out = out.rename_columns(["ip_hash", "first_seen", "last_seen", "sessions", "users"])
     return out.cast(arrow_schema(IP_PROFILE))
-
-
-TIME = pa.timestamp("us", tz="UTC")
 
 
 def _utc(times: pd.Series) -> pa.Array:
