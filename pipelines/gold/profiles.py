@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.common import Transform, require_columns, string_lists
+from pipelines.common import Transform, distinct_lists, require_columns, string_lists
 from pipelines.io.delta_rs import arrow_schema
 from pipelines.tables import IP_PROFILE, USER_PROFILE
 
@@ -95,16 +95,11 @@ def _grouped(rows: pa.Table, key: str, aggregations: list[tuple[str, str]]) -> p
 
 
 def _lists(keys: pa.ChunkedArray, paired: pa.Array, values: pa.Array) -> pa.ListArray:
-    """Per key of ``keys`` (sorted, distinct), the sorted distinct non-null ``values`` paired
-    with it (an empty list when none), built from offsets: no Python list per key."""
-    pairs = pa.table({"k": paired, "v": values})
-    pairs = pairs.filter(pc.and_(pc.is_valid(pairs["k"]), pc.is_valid(pairs["v"])))
-    pairs = pairs.group_by(["k", "v"], use_threads=False).aggregate([])
-    pairs = pairs.sort_by([("k", "ascending"), ("v", "ascending")])
-    owner = pc.index_in(pairs["k"], value_set=keys.combine_chunks()).to_numpy()
-    counts = np.bincount(owner, minlength=len(keys))
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pairs["v"].combine_chunks())
+    """Per key of ``keys`` (distinct), the sorted distinct non-null ``values`` paired with it
+    (``distinct_lists``; an empty list when none)."""
+    known = pc.is_valid(paired)
+    owner = pc.index_in(paired.filter(known), value_set=keys.combine_chunks()).to_numpy()
+    return distinct_lists(owner, values.filter(known).to_numpy(zero_copy_only=False), len(keys))
 
 
 def user_profiles(flags: DataFrame) -> Transform:

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.common import Transform, unix_millis
+from pipelines.common import Transform, distinct_lists, unix_millis
 from pipelines.contract import STEPS
 
 # What sessionize reads, per event. ``step`` is the event type's funnel index (1-6);
@@ -186,25 +186,9 @@ def _walk(t: np.ndarray, step: np.ndarray, starts: np.ndarray, ends: np.ndarray
 def _products(product: np.ndarray, rows: np.ndarray, sid: np.ndarray, mask: np.ndarray,
               n: int) -> pd.arrays.ArrowExtensionArray:
     """Per session, the sorted distinct non-null values (product ids, countries) of the
-    ordered rows in ``mask``, as an Arrow list column built from offsets (no Python list per
-    session)."""
+    ordered rows in ``mask`` (``distinct_lists``)."""
     keep = np.flatnonzero(mask)
-    values = product[rows[keep]]
-    present = pd.notna(values)
-    keep = keep[present]
-    codes, names = pd.factorize(values[present], sort=True)
-    pairs = _sorted_distinct(sid[keep].astype(np.int64) * max(len(names), 1) + codes)
-    session, code = np.divmod(pairs, max(len(names), 1))
-    offsets = np.searchsorted(session, np.arange(n + 1)).astype(np.int32)
-    values = pa.array(names, pa.string()).take(code)  # the distinct names, converted once
-    return pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(offsets, values))
-
-
-def _sorted_distinct(values: np.ndarray) -> np.ndarray:
-    """``np.unique`` of an int64 array, by a sort and a neighbour test: numpy 2's
-    ``np.unique`` hashes first, about 40x slower on a micro-batch's (session, value) pairs."""
-    ordered = np.sort(values)
-    return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if len(ordered) else ordered
+    return pd.arrays.ArrowExtensionArray(distinct_lists(sid[keep], product[rows[keep]], n))
 
 
 # --- Spark: the same function over a DataFrame -------------------------------------------
