@@ -33,3 +33,14 @@ def test_a_table_made_again_at_the_same_path_is_read_afresh(tmp_path):
     write_deltalake(path, pa.table({"id": [7]}))  # version 0 again
     write_deltalake(path, pa.table({"id": [8]}), mode="append")  # version 1: the version kept
     assert _ids(path) == [7, 8]
+
+
+def test_a_table_written_through_its_kept_object_is_kept_and_reads_the_write(tmp_path):
+    path = str(tmp_path / "t")
+    write_deltalake(path, pa.table({"id": [1]}))
+    kept = opened(path)
+    write_deltalake(kept, pa.table({"id": [2]}), mode="append")  # moves the object's version on
+    assert opened(path) is kept
+    write_deltalake(path, pa.table({"id": [3]}), mode="append")  # and another writer's commit
+    assert _ids(path) == [1, 2, 3]
+    assert opened(path) is kept

@@ -70,12 +70,15 @@ def opened(path: str) -> DeltaTable:
         return DeltaTable(uri)
     cache = _opened.__dict__.setdefault("tables", {})
     held = cache.get(uri)
-    if held is not None and _commit_stat(uri, held[0].version()) == held[1]:
+    # The commit the object was checked at, not its version now: a write through the object
+    # moves its version on (a check of that commit's file would always miss, and load anew).
+    if held is not None and _commit_stat(uri, held[1]) == held[2]:
         held[0].update_incremental()
         dt = held[0]
     else:
         dt = DeltaTable(uri)
-    cache[uri] = (dt, _commit_stat(uri, dt.version()))
+    version = dt.version()
+    cache[uri] = (dt, version, _commit_stat(uri, version))
     return dt
 
 
