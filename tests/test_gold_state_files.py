@@ -258,3 +258,32 @@ def test_a_chain_of_changes_gives_each_key_the_rows_of_the_newest_change_naming_
     assert _pairs(Kept(in_reverse, None)) == [(1, 11), (1, 12), (3, 30), (4, 40)]
     assert _pairs(Kept(state_files.apply_deltas(None, [first, second]), None)) == [(1, 13), (4, 40)]
     assert state_files.apply_deltas(base, []) is base
+
+
+def _batches(*keys: list[int]) -> pa.Table:
+    """A table of (k, v) whose record batches hold ``keys``, ``v`` numbering each batch's rows."""
+    return pa.Table.from_batches([pa.record_batch({"k": pa.array(ks, pa.int64()),
+                                                   "v": pa.array(range(len(ks)), pa.int64())})
+                                  for ks in keys])
+
+
+def test_key_rows_finds_a_keys_rows_in_every_batch_and_leaves_the_batches_without_one_whole():
+    table = _batches([1, 1, 3, 5], [2, 3, 3, 8], [], [4, 6])
+    found, rest = gold.key_rows(table, "k", np.array([9, 3, 8, 1, 3]))
+    assert sorted(zip(found["k"].to_pylist(), found["v"].to_pylist(), strict=True)) == [
+        (1, 0), (1, 1), (3, 1), (3, 2), (3, 2), (8, 3)]
+    assert list(zip(rest["k"].to_pylist(), rest["v"].to_pylist(), strict=True)) == [
+        (5, 3), (2, 0), (4, 0), (6, 1)]
+    untouched = table.to_batches()[3].column(0).buffers()[1]
+    assert rest.to_batches()[-1].column(0).buffers()[1].address == untouched.address  # not copied
+    none, same = gold.key_rows(table, "k", np.array([], np.int64))
+    assert none.num_rows == 0 and same.equals(table)
+
+
+def test_batches_combined_for_a_key_are_sorted_by_it_and_an_unsorted_batch_is_sorted(monkeypatch):
+    monkeypatch.setattr(gold, "CHUNKS", 2)
+    table = _batches([5, 7], [1, 9], [2, 3])
+    out = gold.keep_rows(table, pa.chunked_array([[True] * 6]), "k")
+    assert [b.column(0).to_pylist() for b in out.to_batches()] == [[1, 2, 3, 5, 7, 9]]
+    assert [b.column(0).to_pylist() for b in gold.by_key(_batches([3, 1, 2], [4, 5]), "k").to_batches()] \
+        == [[1, 2, 3], [4, 5]]

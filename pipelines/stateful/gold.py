@@ -18,9 +18,10 @@ the batch moved to, a timed-out call with no events, as Spark's following no-dat
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -113,32 +114,34 @@ class Kept:
     A table may name its ``key`` column and the keys whose rows ``changed`` since the batch
     began (None: none yet): then the state file may store just those keys' rows
     (``delta_bytes``). The processor must name every key whose rows it added, changed or
-    removed; naming more only stores more."""
+    removed; naming more only stores more. ``by_key``: each of the table's record batches is
+    sorted by ``key`` (``key_rows`` finds a key's rows by binary search)."""
     value: Any
     encode: Callable[[Any], str | bytes]
     key: str | None = None
     changed: pa.Array | None = None
+    by_key: bool = False
 
     def begun(self) -> Kept:
         """This value at the start of a batch: nothing changed yet."""
-        return Kept(self.value, self.encode, self.key) if self.changed is not None else self
+        return replace(self, changed=None) if self.changed is not None else self
 
     def changing(self, value: Any, keys: pa.Array) -> Kept:
         """``value``, derived from this one by changing the rows of ``keys``."""
         if self.changed is not None:
             keys = pa.concat_arrays([self.changed, keys.cast(self.changed.type)])
-        return Kept(value, self.encode, self.key, pc.unique(keys))
+        return replace(self, value=value, changed=pc.unique(keys))
 
 
 CHUNKS = 64  # a held table's record batches before ``keep_rows`` makes them one
 
 
-def keep_rows(table: pa.Table, mask: pa.ChunkedArray | pa.Array) -> pa.Table:
+def keep_rows(table: pa.Table, mask: pa.ChunkedArray | pa.Array, key: str | None = None) -> pa.Table:
     """``table.filter(mask)`` for the state's held tables, without copying what it keeps whole.
     A micro-batch appends its rows as a new record batch and drops the rows of the keys it
     touched or closed; most batches of a long-held table lose no row, and a filter would copy
     them all (an O(open state) copy every micro-batch). Past ``CHUNKS`` batches, the small
-    ones are combined (``_merged``)."""
+    ones are combined (``_merged``), each sorted by ``key`` when one is named."""
     batches, offset = [], 0
     for batch in table.to_batches():
         keep = mask.slice(offset, batch.num_rows)
@@ -148,10 +151,51 @@ def keep_rows(table: pa.Table, mask: pa.ChunkedArray | pa.Array) -> pa.Table:
             batches.append(batch)
         elif kept:
             batches.append(batch.filter(keep))
-    return pa.Table.from_batches(_merged(batches) if len(batches) > CHUNKS else batches, schema=table.schema)
+    return _bounded(batches, table.schema, key)
 
 
-def _merged(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+def key_rows(table: pa.Table, key: str, keys: pa.Array | np.ndarray) -> tuple[pa.Table, pa.Table]:
+    """``(the rows whose key is in keys, the other rows)`` of ``table``, whose every record
+    batch is sorted by ``key`` (``by_key``). Two binary searches per batch for the wanted keys
+    find their rows: a micro-batch's lookups into gigabytes of open state cost its own keys,
+    not a hash of every held row. A batch holding none of them is kept as it is; past
+    ``CHUNKS`` batches, the other rows' small ones are combined (``keep_rows``)."""
+    wanted = np.unique(np.asarray(keys, np.int64))
+    found, rest = [], []
+    for batch in table.to_batches():
+        held = batch.column(key).to_numpy()
+        lo = np.searchsorted(held, wanted)
+        hit = held[np.minimum(lo, len(held) - 1)] == wanted if len(held) else lo < 0
+        if not hit.any():
+            rest.append(batch)
+            continue
+        lo = lo[hit]
+        hi = np.searchsorted(held, wanted[hit], "right")
+        edges = np.zeros(len(held) + 1, np.int64)  # +1 where a key's rows begin, -1 after them
+        edges[lo] += 1
+        edges[hi] -= 1
+        mask = pa.array(np.cumsum(edges[:-1]) > 0)
+        found.append(batch.filter(mask))
+        if (hi - lo).sum() < batch.num_rows:
+            rest.append(batch.filter(pc.invert(mask)))
+    return pa.Table.from_batches(found, table.schema), _bounded(rest, table.schema, key)
+
+
+def by_key(table: pa.Table, key: str) -> pa.Table:
+    """``table`` with every record batch sorted by ``key``; a sorted one is kept as it is."""
+    batches = []
+    for batch in table.to_batches():
+        held = batch.column(key).to_numpy()
+        batches.append(batch if (held[1:] >= held[:-1]).all() else
+                       batch.take(pa.array(np.argsort(held, kind="stable"))))
+    return pa.Table.from_batches(batches, table.schema)
+
+
+def _bounded(batches: list[pa.RecordBatch], schema: pa.Schema, key: str | None) -> pa.Table:
+    return pa.Table.from_batches(_merged(batches, key) if len(batches) > CHUNKS else batches, schema=schema)
+
+
+def _merged(batches: list[pa.RecordBatch], key: str | None = None) -> list[pa.RecordBatch]:
     """Neighbouring record batches combined into at most ``CHUNKS / 2 + 1`` of similar size;
     a batch that is already that large stays as it is. Combining all into one would copy the
     whole open state every ``CHUNKS`` batches, and then every later micro-batch whose touched
@@ -161,16 +205,19 @@ def _merged(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
     group: list[pa.RecordBatch] = []
     for batch in batches:
         if group and sum(b.num_rows for b in group) + batch.num_rows > target:
-            out.append(_combined(group))
+            out.append(_combined(group, key))
             group = []
         group.append(batch)
-    return [*out, _combined(group)]
+    return [*out, _combined(group, key)]
 
 
-def _combined(group: list[pa.RecordBatch]) -> pa.RecordBatch:
+def _combined(group: list[pa.RecordBatch], key: str | None) -> pa.RecordBatch:
     if len(group) == 1:
         return group[0]
-    return pa.Table.from_batches(group).combine_chunks().to_batches()[0]
+    table = pa.Table.from_batches(group)
+    if key is not None:
+        table = table.take(pc.sort_indices(table[key]))
+    return table.combine_chunks().to_batches()[0]
 
 
 def ipc_stream(table: pa.Table, schema: pa.Schema | None = None) -> pa.Buffer:

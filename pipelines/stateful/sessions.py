@@ -24,6 +24,7 @@ not depend on how much the lake holds.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 
 import numpy as np
@@ -45,7 +46,7 @@ from pipelines.gold.sessions import (
     session_input,
     sessionize,
 )
-from pipelines.stateful.gold import Kept, Processor, ipc_stream, keep_rows, kept, read_ipc
+from pipelines.stateful.gold import Kept, Processor, by_key, ipc_stream, keep_rows, kept, key_rows, read_ipc
 
 _parse_ddl = _parse_datatype_string
 
@@ -97,8 +98,14 @@ def session_processor(s: Settings):
     def process(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
         prior = state.get[0] if state.exists else None
         held = decode(prior) if prior is not None else HELD.empty_table()
-        # the state file may store only the journeys whose events changed (stateful/gold.Kept)
-        kept_as = prior if isinstance(prior, Kept) else Kept(held, encode, "journey")
+        # the state file may store only the journeys whose events changed; each record batch
+        # is kept sorted by journey, so a journey's events are found by binary search (Kept)
+        if isinstance(prior, Kept) and prior.by_key:
+            kept_as = prior
+        else:  # after a start
+            held = by_key(held, "journey")
+            kept_as = Kept(held, encode, "journey", prior.changed if isinstance(prior, Kept) else None,
+                           by_key=True)
         new = pd.concat([b[EVENT_COLUMNS] for b in batches if len(b)], ignore_index=True) \
             if not state.hasTimedOut else pd.DataFrame(columns=EVENT_COLUMNS)
         out: list[pd.DataFrame] = []
@@ -116,10 +123,10 @@ def session_processor(s: Settings):
                 if len(due):
                     out.append(_changes(due, "reminder", 1, False))
                 journeys = pc.unique(held["journey"].filter(done))
-                held = keep_rows(held, pc.invert(done))
+                held = keep_rows(held, pc.invert(done), "journey")
                 kept_as = kept_as.changing(held, journeys)
         if held.num_rows:
-            state.update((Kept(held, encode, "journey", kept_as.changed),))
+            state.update((replace(kept_as, value=held),))
             state.setTimeoutTimestamp(max(pc.min(held["closes"]).as_py() - 1, watermark + 1))
         else:
             state.remove()
@@ -132,8 +139,8 @@ def session_processor(s: Settings):
 def _touch(held: pa.Table, new: pd.DataFrame, gap: timedelta, attribution: str
            ) -> tuple[pa.Table, list[pd.DataFrame]]:
     """Add ``new`` events to their journeys; return the new held events and the changes."""
-    touched = pc.is_in(held["journey"], value_set=pa.array(new["journey"].unique(), pa.int64()))
-    before = held.filter(touched).to_pandas()
+    touched, rest = key_rows(held, "journey", new["journey"].unique())
+    before = touched.to_pandas()
     before["is_new"] = False
     fresh = new.assign(is_new=True)
     events = pd.concat([before.drop(columns="closes"), fresh], ignore_index=True)
@@ -143,8 +150,8 @@ def _touch(held: pa.Table, new: pd.DataFrame, gap: timedelta, attribution: str
     kept = old.merge(unchanged, on=["tracking_id", "session_start"], how="left", indicator=True)
     retracted = old[(kept["_merge"] == "left_only").to_numpy()]
     added = now[now["marked"].astype(bool)]
-    rest = keep_rows(held, pc.invert(touched))
     events["closes"] = closes_at(events, gap)
+    events = events.iloc[np.argsort(events["journey"].to_numpy(np.int64), kind="stable")]
     again = pa.Table.from_pandas(events[HELD.names], schema=HELD, preserve_index=False)
     return pa.concat_tables([rest, again]), [_changes(retracted, "session", -1, True),
                                             _changes(added, "session", 1, True)]
