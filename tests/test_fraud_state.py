@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.config import FraudRule, FraudSettings
 from pipelines.stateful.fraud import EVENT_COLUMNS, entity_keys, find_bursts, processor
-from pipelines.stateful.gold import Held, Kept, advance
+from pipelines.stateful.gold import Held, Kept, advance, stored
 from pipelines.stateful.state_files import StateFiles
 
 T0 = 1_793_000_000_000
@@ -110,3 +110,17 @@ def test_any_batching_flags_the_same(every_ms):
         ["busy", 150, 150, 13], ["early", 12, 12, 12], ["late", 10, 10, 10]]
     assert held.values is None  # the quiet batch closed everything
     assert np.array_equal(_by_entity(got)["evidence_event_ids"].map(len), [150, 12, 10])
+
+
+def test_after_a_start_the_bursts_of_a_rule_removed_from_config_go_and_are_stored_as_gone():
+    p, held, latest = processor(SETTINGS), Held(), 0
+    for rows in list(_batches(EVENTS))[:3]:  # slow's W burst is held open after these
+        before, latest = max(latest - DELAY, 0), max(latest, int(rows["t"].max()))
+        held = advance(p, rows, held, before, latest - DELAY)[1]
+    assert "slow" in set(held.values[0].value["entity_id"].to_pylist())
+    started = Held(tuple(stored(v) for v in held.values), held.timeout_ms)  # as read from its file
+    only_r1 = processor(FraudSettings(rules=SETTINGS.rules[:1]))
+    _, after = advance(only_r1, adds("busy", [12_100]), started, latest - DELAY, latest - DELAY)
+    left = after.values[0]
+    assert set(left.value["rule"].to_pylist()) == {"R1"}
+    assert "slow" in _entities(left)  # named as changed: the state file stores it as gone

@@ -33,7 +33,7 @@ from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from pipelines.common import Transform, sorted_by, unix_millis
 from pipelines.config import FraudRule, FraudSettings
-from pipelines.stateful.gold import Kept, Processor, ipc_stream, keep_rows, kept, read_ipc
+from pipelines.stateful.gold import Kept, Processor, by_key, ipc_stream, keep_rows, kept, key_rows, read_ipc
 from pipelines.tables import FLAG_SCHEMA
 
 # Rule events as the processor sees them: t is the event time in epoch milliseconds.
@@ -260,8 +260,10 @@ def decode_carried(blob: bytes | None) -> pd.DataFrame:
 
 
 def _held(frame: pd.DataFrame) -> pa.Table:
-    """Open-burst events (``EVENT_COLUMNS`` and ``closes``) as the held table, keyed."""
+    """Open-burst events (``EVENT_COLUMNS`` and ``closes``) as the held table, keyed, in key
+    order (``key_rows``)."""
     frame = frame.assign(key=entity_keys(frame["rule"], frame["entity_id"]))
+    frame = frame.iloc[np.argsort(frame["key"].to_numpy(), kind="stable")]
     return pa.Table.from_pandas(frame[HELD.names], schema=HELD, preserve_index=False)
 
 
@@ -279,17 +281,22 @@ def fraud_processor(settings: FraudSettings):
         prior, carry = state.get if state.exists else (None, None)
         held = kept(prior, decode) if prior is not None else HELD.empty_table()
         carried = kept(carry, decode_carried) if carry is not None else _no_carry()
-        kept_as = prior if isinstance(prior, Kept) else Kept(held, encode, "key")
+        if isinstance(prior, Kept) and prior.by_key:
+            kept_as = prior
+        else:  # after a start: the bursts of a rule removed from config since go
+            gone = pc.invert(pc.is_in(held["rule"], value_set=pa.array(known, pa.string())))
+            kept_as = Kept(held, encode, "key", pc.unique(held["key"].filter(gone)), by_key=True)
+            held = by_key(keep_rows(held, pc.invert(gone)), "key")
         new = pd.concat([b[EVENT_COLUMNS] for b in batches if len(b)], ignore_index=True) \
             if not state.hasTimedOut else pd.DataFrame(columns=EVENT_COLUMNS)
-        new = new[new["rule"].isin(known)]  # a rule removed from config: its bursts go
+        new = new[new["rule"].isin(known)]
         watermark = state.getCurrentWatermarkMs()
         touched = pa.array(entity_keys(new["rule"], new["entity_id"]), pa.int64())
-        removed = pc.invert(pc.is_in(held["rule"], value_set=pa.array(known, pa.string())))
-        rerun = pc.or_(pc.or_(pc.is_in(held["key"], value_set=touched), pc.less(held["closes"], watermark)),
-                       removed)
-        keys = pc.unique(pa.concat_arrays([touched, held["key"].filter(rerun).combine_chunks()]))
-        work = held.filter(pc.and_(rerun, pc.invert(removed))).to_pandas()[EVENT_COLUMNS]
+        found, rest = key_rows(held, "key", touched.to_numpy())
+        due = pc.less(rest["closes"], watermark)  # the bursts the watermark closes
+        work = pa.concat_tables([found, rest.filter(due)])
+        keys = pc.unique(pa.concat_arrays([touched, work["key"].combine_chunks()]))
+        work = work.to_pandas()[EVENT_COLUMNS]
         events = pd.concat([work, new], ignore_index=True) if len(work) else new
         carried = carried[carried["rule"].isin(known)]
         mine = np.isin(entity_keys(carried["rule"], carried["entity_id"]), keys.to_numpy())
@@ -298,7 +305,7 @@ def fraud_processor(settings: FraudSettings):
             carried = pd.concat([carried[~mine], carried_now], ignore_index=True)
         else:
             carried = carried_now
-        held = pa.concat_tables([keep_rows(held, pc.invert(rerun)), _held(still_open)])
+        held = pa.concat_tables([keep_rows(rest, pc.invert(due), "key"), _held(still_open)])
         if held.num_rows:
             state.update((kept_as.changing(held, keys), Kept(carried, encode_carried)))
             state.setTimeoutTimestamp(int(max(pc.min(held["closes"]).as_py(), watermark)) + 1)
