@@ -91,10 +91,10 @@ def offer_processor(r: RetargetSettings):
                 changed[0].append(clicks["click_time"])
             old = pc.less_equal(purchases["t"], watermark - wait)
             changed[1].append(purchases["t"].filter(old))
-            purchases = purchases.filter(pc.invert(old))
+            purchases = keep_rows(purchases, pc.invert(old))
             old = pc.less_equal(sent["click_time"], watermark - wait - cooldown)
             changed[2].append(sent["user_id"].filter(old))
-            sent = sent.filter(pc.invert(old))
+            sent = keep_rows(sent, pc.invert(old))
         if pending.num_rows or purchases.num_rows or sent.num_rows:
             tables = (pending, purchases, sent)
             state.update(tuple(_kept(was, _compact(table), schema, key, keys)
