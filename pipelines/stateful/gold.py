@@ -156,9 +156,9 @@ def keep_rows(table: pa.Table, mask: pa.ChunkedArray | pa.Array, key: str | None
 
 def key_rows(table: pa.Table, key: str, keys: pa.Array | np.ndarray) -> tuple[pa.Table, pa.Table]:
     """``(the rows whose key is in keys, the other rows)`` of ``table``, whose every record
-    batch is sorted by ``key`` (``by_key``). Two binary searches per batch for the wanted keys
-    find their rows: a micro-batch's lookups into gigabytes of open state cost its own keys,
-    not a hash of every held row. A batch holding none of them is kept as it is; past
+    batch is sorted by ``key`` (``by_key``). A binary search per wanted key in each record
+    batch finds its rows: a micro-batch's lookups into gigabytes of open state cost its own
+    keys, not a hash of every held row. A batch holding none of them is kept as it is; past
     ``CHUNKS`` batches, the other rows' small ones are combined (``keep_rows``)."""
     wanted = np.unique(np.asarray(keys, np.int64))
     found, rest = [], []
