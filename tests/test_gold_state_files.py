@@ -276,6 +276,7 @@ def test_key_rows_finds_a_keys_rows_in_every_batch_and_leaves_the_batches_withou
         (5, 3), (2, 0), (4, 0), (6, 1)]
     untouched = table.to_batches()[3].column(0).buffers()[1]
     assert rest.to_batches()[-1].column(0).buffers()[1].address == untouched.address  # not copied
+    assert gold.rows_of(table, "k", np.array([9, 3, 8, 1, 3])).equals(found)  # the found rows alone
     none, same = gold.key_rows(table, "k", np.array([], np.int64))
     assert none.num_rows == 0 and same.equals(table)
 

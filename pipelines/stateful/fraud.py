@@ -263,8 +263,7 @@ def _held(frame: pd.DataFrame) -> pa.Table:
     """Open-burst events (``EVENT_COLUMNS`` and ``closes``) as the held table, keyed, in key
     order (``key_rows``)."""
     frame = frame.assign(key=entity_keys(frame["rule"], frame["entity_id"]))
-    frame = frame.iloc[np.argsort(frame["key"].to_numpy(), kind="stable")]
-    return pa.Table.from_pandas(frame[HELD.names], schema=HELD, preserve_index=False)
+    return by_key(pa.Table.from_pandas(frame[HELD.names], schema=HELD, preserve_index=False), "key")
 
 
 def fraud_processor(settings: FraudSettings):

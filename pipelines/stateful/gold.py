@@ -160,25 +160,41 @@ def key_rows(table: pa.Table, key: str, keys: pa.Array | np.ndarray) -> tuple[pa
     batch finds its rows: a micro-batch's lookups into gigabytes of open state cost its own
     keys, not a hash of every held row. A batch holding none of them is kept as it is; past
     ``CHUNKS`` batches, the other rows' small ones are combined (``keep_rows``)."""
-    wanted = np.unique(np.asarray(keys, np.int64))
     found, rest = [], []
+    for batch, mask, hits in _key_masks(table, key, keys):
+        if mask is None:
+            rest.append(batch)
+            continue
+        found.append(batch.filter(mask))
+        if hits < batch.num_rows:
+            rest.append(batch.filter(pc.invert(mask)))
+    return pa.Table.from_batches(found, table.schema), _bounded(rest, table.schema, key)
+
+
+def rows_of(table: pa.Table, key: str, keys: pa.Array | np.ndarray) -> pa.Table:
+    """The rows whose key is in ``keys`` alone (``key_rows``' first part, the others not copied)."""
+    return pa.Table.from_batches([batch.filter(mask) for batch, mask, _ in _key_masks(table, key, keys)
+                                  if mask is not None], table.schema)
+
+
+def _key_masks(table: pa.Table, key: str, keys: pa.Array | np.ndarray
+               ) -> Iterator[tuple[pa.RecordBatch, pa.Array | None, int]]:
+    """Per record batch (sorted by ``key``): the batch, a mask of its rows whose key is in
+    ``keys`` (None: no such row), and how many rows that is."""
+    wanted = np.unique(np.asarray(keys, np.int64))
     for batch in table.to_batches():
         held = batch.column(key).to_numpy()
         lo = np.searchsorted(held, wanted)
         hit = held[np.minimum(lo, len(held) - 1)] == wanted if len(held) else lo < 0
         if not hit.any():
-            rest.append(batch)
+            yield batch, None, 0
             continue
         lo = lo[hit]
         hi = np.searchsorted(held, wanted[hit], "right")
         edges = np.zeros(len(held) + 1, np.int64)  # +1 where a key's rows begin, -1 after them
         edges[lo] += 1
         edges[hi] -= 1
-        mask = pa.array(np.cumsum(edges[:-1]) > 0)
-        found.append(batch.filter(mask))
-        if (hi - lo).sum() < batch.num_rows:
-            rest.append(batch.filter(pc.invert(mask)))
-    return pa.Table.from_batches(found, table.schema), _bounded(rest, table.schema, key)
+        yield batch, pa.array(np.cumsum(edges[:-1]) > 0), int((hi - lo).sum())
 
 
 def by_key(table: pa.Table, key: str) -> pa.Table:

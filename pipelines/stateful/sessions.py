@@ -151,8 +151,7 @@ def _touch(held: pa.Table, new: pd.DataFrame, gap: timedelta, attribution: str
     retracted = old[(kept["_merge"] == "left_only").to_numpy()]
     added = now[now["marked"].astype(bool)]
     events["closes"] = closes_at(events, gap)
-    events = events.iloc[np.argsort(events["journey"].to_numpy(np.int64), kind="stable")]
-    again = pa.Table.from_pandas(events[HELD.names], schema=HELD, preserve_index=False)
+    again = by_key(pa.Table.from_pandas(events[HELD.names], schema=HELD, preserve_index=False), "journey")
     return pa.concat_tables([rest, again]), [_changes(retracted, "session", -1, True),
                                             _changes(added, "session", 1, True)]
 

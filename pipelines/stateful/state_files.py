@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql.types import BinaryType
 
-from pipelines.stateful.gold import Held, Kept, Processor, ipc_stream, key_rows, read_ipc, stored
+from pipelines.stateful.gold import Held, Kept, Processor, ipc_stream, read_ipc, rows_of, stored
 
 LAYOUT = "driver-state-3"  # bump when the file's meaning changes; an unknown layout is refused
 READS = {"driver-state-2", LAYOUT}  # layout 2: every file complete (no ``delta`` column)
@@ -272,7 +272,7 @@ def delta_bytes(k: Kept) -> bytes:
     a row marked ``_gone`` (the other columns null) for each changed key left with none."""
     table, key = k.value, k.key
     keys = k.changed if k.changed is not None else pa.array([], table.schema.field(key).type)
-    rows = key_rows(table, key, keys)[0] if k.by_key else table.filter(pc.is_in(table[key], value_set=keys))
+    rows = rows_of(table, key, keys) if k.by_key else table.filter(pc.is_in(table[key], value_set=keys))
     gone = keys.filter(pc.invert(pc.is_in(keys, value_set=rows[key].combine_chunks())))
     empty = {f.name: pa.nulls(len(gone), f.type) for f in table.schema if f.name != key}
     out = pa.concat_tables([
