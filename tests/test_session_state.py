@@ -10,12 +10,16 @@ passes it. The streaming tests run the real operator on the sample.
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.config import load_settings
 from pipelines.gold.sessions import EVENT_COLUMNS, SESSION_COLUMNS, sessionize
+from pipelines.stateful import sessions as stateful_sessions
+from pipelines.stateful import tiers
 from pipelines.stateful.gold import stored
 from pipelines.stateful.sessions import session_processor
 
@@ -139,12 +143,18 @@ def _frame(events: list[dict]) -> pd.DataFrame:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(event, min_size=1, max_size=40), st.data())
-def test_any_batching_adds_up_to_the_batch_result(events, data):
+@given(st.lists(event, min_size=1, max_size=40), st.data(), st.booleans())
+def test_any_batching_adds_up_to_the_batch_result(events, data, tiny_tiers):
+    """With ``tiny_tiers``, held events go cold (``stateful/tiers.py``) as soon as they are
+    not yet due, and thaw only when a batch touches them or the watermark reaches
+    their session's close: the same changes come out."""
     frame = _frame(events)
     cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(frame) - 1)), max_size=6)))
     batches = [frame.iloc[a:b] for a, b in zip([0, *cuts], [*cuts, len(frame)], strict=True) if b > a]
-    still_open, closed, on_time = run_stream(batches)
+    tiny = {"RECENT_ROWS": 0, "COLD_ROWS": 1, "FREEZE_ROWS": 50}
+    with mock.patch.multiple(tiers, **(tiny if tiny_tiers else {n: getattr(tiers, n) for n in tiny})), \
+            mock.patch.object(stateful_sessions, "AHEAD_MS", 0 if tiny_tiers else stateful_sessions.AHEAD_MS):
+        still_open, closed, on_time = run_stream(batches)
     assert still_open == {}  # the final hour of silence closed everything
     assert len(closed) == len({(r["tracking_id"], r["session_start"]) for r in closed})  # once each
     assert _key(closed) == _key(sessionize(on_time, GAP).to_dict("records"))

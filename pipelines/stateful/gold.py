@@ -151,7 +151,7 @@ def keep_rows(table: pa.Table, mask: pa.ChunkedArray | pa.Array, key: str | None
             batches.append(batch)
         elif kept:
             batches.append(batch.filter(keep))
-    return _bounded(batches, table.schema, key)
+    return bounded(batches, table.schema, key)
 
 
 def key_rows(table: pa.Table, key: str, keys: pa.Array | np.ndarray) -> tuple[pa.Table, pa.Table]:
@@ -161,23 +161,23 @@ def key_rows(table: pa.Table, key: str, keys: pa.Array | np.ndarray) -> tuple[pa
     keys, not a hash of every held row. A batch holding none of them is kept as it is; past
     ``CHUNKS`` batches, the other rows' small ones are combined (``keep_rows``)."""
     found, rest = [], []
-    for batch, mask, hits in _key_masks(table, key, keys):
+    for batch, mask, hits in key_masks(table, key, keys):
         if mask is None:
             rest.append(batch)
             continue
         found.append(batch.filter(mask))
         if hits < batch.num_rows:
             rest.append(batch.filter(pc.invert(mask)))
-    return pa.Table.from_batches(found, table.schema), _bounded(rest, table.schema, key)
+    return pa.Table.from_batches(found, table.schema), bounded(rest, table.schema, key)
 
 
 def rows_of(table: pa.Table, key: str, keys: pa.Array | np.ndarray) -> pa.Table:
     """The rows whose key is in ``keys`` alone (``key_rows``' first part, the others not copied)."""
-    return pa.Table.from_batches([batch.filter(mask) for batch, mask, _ in _key_masks(table, key, keys)
+    return pa.Table.from_batches([batch.filter(mask) for batch, mask, _ in key_masks(table, key, keys)
                                   if mask is not None], table.schema)
 
 
-def _key_masks(table: pa.Table, key: str, keys: pa.Array | np.ndarray
+def key_masks(table: pa.Table, key: str, keys: pa.Array | np.ndarray
                ) -> Iterator[tuple[pa.RecordBatch, pa.Array | None, int]]:
     """Per record batch (sorted by ``key``): the batch, a mask of its rows whose key is in
     ``keys`` (None: no such row), and how many rows that is."""
@@ -207,7 +207,7 @@ def by_key(table: pa.Table, key: str) -> pa.Table:
     return pa.Table.from_batches(batches, table.schema)
 
 
-def _bounded(batches: list[pa.RecordBatch], schema: pa.Schema, key: str | None) -> pa.Table:
+def bounded(batches: list[pa.RecordBatch], schema: pa.Schema, key: str | None) -> pa.Table:
     return pa.Table.from_batches(_merged(batches, key) if len(batches) > CHUNKS else batches, schema=schema)
 
 
@@ -221,13 +221,13 @@ def _merged(batches: list[pa.RecordBatch], key: str | None = None) -> list[pa.Re
     group: list[pa.RecordBatch] = []
     for batch in batches:
         if group and sum(b.num_rows for b in group) + batch.num_rows > target:
-            out.append(_combined(group, key))
+            out.append(combined(group, key))
             group = []
         group.append(batch)
-    return [*out, _combined(group, key)]
+    return [*out, combined(group, key)]
 
 
-def _combined(group: list[pa.RecordBatch], key: str | None) -> pa.RecordBatch:
+def combined(group: list[pa.RecordBatch], key: str | None) -> pa.RecordBatch:
     if len(group) == 1:
         return group[0]
     table = pa.Table.from_batches(group)
@@ -237,17 +237,20 @@ def _combined(group: list[pa.RecordBatch], key: str | None) -> pa.RecordBatch:
 
 
 def ipc_stream(table: pa.Table, schema: pa.Schema | None = None) -> pa.Buffer:
-    """A table as Arrow IPC stream bytes (typed as ``schema`` when given): how the processors
-    store their tables and frames, and how a delta is stored. Sized first, then written once
-    into a buffer of that size: a growing output stream would reallocate and copy an open
-    state of a gigabyte several times over (docs/performance.md)."""
+    """A table (or anything with ``schema`` and ``to_batches``, as ``stateful/tiers.Tiered``)
+    as Arrow IPC stream bytes (typed as ``schema`` when given): how the processors store their
+    tables and frames, and how a delta is stored. Sized first, then written once into a buffer
+    of that size: a growing output stream would reallocate and copy an open state of a
+    gigabyte several times over (docs/performance.md)."""
     schema = schema or table.schema
     size = pa.MockOutputStream()
     with pa.ipc.new_stream(size, schema) as writer:
-        writer.write_table(table)
+        for batch in table.to_batches():
+            writer.write_batch(batch)
     out = pa.allocate_buffer(size.size())
     with pa.ipc.new_stream(pa.FixedSizeBufferWriter(out), schema) as writer:
-        writer.write_table(table)
+        for batch in table.to_batches():
+            writer.write_batch(batch)
     return out
 
 

@@ -46,7 +46,8 @@ from pipelines.gold.sessions import (
     session_input,
     sessionize,
 )
-from pipelines.stateful.gold import Kept, Processor, by_key, ipc_stream, keep_rows, kept, key_rows, read_ipc
+from pipelines.stateful.gold import Kept, Processor, by_key, ipc_stream, kept, read_ipc
+from pipelines.stateful.tiers import Tiered
 
 _parse_ddl = _parse_datatype_string
 
@@ -56,6 +57,9 @@ HELD = pa.schema([
     ("product_id", pa.string()), ("price", pa.float64()), ("quantity", pa.float64()),
     ("ip_country", pa.string()), ("ip_hash", pa.string()), ("closes", pa.int64()),
 ])
+# a cold held event is thawed once the watermark is within AHEAD_MS of its session's close,
+# and frozen when it is more than twice that away (and not among the newest events)
+AHEAD_MS = 120_000
 STATE_SCHEMA = StructType([StructField("held", BinaryType())])
 CHANGE_DDL = "kind string, sign int, is_open boolean, " + SESSION_DDL
 
@@ -65,8 +69,14 @@ def encode(held: pa.Table) -> bytes:
 
 
 def decode(held: Kept | bytes) -> pa.Table:
-    """The held events: kept as a table between micro-batches, Arrow IPC bytes in the file."""
-    return kept(held, read_ipc)
+    """The held events: kept as ``Tiered`` between micro-batches, Arrow IPC bytes in the file."""
+    table = kept(held, read_ipc)
+    return table.table() if isinstance(table, Tiered) else table
+
+
+def held_rows(held: Kept | bytes) -> int:
+    """How many events ``held`` holds (nothing decompressed)."""
+    return held.value.num_rows if isinstance(held, Kept) else decode(held).num_rows
 
 
 def open_journeys(held: pa.Table) -> pa.Array:
@@ -94,16 +104,18 @@ def _changes(sessions: pd.DataFrame, kind: str, sign: int, is_open: bool) -> pd.
 def session_processor(s: Settings):
     """The processor: a micro-batch's events (or a timer) and the state -> changes."""
     gap, attribution, min_adds = s.sessions.gap, s.sessions.attribution, s.reminders.min_adds
+    ahead = AHEAD_MS
 
     def process(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
         prior = state.get[0] if state.exists else None
-        held = decode(prior) if prior is not None else HELD.empty_table()
         # the state file may store only the journeys whose events changed; each record batch
-        # is kept sorted by journey, so a journey's events are found by binary search (Kept)
-        if isinstance(prior, Kept) and prior.by_key:
-            kept_as = prior
+        # is kept sorted by journey, so a journey's events are found by binary search, and the
+        # events no micro-batch is about to touch are kept compressed (Tiered)
+        if isinstance(prior, Kept) and isinstance(prior.value, Tiered):
+            kept_as, held = prior, prior.value
         else:  # after a start
-            held = by_key(held, "journey")
+            table = decode(prior) if prior is not None else HELD.empty_table()
+            held = Tiered(by_key(table, "journey"), "journey", "closes")
             kept_as = Kept(held, encode, "journey", prior.changed if isinstance(prior, Kept) else None,
                            by_key=True)
         new = pd.concat([b[EVENT_COLUMNS] for b in batches if len(b)], ignore_index=True) \
@@ -115,19 +127,18 @@ def session_processor(s: Settings):
             out += changed
         watermark = state.getCurrentWatermarkMs()
         if watermark > 0 and held.num_rows:
-            done = pc.less_equal(held["closes"], watermark)
-            if pc.any(done).as_py():
-                closed = sessionize(held.filter(done).to_pandas(), gap, attribution)
+            done, held = held.due(watermark)
+            if done.num_rows:
+                closed = sessionize(done.to_pandas(), gap, attribution)
                 out.append(_changes(closed, "closed", 1, False))
                 due = closed[(closed["adds"] >= min_adds) & (closed["purchases"] == 0)]
                 if len(due):
                     out.append(_changes(due, "reminder", 1, False))
-                journeys = pc.unique(held["journey"].filter(done))
-                held = keep_rows(held, pc.invert(done), "journey")
-                kept_as = kept_as.changing(held, journeys)
+                kept_as = kept_as.changing(held, pc.unique(done["journey"]))
+            held = held.settled(watermark + ahead, watermark + 2 * ahead)
         if held.num_rows:
             state.update((replace(kept_as, value=held),))
-            state.setTimeoutTimestamp(max(pc.min(held["closes"]).as_py() - 1, watermark + 1))
+            state.setTimeoutTimestamp(max(held.low() - 1, watermark + 1))
         else:
             state.remove()
         for frame in out:
@@ -136,10 +147,10 @@ def session_processor(s: Settings):
     return process
 
 
-def _touch(held: pa.Table, new: pd.DataFrame, gap: timedelta, attribution: str
-           ) -> tuple[pa.Table, list[pd.DataFrame]]:
+def _touch(held: Tiered, new: pd.DataFrame, gap: timedelta, attribution: str
+           ) -> tuple[Tiered, list[pd.DataFrame]]:
     """Add ``new`` events to their journeys; return the new held events and the changes."""
-    touched, rest = key_rows(held, "journey", new["journey"].unique())
+    touched, rest = held.key_rows(new["journey"].unique())
     before = touched.to_pandas()
     before["is_new"] = False
     fresh = new.assign(is_new=True)
@@ -152,8 +163,8 @@ def _touch(held: pa.Table, new: pd.DataFrame, gap: timedelta, attribution: str
     added = now[now["marked"].astype(bool)]
     events["closes"] = closes_at(events, gap)
     again = by_key(pa.Table.from_pandas(events[HELD.names], schema=HELD, preserve_index=False), "journey")
-    return pa.concat_tables([rest, again]), [_changes(retracted, "session", -1, True),
-                                            _changes(added, "session", 1, True)]
+    return rest.with_hot(again), [_changes(retracted, "session", -1, True),
+                                  _changes(added, "session", 1, True)]
 
 
 def processor(s: Settings) -> Processor:

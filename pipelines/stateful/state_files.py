@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from pyspark.sql.types import BinaryType
 
 from pipelines.stateful.gold import Held, Kept, Processor, ipc_stream, read_ipc, rows_of, stored
+from pipelines.stateful.tiers import Tiered
 
 LAYOUT = "driver-state-3"  # bump when the file's meaning changes; an unknown layout is refused
 READS = {"driver-state-2", LAYOUT}  # layout 2: every file complete (no ``delta`` column)
@@ -211,7 +212,8 @@ class StateFiles:
                     table = value.value
                     with pa.OSFile(str(tmp / f"{name}.{index}"), "wb") as sink, \
                             pa.ipc.new_stream(sink, table.schema.remove_metadata()) as writer:
-                        writer.write_table(table)
+                        for batch in table.to_batches():  # a cold tier's batch thawed at a time
+                            writer.write_batch(batch)
                 elif value is not None:
                     (tmp / f"{name}.{index}").write_bytes(stored(value))
         os.replace(tmp, self.dir / f"{batch_id}.snapshot")
@@ -272,12 +274,15 @@ def delta_bytes(k: Kept) -> bytes:
     a row marked ``_gone`` (the other columns null) for each changed key left with none."""
     table, key = k.value, k.key
     keys = k.changed if k.changed is not None else pa.array([], table.schema.field(key).type)
-    rows = rows_of(table, key, keys) if k.by_key else table.filter(pc.is_in(table[key], value_set=keys))
+    if isinstance(table, Tiered):
+        rows = table.rows_of(keys)
+    else:
+        rows = rows_of(table, key, keys) if k.by_key else table.filter(pc.is_in(table[key], value_set=keys))
     gone = keys.filter(pc.invert(pc.is_in(keys, value_set=rows[key].combine_chunks())))
     empty = {f.name: pa.nulls(len(gone), f.type) for f in table.schema if f.name != key}
     out = pa.concat_tables([
         rows.append_column("_gone", pa.repeat(pa.scalar(False), rows.num_rows)),
-        pa.table({**empty, key: gone}).select(table.column_names)
+        pa.table({**empty, key: gone}).select(table.schema.names)
         .cast(table.schema).append_column("_gone", pa.repeat(pa.scalar(True), len(gone)))])
     return ipc_stream(out.replace_schema_metadata({DELTA_KEY: key.encode()}))
 

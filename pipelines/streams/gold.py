@@ -324,7 +324,7 @@ def session_table(changes: pd.DataFrame) -> pa.Table:
 def held_events(held: dict[str, Held]) -> int:
     """The open sessions' events the sessions processor holds."""
     values = held.get("sessions", Held()).values
-    return sessions.decode(values[0]).num_rows if values and values[0] is not None else 0
+    return sessions.held_rows(values[0]) if values and values[0] is not None else 0
 
 
 def funnel_metrics(funnel_path: str, performance_path: str) -> None:
