@@ -1,9 +1,10 @@
 """Open sessions as streaming state: each micro-batch re-sessionizes only the journeys it
 touches and emits what changed, as a retract stream.
 
-State (kept by the driver: ``stateful/gold.py``): the events of the open sessions, an Arrow
-table (Arrow IPC bytes in the state file), each with ``closes`` (its session's ``session_end +
-gap``). A micro-batch's events are added to their journeys' held events; ``sessionize`` runs
+State (kept by the driver: ``stateful/gold.py``): the events of the open sessions, each with
+``closes`` (its session's ``session_end + gap``): an Arrow table whose events no micro-batch is
+about to touch are kept compressed (``stateful/tiers.Tiered``); Arrow IPC bytes of the plain
+table in the state file. A micro-batch's events are added to their journeys' held events; ``sessionize`` runs
 on those journeys alone, before and after, and the sessions that differ come out:
 
 - ``kind = 'session', sign = -1``: a session as it was (retracted: it grew, or merged into another);
@@ -16,9 +17,9 @@ Signed rows make every aggregate incremental: a campaign cell or a product total
 ``sign x`` each row's contribution. The event-time timer is the earliest ``closes`` held,
 so sessions close as the watermark moves even when their journeys get no new events.
 
-A micro-batch's cost is its own events plus the open sessions (held
-events are filtered with Arrow, never converted unless their journey is touched); it does
-not depend on how much the lake holds.
+A micro-batch's cost is its own events plus a binary search per record batch of the open
+sessions (held events are never converted unless their journey is touched or closed); it
+does not depend on how much the lake holds.
 """
 
 from __future__ import annotations
