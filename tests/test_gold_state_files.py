@@ -18,8 +18,13 @@ from pipelines.streams.gold import gold_processors
 
 
 @pytest.fixture
-def files(spark, tmp_path):  # the processors parse their schemas with Spark
-    return StateFiles(tmp_path / "gold", gold_processors(load_settings(environ={}, local=False)))
+def processors(spark):  # the processors parse their schemas with Spark
+    return gold_processors(load_settings(environ={}, local=False))
+
+
+@pytest.fixture
+def files(processors, tmp_path):
+    return StateFiles(tmp_path / "gold", processors)
 
 
 def test_a_batch_starts_from_the_state_of_the_batch_before(files):
@@ -114,6 +119,24 @@ def test_open_sessions_are_stored_as_the_journeys_that_changed_and_read_back_who
     (files.dir / "1.arrow").unlink()  # a file a later one builds on
     with pytest.raises(RuntimeError, match="state of micro-batch 1 is missing.*to rebuild"):
         files.load(3)
+
+
+def test_after_a_start_the_next_file_stores_only_what_changed_and_reads_back_whole(files, processors,
+                                                                                   monkeypatch):
+    """A new run that read the state back goes on with the chain: its first file holds the
+    journeys it changed, not the whole open state again (gigabytes at a steady rate)."""
+    monkeypatch.setattr(state_files, "SNAPSHOT_EVERY", 2)
+    _run(files, 4, snapshots=True)  # a snapshot after 2; files 3 builds on it
+    restarted = StateFiles(files.dir.parent, processors)
+    assert _pairs(restarted.load(4)[0]["sessions"].values[0]) == [(1, 3), (2, 3)]
+    closed_one = Kept(_held([(2, 4)]), sessions.encode, "journey", pa.array([1, 2], pa.int64()))
+    restarted.save(4, {"sessions": Held((closed_one,), 10)}, 1_000)  # journey 1 closed, 2 grew
+    restarted.save(5, {"sessions": _one(5, [2, 9])}, 1_000)
+    assert is_delta(restarted, 4) and is_delta(restarted, 5)
+    assert restarted.snapshot_due(5)  # three batches past the snapshot the chain builds on
+    again = StateFiles(files.dir.parent, processors)
+    assert _pairs(again.load(5)[0]["sessions"].values[0]) == [(2, 4)]
+    assert _pairs(again.load(6)[0]["sessions"].values[0]) == [(2, 5), (9, 5)]
 
 
 def _one(batch: int, journeys: list[int]) -> Held:

@@ -63,6 +63,24 @@ def test_rows_frozen_past_the_newest_are_found_by_key_and_thawed_before_they_are
         assert again.cold == () and _rows(again) == _rows(left)
 
 
+def test_a_table_read_back_after_a_start_is_frozen_by_bands_of_its_timer():
+    """After a start the whole held table is tiered at once; each cold batch holds one band
+    of timers, so that it thaws when the watermark nears that band, not the earliest timer."""
+    rng = np.random.default_rng(3)
+    rows = list(zip(rng.integers(0, 400, 3_000).tolist(), rng.integers(0, 100, 3_000).tolist(), strict=True))
+    table = pa.concat_tables([_batch(rows[:1_000]), _batch(rows[1_000:])])  # two record batches
+    with mock.patch.multiple(tiers, COLD_ROWS=300):
+        held = Tiered.started(table, "journey", "closes", freeze_above=29, band=20)
+    assert _rows(held) == _rows(table)
+    assert held.hot.num_rows == sum(c <= 29 for _, c in rows) and pc.max(held.hot["closes"]).as_py() <= 29
+    for c in held.cold:
+        closes = c.thaw(SCHEMA).column("closes").to_numpy()
+        assert c.num_rows <= 300 and c.low == closes.min()
+        assert ((closes - 30) // 20 == (c.low - 30) // 20).all()  # one band
+        assert (np.diff(c.keys.column(0).to_numpy()) >= 0).all()
+    assert sorted({(c.low - 30) // 20 for c in held.cold}) == [0, 1, 2, 3]
+
+
 def test_a_cold_batch_compresses_and_thaws_to_the_same_rows():
     rng = np.random.default_rng(7)
     journeys = np.sort(rng.integers(0, 5_000, 20_000))

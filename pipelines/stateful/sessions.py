@@ -112,13 +112,16 @@ def session_processor(s: Settings):
         # the state file may store only the journeys whose events changed; each record batch
         # is kept sorted by journey, so a journey's events are found by binary search, and the
         # events no micro-batch is about to touch are kept compressed (Tiered)
+        watermark = state.getCurrentWatermarkMs()
         if isinstance(prior, Kept) and isinstance(prior.value, Tiered):
             kept_as, held = prior, prior.value
         else:  # after a start
-            table = decode(prior) if prior is not None else HELD.empty_table()
-            held = Tiered(by_key(table, "journey"), "journey", "closes")
+            table = by_key(decode(prior) if prior is not None else HELD.empty_table(), "journey")
+            held = Tiered.started(table, "journey", "closes", watermark + 2 * ahead, 2 * ahead) \
+                if watermark > 0 else Tiered(table, "journey", "closes")
             kept_as = Kept(held, encode, "journey", prior.changed if isinstance(prior, Kept) else None,
                            by_key=True)
+            del table
         new = pd.concat([b[EVENT_COLUMNS] for b in batches if len(b)], ignore_index=True) \
             if not state.hasTimedOut else pd.DataFrame(columns=EVENT_COLUMNS)
         out: list[pd.DataFrame] = []
@@ -126,7 +129,6 @@ def session_processor(s: Settings):
             held, changed = _touch(held, new, gap, attribution)
             kept_as = kept_as.changing(held, pa.array(new["journey"].unique(), pa.int64()))
             out += changed
-        watermark = state.getCurrentWatermarkMs()
         if watermark > 0 and held.num_rows:
             done, held = held.due(watermark)
             if done.num_rows:

@@ -100,7 +100,7 @@ class StateFiles:
             return {}, None
         rows, meta = self._read(before[-1])
         latest = meta.get(b"latest_ms", b"")
-        held = {}
+        held, bases = {}, [before[-1]]
         for name, row in rows.items():
             types = self.fields[name]
             stored = list(row["values"])  # a field added after the file was written: None
@@ -108,10 +108,13 @@ class StateFiles:
             values = tuple(v if isinstance(f.dataType, BinaryType) or v is None else v.decode()
                            for f, v in zip(types.fields, stored, strict=True))
             if row.get("delta"):
-                values = tuple(self._complete(before[-1], name, i, key)
+                values = tuple(self._complete(before[-1], name, i, key, bases)
                                if isinstance(v, bytes) and (key := _delta_key(v)) else v
                                for i, v in enumerate(values))
             held[name] = Held(values, row["timeout_ms"])
+        # the chain goes on from here: the next batch's file stores what it changed, not the
+        # whole state again (gigabytes after a start at a steady rate)
+        self.chain, self.base = before[-1], min(bases)
         return held, int(latest) if latest else None
 
     def _read(self, batch: int) -> tuple[dict[str, dict], dict]:
@@ -130,10 +133,11 @@ class StateFiles:
             table = reader.read_all()
         return {row["processor"]: row for row in table.to_pylist()}, meta
 
-    def _complete(self, batch: int, name: str, index: int, key: str) -> Kept:
+    def _complete(self, batch: int, name: str, index: int, key: str, bases: list[int]) -> Kept:
         """Field ``index`` of processor ``name`` after ``batch``, whose file holds only what
         changed: the newest complete base at or before it (a snapshot, or a field stored
-        whole), with the changes of the files after that base applied."""
+        whole), with the changes of the files after that base applied. Adds the base's batch
+        to ``bases``."""
         chain = []
         while True:
             snapshot = self.dir / f"{batch}.snapshot"
@@ -148,6 +152,7 @@ class StateFiles:
                 break
             chain.append(read_ipc(value))
             batch -= 1
+        bases.append(batch)
         return Kept(apply_deltas(table, chain[::-1]), ipc_stream, key)
 
     def save(self, batch_id: int, held: dict[str, Held], latest_ms: int | None) -> None:

@@ -80,6 +80,34 @@ class Tiered:
     timer: str  # the column whose least value is the table's event-time timer
     cold: tuple[Cold, ...] = ()
 
+    @classmethod
+    def started(cls, table: pa.Table, key: str, timer: str, freeze_above: int, band: int) -> Tiered:
+        """A table read back after a start (record batches sorted by ``key``), tiered at once:
+        the rows whose timer is past ``freeze_above`` frozen, the others hot. A record batch
+        at a time, its rows are ordered by their timer's ``band`` (ms) and then by key, and
+        each band's rows become one cold batch: a cold batch then thaws within a band of its
+        rows' timers, not all at once as the watermark nears the earliest (a cold batch in
+        key order would hold every timer of the open state). The table is never copied
+        whole: after a start at a steady rate it is gigabytes."""
+        hot, cold = [], []
+        for batch in table.to_batches():
+            times = batch.column(timer).to_numpy()
+            later = times > freeze_above
+            if not later.all():
+                hot.append(batch.filter(pa.array(~later)))
+            if not later.any():
+                continue
+            rows = np.flatnonzero(later)
+            bands = (times[rows] - freeze_above - 1) // max(band, 1)
+            rows = rows[np.argsort(bands, kind="stable")]  # stable: in key order within a band
+            bands = np.sort(bands, kind="stable")
+            ordered = batch.take(pa.array(rows))
+            edges = np.flatnonzero(np.diff(bands)) + 1
+            for lo, hi in zip([0, *edges], [*edges, len(rows)], strict=True):
+                for start in range(lo, hi, COLD_ROWS):
+                    cold.append(Cold.freeze(ordered.slice(start, min(COLD_ROWS, hi - start)), key, timer))
+        return cls(bounded(hot, table.schema, key), key, timer, tuple(cold))
+
     @property
     def schema(self) -> pa.Schema:
         return self.hot.schema
