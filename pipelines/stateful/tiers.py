@@ -5,11 +5,11 @@ The open sessions' events are most of gold's state: at 10,000 events/s with a 30
 and a 10-minute watermark delay the driver holds 24M events, 137 bytes each as Arrow. Yet a
 micro-batch touches only the journeys that are active now, and the watermark closes only the
 sessions whose ``closes`` it has reached; the events in between wait half an hour untouched.
-``Tiered`` keeps those as ``Cold`` record batches: zstd-compressed Arrow IPC (about 40 bytes an
-event) beside their key column as plain Arrow, so that a lookup still finds a key's rows by
-binary search without decompressing anything (``stateful/gold.key_rows``). A cold batch that
-holds a looked-up key, or whose earliest timer the watermark is about to reach, is thawed
-back into the hot tier whole (``settled``).
+``Tiered`` keeps those as ``Cold`` record batches: zstd-compressed Arrow IPC beside their key
+column as plain Arrow (about 48 bytes an event in all), so that a lookup still finds a key's
+rows by binary search without decompressing anything. A cold batch that holds a looked-up
+key, or whose earliest timer the watermark is about to reach, is thawed back into the hot
+tier whole (``settled``). After a start, the table read back is tiered at once (``started``).
 
 Which rows are cold is a matter of memory alone: every operation gives the same rows whatever
 the tiers hold, and the stored form (the state file) is the plain table.
@@ -28,7 +28,7 @@ from pipelines.stateful.gold import bounded, combined, keep_rows, key_rows, rows
 
 COLD_ROWS = 262_144  # rows a cold batch holds at most (a thaw decompresses ~20 ms of them)
 RECENT_ROWS = 500_000  # the newest hot rows, never frozen: the journeys active now
-FREEZE_ROWS = 2_000_000  # rows frozen by one call at most (after a start, the state freezes over batches)
+FREEZE_ROWS = 2_000_000  # rows ``settled`` freezes in one call at most (``started`` tiers a whole table)
 PACK = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", 1))
 
 
