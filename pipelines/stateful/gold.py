@@ -184,8 +184,7 @@ def key_masks(table: pa.Table, key: str, keys: pa.Array | np.ndarray
     wanted = np.unique(np.asarray(keys, np.int64))
     for batch in table.to_batches():
         held = batch.column(key).to_numpy()
-        lo = np.searchsorted(held, wanted)
-        hit = held[np.minimum(lo, len(held) - 1)] == wanted if len(held) else lo < 0
+        lo, hit = key_hits(held, wanted)
         if not hit.any():
             yield batch, None, 0
             continue
@@ -195,6 +194,13 @@ def key_masks(table: pa.Table, key: str, keys: pa.Array | np.ndarray
         edges[lo] += 1
         edges[hi] -= 1
         yield batch, pa.array(np.cumsum(edges[:-1]) > 0), int((hi - lo).sum())
+
+
+def key_hits(held: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``wanted`` (sorted, unique): where it would go in ``held`` (sorted), and
+    whether it is there."""
+    lo = np.searchsorted(held, wanted)
+    return lo, held[np.minimum(lo, len(held) - 1)] == wanted if len(held) else lo < 0
 
 
 def by_key(table: pa.Table, key: str) -> pa.Table:

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.stateful.gold import bounded, combined, keep_rows, key_rows, rows_of
+from pipelines.stateful.gold import bounded, combined, keep_rows, key_hits, key_rows, rows_of
 
 COLD_ROWS = 262_144  # rows a cold batch holds at most (a thaw decompresses ~20 ms of them)
 RECENT_ROWS = 500_000  # the newest hot rows, never frozen: the journeys active now
@@ -59,9 +59,7 @@ class Cold:
     def holds(self, keys: np.ndarray) -> bool:
         """Whether any of ``keys`` (sorted, unique) has rows here: a binary search, nothing
         decompressed."""
-        held = self.keys.column(0).to_numpy()
-        at = np.minimum(np.searchsorted(held, keys), len(held) - 1)
-        return bool(len(held)) and bool((held[at] == keys).any())
+        return bool(key_hits(self.keys.column(0).to_numpy(), keys)[1].any())
 
     def thaw(self, schema: pa.Schema) -> pa.RecordBatch:
         rest = pa.ipc.open_stream(self.packed).read_next_batch()
@@ -99,8 +97,8 @@ class Tiered:
                 continue
             rows = np.flatnonzero(later)
             bands = (times[rows] - freeze_above - 1) // max(band, 1)
-            rows = rows[np.argsort(bands, kind="stable")]  # stable: in key order within a band
-            bands = np.sort(bands, kind="stable")
+            order = np.argsort(bands, kind="stable")  # stable: in key order within a band
+            rows, bands = rows[order], bands[order]
             ordered = batch.take(pa.array(rows))
             edges = np.flatnonzero(np.diff(bands)) + 1
             for lo, hi in zip([0, *edges], [*edges, len(rows)], strict=True):
