@@ -3,6 +3,7 @@ refusal (never a silent empty start) when the state a batch needs is missing or 
 and a table another release wrote, refused before anything is written to it."""
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
@@ -10,10 +11,12 @@ from helpers import is_delta
 
 from pipelines import tables as T
 from pipelines.config import load_settings
+from pipelines.gold.sessions import EVENT_COLUMNS
 from pipelines.io.delta_rs import arrow_schema
-from pipelines.stateful import gold, sessions, state_files
+from pipelines.stateful import gold, sessions, state_files, tiers
 from pipelines.stateful.gold import Held, Kept
 from pipelines.stateful.state_files import StateFiles
+from pipelines.stateful.tiers import Tiered
 from pipelines.streams.gold import gold_processors
 
 
@@ -92,7 +95,7 @@ def _held(rows: list[tuple[int, int]]) -> pa.Table:
 
 
 def _pairs(value) -> list[tuple[int, int]]:
-    table = value.value if isinstance(value, Kept) else sessions.decode(value)
+    table = sessions.decode(value)  # kept, or stored; a table read back (Replayed) read whole
     return sorted(zip(table["journey"].to_pylist(), table["t"].to_pylist(), strict=True))
 
 
@@ -311,3 +314,44 @@ def test_batches_combined_for_a_key_are_sorted_by_it_and_an_unsorted_batch_is_so
     assert [b.column(0).to_pylist() for b in out.to_batches()] == [[1, 2, 3, 5, 7, 9]]
     assert [b.column(0).to_pylist() for b in gold.by_key(_batches([3, 1, 2], [4, 5]), "k").to_batches()] \
         == [[1, 2, 3], [4, 5]]
+
+
+def test_a_start_tiers_the_open_sessions_a_record_batch_at_a_time(files, processors, monkeypatch):
+    """After a start the open sessions are read from their stored base a record batch at a time
+    and frozen as they come: Arrow never holds the stored table whole (at a steady rate it is
+    gigabytes, and a copy of it was a restart's peak memory). The rows all come back."""
+    far, n = 10**13, 400_000  # every held session closes long after the watermark: all go cold
+    journey = np.arange(n) // 4
+    rows = pa.table({"journey": journey, "tracking_id": pa.array(np.char.add("trk-", journey.astype(str))),
+                     "t": np.arange(n), "closes": np.full(n, far)})
+    rows = pa.table({f.name: rows[f.name] if f.name in rows.column_names else pa.nulls(n, f.type)
+                     for f in sessions.HELD}, schema=sessions.HELD)
+    table = pa.Table.from_batches(rows.to_batches(max_chunksize=20_000))
+    stored_kept = Kept(Tiered(table, "journey", "closes"), sessions.encode, "journey", by_key=True)
+    files.save(0, {"sessions": Held((stored_kept,), far)}, 1_000)
+    changed = stored_kept.changing(stored_kept.value, pa.array([5, 7]))
+    files.save(1, {"sessions": Held((changed,), far)}, 1_000)
+    whole = table.nbytes
+    del rows, table, stored_kept, changed
+    before = pa.total_allocated_bytes()
+    held, _ = files.load(2)
+    peak = 0
+    freeze = tiers.Cold.freeze.__func__
+
+    def watched(cls, batch, key, timer):
+        nonlocal peak
+        peak = max(peak, pa.total_allocated_bytes() - before)
+        return freeze(cls, batch, key, timer)
+
+    monkeypatch.setattr(tiers.Cold, "freeze", classmethod(watched))
+    new = pd.DataFrame({"journey": [n], "tracking_id": ["new"], "t": [far - 10**9], "step": [1],
+                        "tie": [0]})
+    new = new.reindex(columns=EVENT_COLUMNS).astype(
+        {"journey": "int64", "t": "int64", "step": "int8", "tie": "int64", "price": "float64",
+         "quantity": "float64"})
+    process = next(p for p in processors if p.name == "sessions")
+    _, after = gold.advance(process, new, held.pop("sessions"), 1, 2)
+    assert 0 < peak < whole / 2, (peak, whole)
+    back = sessions.decode(after.values[0])
+    assert back.num_rows == n + 1
+    assert sorted(back["journey"].to_pylist()) == [*journey.tolist(), n]

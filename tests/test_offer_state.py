@@ -2,11 +2,10 @@
 the stream drives it (pure pandas and Arrow; the rule itself: tests/test_retarget.py)."""
 
 import pandas as pd
-import pyarrow as pa
 from helpers import is_delta
 
 from pipelines.config import RetargetSettings
-from pipelines.stateful.gold import Held, advance
+from pipelines.stateful.gold import Held, advance, kept, read_ipc
 from pipelines.stateful.offers import processor
 from pipelines.stateful.state_files import StateFiles
 
@@ -33,7 +32,7 @@ EXPECTED = [("again", "c1", 2), ("again", "c2", 3), ("before", "c1", 4), ("late-
 
 
 def _rows(value) -> list[tuple]:
-    table = value.value if hasattr(value, "value") else pa.ipc.open_stream(value).read_all()
+    table = kept(value, read_ipc)  # stored, kept, or read back after a start (Replayed): whole
     return sorted(tuple(r.values()) for r in table.to_pylist())
 
 

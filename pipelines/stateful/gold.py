@@ -102,6 +102,9 @@ def advance(p: Processor, rows: pd.DataFrame | None, held: Held, before_ms: int,
         state = KeyState(held, after_ms, timed_out=True)
         out += list(p.process((0,), iter([]), state))
         held = state.held()
+    if held.values is not None:  # a table read back after a start that no call took up: whole
+        held = Held(tuple(replace(v, value=v.value.table()) if isinstance(v, Kept)
+                          and isinstance(v.value, Replayed) else v for v in held.values), held.timeout_ms)
     return [f for f in out if len(f)], held
 
 
@@ -205,12 +208,12 @@ def key_hits(held: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def by_key(table: pa.Table, key: str) -> pa.Table:
     """``table`` with every record batch sorted by ``key``; a sorted one is kept as it is."""
-    batches = []
-    for batch in table.to_batches():
-        held = batch.column(key).to_numpy()
-        batches.append(batch if (held[1:] >= held[:-1]).all() else
-                       batch.take(pa.array(np.argsort(held, kind="stable"))))
-    return pa.Table.from_batches(batches, table.schema)
+    return pa.Table.from_batches([sorted_batch(b, key) for b in table.to_batches()], table.schema)
+
+
+def sorted_batch(batch: pa.RecordBatch, key: str) -> pa.RecordBatch:
+    held = batch.column(key).to_numpy()
+    return batch if (held[1:] >= held[:-1]).all() else batch.take(pa.array(np.argsort(held, kind="stable")))
 
 
 def bounded(batches: list[pa.RecordBatch], schema: pa.Schema, key: str | None) -> pa.Table:
@@ -272,5 +275,44 @@ def stored(value: Kept | str | bytes | None) -> bytes | pa.Buffer | None:
 
 
 def kept(value: Kept | str | bytes, decode: Callable[[str | bytes], Any]) -> Any:
-    """A state field's value: as kept, or decoded from its stored form after a start."""
-    return value.value if isinstance(value, Kept) else decode(value)
+    """A state field's value: as kept, or decoded from its stored form after a start (a
+    ``Replayed`` table read whole)."""
+    if isinstance(value, Kept):
+        return value.value.table() if isinstance(value.value, Replayed) else value.value
+    return decode(value)
+
+
+@dataclass(frozen=True, eq=False)
+class Replayed:
+    """A keyed table as a start reads it back (``stateful/state_files.py``): its base's record
+    batches, read from their file one at a time, each without the rows of the keys that the
+    changes since the base name; then those keys' newest rows (``changes``).
+
+    It is never whole in memory unless asked (``table()``): after a start at a steady rate the
+    open sessions are gigabytes, and the session processor builds its tiers from it a batch
+    at a time (``Tiered.started``) rather than from a copy of it all."""
+    schema: pa.Schema
+    key: str
+    base: Callable[[], Iterator[pa.RecordBatch]] | None  # opens the base's batches, each time anew
+    changes: pa.Table | None = None  # oldest first, as the files were written
+    named: pa.Array | None = None  # the keys the changes name: their rows in the base are stale
+
+    def to_batches(self) -> Iterator[pa.RecordBatch]:
+        for batch in self.base() if self.base is not None else ():
+            if self.named is not None:
+                batch = batch.filter(pc.invert(pc.is_in(batch.column(self.key), value_set=self.named)))
+            if batch.num_rows:
+                yield _as(batch, self.schema)
+        for batch in self.changes.to_batches() if self.changes is not None else ():
+            yield _as(batch, self.schema)
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_batches(list(self.to_batches()), self.schema)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(b.num_rows for b in self.to_batches())
+
+
+def _as(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    return batch if batch.schema.equals(schema) else batch.cast(schema)

@@ -47,7 +47,7 @@ from pipelines.gold.sessions import (
     session_input,
     sessionize,
 )
-from pipelines.stateful.gold import Kept, Processor, by_key, ipc_stream, kept, read_ipc
+from pipelines.stateful.gold import Kept, Processor, Replayed, by_key, ipc_stream, kept, read_ipc
 from pipelines.stateful.tiers import Tiered
 
 _parse_ddl = _parse_datatype_string
@@ -116,7 +116,10 @@ def session_processor(s: Settings):
         if isinstance(prior, Kept) and isinstance(prior.value, Tiered):
             kept_as, held = prior, prior.value
         else:  # after a start
-            table = by_key(decode(prior) if prior is not None else HELD.empty_table(), "journey")
+            if watermark > 0 and isinstance(prior, Kept) and isinstance(prior.value, Replayed):
+                table = prior.value  # read back a record batch at a time, and tiered as it comes
+            else:
+                table = by_key(decode(prior) if prior is not None else HELD.empty_table(), "journey")
             held = Tiered.started(table, "journey", "closes", watermark + 2 * ahead, 2 * ahead) \
                 if watermark > 0 else Tiered(table, "journey", "closes")
             kept_as = Kept(held, encode, "journey", prior.changed if isinstance(prior, Kept) else None,

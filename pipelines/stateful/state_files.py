@@ -13,7 +13,9 @@ fields beside it,
 so that no micro-batch waits while gigabytes of open state are written (Spark's RocksDB
 state store uploads its snapshots the same way, off the batch). A start reads the newest
 file before it, back to the newest complete base (a snapshot, or a file written whole), and
-applies the changes after it. Micro-batch ``N`` starts from the newest file before ``N``, so a
+applies the changes after it; a keyed table's base is read a record batch at a time
+(``Replayed``), so the open sessions are never whole in memory after a start (the session
+processor tiers them as they come). Micro-batch ``N`` starts from the newest file before ``N``, so a
 replayed batch recomputes exactly what it computed the first time, and a restarted job carries
 on where the last committed batch left off. Between micro-batches of one run the stream keeps
 the state it saved in memory too (``GoldStep``), so a batch starts without reading the file
@@ -26,6 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql.types import BinaryType
 
-from pipelines.stateful.gold import Held, Kept, Processor, ipc_stream, read_ipc, rows_of, stored
+from pipelines.stateful.gold import Held, Kept, Processor, Replayed, ipc_stream, read_ipc, rows_of, stored
 from pipelines.stateful.tiers import Tiered
 
 LAYOUT = "driver-state-3"  # bump when the file's meaning changes; an unknown layout is refused
@@ -105,12 +108,12 @@ class StateFiles:
             types = self.fields[name]
             stored = list(row["values"])  # a field added after the file was written: None
             stored += [None] * (len(types.fields) - len(stored))
-            values = tuple(v if isinstance(f.dataType, BinaryType) or v is None else v.decode()
-                           for f, v in zip(types.fields, stored, strict=True))
-            if row.get("delta"):
-                values = tuple(self._complete(before[-1], name, i, key, bases)
-                               if isinstance(v, bytes) and (key := _delta_key(v)) else v
-                               for i, v in enumerate(values))
+            values = tuple(self._complete(before[-1], name, i, key, bases)
+                           if row["delta"] and isinstance(f.dataType, BinaryType) and v is not None
+                           and (key := _delta_key(v)) else
+                           None if v is None else
+                           v.to_pybytes() if isinstance(f.dataType, BinaryType) else v.to_pybytes().decode()
+                           for i, (f, v) in enumerate(zip(types.fields, stored, strict=True)))
             held[name] = Held(values, row["timeout_ms"])
         # the chain goes on from here: the next batch's file stores what it changed, not the
         # whole state again (gigabytes after a start at a steady rate)
@@ -118,9 +121,12 @@ class StateFiles:
         return held, int(latest) if latest else None
 
     def _read(self, batch: int) -> tuple[dict[str, dict], dict]:
-        """One state file: its rows by processor, and its metadata."""
-        try:  # mapped: its values are copied once, into the bytes each field decodes from
-            reader = pa.ipc.open_file(pa.memory_map(str(self.dir / f"{batch}.arrow")))
+        """One state file: its rows by processor (each field a ``Blob``: nothing copied yet),
+        and its metadata."""
+        path = self.dir / f"{batch}.arrow"
+        try:
+            mapped = pa.memory_map(str(path))
+            reader = pa.ipc.open_file(mapped)
         except FileNotFoundError:
             raise RuntimeError(f"the gold state of micro-batch {batch} is missing from {self.dir}, "
                                f"and a later file holds only what changed after it; {REBUILD}") from None
@@ -131,7 +137,14 @@ class StateFiles:
                     f"{self.dir} holds state of layout {meta.get(b'layout', b'?').decode()}, not "
                     f"{LAYOUT}; {REBUILD}")
             table = reader.read_all()
-        return {row["processor"]: row for row in table.to_pylist()}, meta
+        whole = mapped.read_buffer(mapped.size())  # the mapping: a field's place in the file, by address
+        rows = {}
+        for i, name in enumerate(table["processor"].to_pylist()):
+            rows[name] = {"timeout_ms": table["timeout_ms"][i].as_py(),
+                          "delta": "delta" in table.column_names and bool(table["delta"][i].as_py()),
+                          "values": [None if v is None else Blob(path, _place(v, whole), v.size, v)
+                                     for v in _buffers(table["values"][i].values)]}
+        return rows, meta
 
     def _complete(self, batch: int, name: str, index: int, key: str, bases: list[int]) -> Kept:
         """Field ``index`` of processor ``name`` after ``batch``, whose file holds only what
@@ -143,17 +156,17 @@ class StateFiles:
             snapshot = self.dir / f"{batch}.snapshot"
             if snapshot.is_dir():  # the field's complete bytes; no file: the field was empty
                 field = snapshot / f"{name}.{index}"
-                table = read_ipc(pa.memory_map(str(field))) if field.exists() else None
+                base = Blob(field, 0, field.stat().st_size) if field.exists() else None
                 break
             rows, _ = self._read(batch)
             value = rows[name]["values"][index] if name in rows else None
-            if value is None or not rows[name].get("delta") or not _delta_key(value):
-                table = read_ipc(value) if value is not None else None
+            if value is None or not rows[name]["delta"] or not _delta_key(value):
+                base = value
                 break
-            chain.append(read_ipc(value))
+            chain.append(read_ipc(value.buffer))
             batch -= 1
         bases.append(batch)
-        return Kept(apply_deltas(table, chain[::-1]), ipc_stream, key)
+        return Kept(replayed(base, chain[::-1], key), ipc_stream, key)
 
     def save(self, batch_id: int, held: dict[str, Held], latest_ms: int | None) -> None:
         self.commit(self.stage(batch_id, held, latest_ms))
@@ -265,10 +278,10 @@ class Staged:
     whole: bool = True  # every field stored whole: a complete base for the files after it
 
 
-def _delta_key(blob: bytes) -> str | None:
+def _delta_key(blob: Blob) -> str | None:
     """The key column of a ``delta_bytes`` delta; None for anything else."""
     try:
-        meta = pa.ipc.open_stream(blob).schema.metadata or {}
+        meta = pa.ipc.open_stream(blob.buffer).schema.metadata or {}
     except pa.ArrowInvalid:  # not an Arrow stream: a field stored whole
         return None
     return meta[DELTA_KEY].decode() if DELTA_KEY in meta else None
@@ -292,13 +305,77 @@ def delta_bytes(k: Kept) -> bytes:
     return ipc_stream(out.replace_schema_metadata({DELTA_KEY: key.encode()}))
 
 
+def _buffers(blobs: pa.Array) -> list[pa.Buffer | None]:
+    """The values of a binary array as slices of its data buffer (a scalar's ``as_buffer``
+    would copy a field of gigabytes)."""
+    offsets = np.frombuffer(blobs.buffers()[1], np.int64 if blobs.type == pa.large_binary() else np.int32)
+    offsets = offsets[blobs.offset:blobs.offset + len(blobs) + 1]
+    data, nulls = blobs.buffers()[2], blobs.is_null().to_pylist()
+    return [None if null else data.slice(int(lo), int(hi - lo)) if data is not None else pa.py_buffer(b"")
+            for null, lo, hi in zip(nulls, offsets[:-1], offsets[1:], strict=True)]
+
+
+def _place(field: pa.Buffer, mapped: pa.Buffer) -> int | None:
+    """Where ``field`` starts in the file ``mapped`` maps; None when the reader copied it (a
+    small file's fields may be)."""
+    offset = field.address - mapped.address
+    return offset if offset >= 0 and offset + field.size <= mapped.size else None
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A stored field's bytes: ``size`` bytes at ``offset`` in ``path`` (None: only in
+    ``buffer``), and, when read from a state file, those bytes as read (mapped, not copied)."""
+    path: Path
+    offset: int | None
+    size: int
+    buffer: pa.Buffer | None = None
+
+    def to_pybytes(self) -> bytes:
+        return self.buffer.to_pybytes()
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The Arrow IPC stream the field holds, a record batch at a time, read from the file
+        (not through the mapping, whose pages would stay resident: each batch's memory is freed
+        once it has been used)."""
+        if self.offset is None:
+            yield from pa.ipc.open_stream(self.buffer)
+            return
+        with pa.OSFile(str(self.path)) as f:
+            f.seek(self.offset)
+            yield from pa.ipc.open_stream(f)
+
+    def schema(self) -> pa.Schema:
+        if self.buffer is not None:
+            return pa.ipc.open_stream(self.buffer).schema
+        with pa.OSFile(str(self.path)) as f:
+            f.seek(self.offset)
+            return pa.ipc.open_stream(f).schema
+
+
+def replayed(base: Blob | None, deltas: list[pa.Table], key: str) -> Replayed:
+    """A keyed table after a start: the stored complete ``base`` (None: empty) with the
+    ``delta_bytes`` deltas after it applied, oldest first, each key with the rows of the newest
+    delta naming it; the base read a record batch at a time (``Replayed``)."""
+    changes, named = _newest(deltas, key)
+    schema = base.schema() if base is not None else changes.schema
+    return Replayed(schema.remove_metadata(), key, base.batches if base is not None else None, changes, named)
+
+
 def apply_deltas(base: pa.Table | None, deltas: list[pa.Table]) -> pa.Table | None:
     """``base`` (None: empty) with ``delta_bytes`` deltas applied, oldest first: each key has
-    the rows of the newest delta naming it. The base is filtered once, however long the
-    chain (a start after 19 changes to a gigabyte of open state copies it once, not 19 times)."""
+    the rows of the newest delta naming it (``replayed``, of a table in memory)."""
     if not deltas:
         return base
     key = deltas[0].schema.metadata[DELTA_KEY].decode()
+    changes, named = _newest(deltas, key)
+    schema = (base.schema if base is not None else changes.schema).remove_metadata()
+    return Replayed(schema, key, base.to_batches if base is not None else None, changes, named).table()
+
+
+def _newest(deltas: list[pa.Table], key: str) -> tuple[pa.Table | None, pa.Array | None]:
+    """The rows of the ``delta_bytes`` deltas (oldest first) that hold, for each key they name,
+    the newest delta's rows (oldest first: the order they were written in), and those keys."""
     named: pa.Array | None = None  # the keys a newer delta already gave
     parts = []
     for delta in reversed(deltas):
@@ -307,7 +384,6 @@ def apply_deltas(base: pa.Table | None, deltas: list[pa.Table]) -> pa.Table | No
             delta = delta.filter(pc.invert(pc.is_in(keys, value_set=named)))
         parts.append(delta.filter(pc.invert(delta["_gone"])).drop_columns(["_gone"]).replace_schema_metadata(None))
         named = pc.unique(pa.chunked_array([*([] if named is None else [named]), *keys.chunks], keys.type))
-    if base is not None:
-        parts.append(base.filter(pc.invert(pc.is_in(base[key], value_set=named))))
-    schema = parts[-1].schema
-    return pa.concat_tables([p.cast(schema) for p in reversed(parts)])
+    if not parts:
+        return None, None
+    return pa.concat_tables([p.cast(parts[-1].schema) for p in reversed(parts)]), named

@@ -24,7 +24,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.stateful.gold import bounded, combined, keep_rows, key_hits, key_rows, rows_of
+from pipelines.stateful.gold import (
+    Replayed,
+    bounded,
+    combined,
+    keep_rows,
+    key_hits,
+    key_rows,
+    rows_of,
+    sorted_batch,
+)
 
 COLD_ROWS = 262_144  # rows a cold batch holds at most (a thaw decompresses ~20 ms of them)
 RECENT_ROWS = 500_000  # the newest hot rows, never frozen: the journeys active now
@@ -79,8 +88,10 @@ class Tiered:
     cold: tuple[Cold, ...] = ()
 
     @classmethod
-    def started(cls, table: pa.Table, key: str, timer: str, freeze_above: int, band: int) -> Tiered:
-        """A table read back after a start (record batches sorted by ``key``), tiered at once:
+    def started(cls, table: pa.Table | Replayed, key: str, timer: str, freeze_above: int, band: int
+                ) -> Tiered:
+        """A table read back after a start (a ``Replayed`` one is read from its file a record
+        batch at a time), each record batch sorted by ``key`` and tiered at once:
         the rows whose timer is past ``freeze_above`` frozen, the others hot. A record batch
         at a time, its rows are ordered by their timer's ``band`` (ms) and then by key, and
         each band's rows become one cold batch: a cold batch then thaws within a band of its
@@ -89,6 +100,7 @@ class Tiered:
         whole: after a start at a steady rate it is gigabytes."""
         hot, cold = [], []
         for batch in table.to_batches():
+            batch = sorted_batch(batch, key)
             times = batch.column(timer).to_numpy()
             later = times > freeze_above
             if not later.all():
