@@ -286,6 +286,24 @@ def test_a_chain_of_changes_gives_each_key_the_rows_of_the_newest_change_naming_
     assert state_files.apply_deltas(base, []) is base
 
 
+def test_a_base_read_back_loses_the_rows_of_changed_keys_and_a_batch_none_names_is_not_copied():
+    """``Replayed``: the base's record batches come one at a time, each without the rows of the
+    keys the changes name (any key type), and one that no change names is passed on as it is."""
+    untouched = _held([(1, 10), (2, 20)]).to_batches()[0]
+    touched = _held([(5, 50), (6, 60), (7, 70)]).to_batches()[0]
+    newest = _held([(6, 61)])
+    replayed = gold.Replayed(sessions.HELD, "journey", lambda: iter([untouched, touched]), newest,
+                             pa.array([6, 7], pa.int64()))
+    batches = list(replayed.to_batches())
+    assert batches[0] is untouched
+    assert [b.column(0).to_pylist() for b in batches] == [[1, 2], [5], [6]]
+    assert _pairs(Kept(replayed, None)) == [(1, 10), (2, 20), (5, 50), (6, 61)]
+    assert replayed.num_rows == 4
+    texts = pa.record_batch({"k": ["a", "b", None], "v": [1, 2, 3]})
+    by_text = gold.Replayed(texts.schema, "k", lambda: iter([texts]), None, pa.array(["b"]))
+    assert by_text.table().to_pydict() == {"k": ["a", None], "v": [1, 3]}
+
+
 def _batches(*keys: list[int]) -> pa.Table:
     """A table of (k, v) whose record batches hold ``keys``, ``v`` numbering each batch's rows."""
     return pa.Table.from_batches([pa.record_batch({"k": pa.array(ks, pa.int64()),

@@ -299,8 +299,9 @@ class Replayed:
 
     def to_batches(self) -> Iterator[pa.RecordBatch]:
         for batch in self.base() if self.base is not None else ():
-            if self.named is not None:
-                batch = batch.filter(pc.invert(pc.is_in(batch.column(self.key), value_set=self.named)))
+            if self.named is not None and \
+                    (mask := pc.is_in(batch.column(self.key), value_set=self.named)).true_count:
+                batch = batch.filter(pc.invert(mask))  # a batch no change names is not copied
             if batch.num_rows:
                 yield _as(batch, self.schema)
         for batch in self.changes.to_batches() if self.changes is not None else ():
