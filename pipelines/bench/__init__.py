@@ -1,6 +1,6 @@
 """``make bench``: what the pipeline costs, beside a baseline measured in the same run.
 
-Four measurements, each printed as a table and all written to ``bench/results/<time>.json``:
+The parts, each printed as a table and all written to ``bench/results/<time>.json``:
 
 - ``throughput``: ``funnelhouse run --available-now`` (bronze, then silver with gold) on 1M
   generated events, beside plain Spark on the same files in the same JVM (``read.text`` + ``from_json``
@@ -18,10 +18,13 @@ Four measurements, each printed as a table and all written to ``bench/results/<t
 - ``quality``: silver micro-batches of ~100k events with the quality suite on and off.
 - ``scoring``: the silver query (silver and gold) over the throughput input, without an anomaly
   model and then with a champion trained on the sessions the first run closed: what scoring costs.
+- ``restart``: a new process reads back the open sessions of a steady rate (``--restart-events``,
+  written once as a running job stores them) and runs micro-batches on: the start's peak
+  memory and what its first micro-batches cost.
 
 Memory: the JVM's peak resident size (``VmHWM``) and the Python driver's, at the end.
 
 One module per part (``throughput``, ``growth``, ``freshness``, ``costs``: quality, scoring
-and memory), what they share in ``common``; ``python -m pipelines.bench`` runs them
+and memory, ``restart``), what they share in ``common``; ``python -m pipelines.bench`` runs them
 (``__main__``).
 """

@@ -13,11 +13,12 @@ from pipelines.bench.common import RESULTS, bench_settings, console, dataset
 from pipelines.bench.costs import memory, quality, scoring
 from pipelines.bench.freshness import freshness
 from pipelines.bench.growth import growth
+from pipelines.bench.restart import restart
 from pipelines.bench.throughput import throughput
 from pipelines.config import REPO_ROOT
 from pipelines.session import build_spark
 
-ALL = ("throughput", "growth", "freshness", "quality", "scoring")
+ALL = ("throughput", "growth", "freshness", "quality", "scoring", "restart")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alerts", action="store_true",
                         help="freshness: 10 s windows, 5 s gap, 2 s watermark delay; time the alerts")
     parser.add_argument("--rounds", type=int, default=2, help="quality: timed rounds")
+    parser.add_argument("--restart-events", type=int, default=24_000_000,
+                        help="restart: open events read back (24M: 10k ev/s, default gap and delay)")
+    parser.add_argument("--restart-batches", type=int, default=10, help="restart: batches after it")
     parser.add_argument("--dir", type=Path, default=Path("data/bench"))
     args = parser.parse_args(argv)
     only = args.only.split(",")
@@ -58,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         results["quality"] = quality(spark, root, landing, args.rounds)
     if "scoring" in only:
         results["scoring"] = scoring(spark, root, landing, warm="throughput" in results)
+    if "restart" in only:
+        results["restart"] = restart(root, args.restart_events, args.restart_batches)
     results["memory"] = memory(spark)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
