@@ -119,7 +119,7 @@ def _write(folder: Path, n: int) -> dict:
     for batch in range(1, WRITTEN + 1):  # files of what changed, as a running job writes them
         changed = pa.array(np.unique(rng.integers(0, n // 8, BATCH)), pa.int64())
         files.save(batch, {"sessions": Held((held.changing(held.value, changed),), WATERMARK)}, LATEST)
-    return {"files": 4}
+    return {"files": WRITTEN + 1}
 
 
 def _read(folder: Path, batches: int) -> dict:
