@@ -108,13 +108,16 @@ class StateFiles:
             types = self.fields[name]
             stored = list(row["values"])  # a field added after the file was written: None
             stored += [None] * (len(types.fields) - len(stored))
-            values = tuple(self._complete(before[-1], name, i, key, bases)
-                           if row["delta"] and isinstance(f.dataType, BinaryType) and v is not None
-                           and (key := _delta_key(v)) else
-                           None if v is None else
-                           v.to_pybytes() if isinstance(f.dataType, BinaryType) else v.to_pybytes().decode()
-                           for i, (f, v) in enumerate(zip(types.fields, stored, strict=True)))
-            held[name] = Held(values, row["timeout_ms"])
+            values = []
+            for i, (f, v) in enumerate(zip(types.fields, stored, strict=True)):
+                binary = isinstance(f.dataType, BinaryType)
+                if v is None:
+                    values.append(None)
+                elif binary and row["delta"] and (key := _delta_key(v)):  # a keyed table's changes
+                    values.append(self._complete(before[-1], name, i, key, bases))
+                else:  # a field stored whole: the bytes (or text) its processor decodes
+                    values.append(v.to_pybytes() if binary else v.to_pybytes().decode())
+            held[name] = Held(tuple(values), row["timeout_ms"])
         # the chain goes on from here: the next batch's file stores what it changed, not the
         # whole state again (gigabytes after a start at a steady rate)
         self.chain, self.base = before[-1], min(bases)
