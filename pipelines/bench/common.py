@@ -24,6 +24,13 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def peak_gib(pid: int | str = "self") -> float:
+    """A process's peak resident size (``VmHWM``). Unlike ``ru_maxrss``, it starts afresh at
+    ``exec``: a child the bench starts does not inherit the bench's own peak."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 2**20
+
+
 def rich_table(title: str, columns: list[str], rows: list[list[object]]) -> Table:
     out = Table(title=title)
     for i, col in enumerate(columns):

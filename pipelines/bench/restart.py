@@ -16,7 +16,6 @@ its own.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.bench.common import console, rich_table
+from pipelines.bench.common import console, peak_gib, rich_table
 
 WATERMARK = 1_790_000_000_000  # epoch ms: 2026-09-21
 GAP = 1_800_000  # ms
@@ -145,7 +144,7 @@ def _read(folder: Path, batches: int) -> dict:
         files.save(last + 1 + i, {"sessions": state}, latest + (i + 1) * 3000)
         took.append(time.perf_counter() - start)
     return {"load_s": load, "batches_s": took,
-            "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_gib": peak_gib(),  # VmHWM: ru_maxrss would carry the bench's own peak past exec
             "held_gib": state.values[0].value.nbytes / 2**30}
 
 
