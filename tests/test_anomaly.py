@@ -19,7 +19,7 @@ from nbclient import NotebookClient
 from pyspark.sql import functions as F
 
 from pipelines.anomaly.features import FEATURES, LOG_SCALED, session_features, with_history
-from pipelines.anomaly.model import evaluate
+from pipelines.anomaly.model import evaluate, fit, scores, threshold
 from pipelines.backfill import backfill_scores
 from pipelines.config import REPO_ROOT
 from pipelines.gold.profiles import ip_deltas, profile_deltas
@@ -208,3 +208,18 @@ def _mlflow_ui(s):
     finally:
         os.killpg(ui.pid, signal.SIGKILL)  # make, the MLflow CLI and its uvicorn worker
         ui.wait(timeout=30)
+
+
+def test_a_model_depends_on_its_training_rows_not_on_their_order():
+    """The same sessions read back in another order (a stream's files against a backfill's)
+    train the same forest: the trees' subsamples are drawn from the rows in a canonical order."""
+    rng = np.random.default_rng(7)
+    features = pd.DataFrame(rng.lognormal(size=(400, len(FEATURES))), columns=FEATURES)
+    features.iloc[::50, 0] = features.iloc[0, 0]  # ties in the first column: order by every column
+    shuffled = features.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    probe = pd.DataFrame(rng.lognormal(size=(50, len(FEATURES))), columns=FEATURES)
+    one, other = fit(features, 50, 0.05, 42), fit(shuffled, 50, 0.05, 42)
+    np.testing.assert_array_equal(scores(one, probe), scores(other, probe))
+    assert threshold(one) == threshold(other)
+    # the seed still matters: the check above is not true of any two forests
+    assert not np.array_equal(scores(fit(features, 50, 0.05, 43), probe), scores(one, probe))

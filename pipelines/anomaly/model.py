@@ -29,14 +29,19 @@ ALIAS = "champion"
 def fit(features: pd.DataFrame, n_estimators: int, contamination: float, seed: int,
         names: list[str] | None = None) -> IsolationForest:
     """Fit on the ``names`` columns of ``features`` (default: all of ``FEATURES``); the model
-    keeps their names (``feature_names_in_``), so it scores with the columns it learned."""
+    keeps their names (``feature_names_in_``), so it scores with the columns it learned.
+
+    The rows are put in one canonical order first (sorted by every column): each tree draws
+    its subsample by row position, so without it the same sessions read back in another
+    order (a stream's files against a backfill's) would train another forest."""
     unknown = sorted(set(names or []) - set(FEATURES))
     if unknown:
         raise ValueError(f"unknown anomaly features {unknown}; choose from {FEATURES}")
     from sklearn.ensemble import IsolationForest
 
     model = IsolationForest(n_estimators=n_estimators, contamination=contamination, random_state=seed)
-    return model.fit(features[names or FEATURES].astype(float))
+    X = features[names or FEATURES].astype(float)
+    return model.fit(X.sort_values(list(X.columns), kind="stable", ignore_index=True))
 
 
 def scores(model: IsolationForest, features: pd.DataFrame) -> np.ndarray:
