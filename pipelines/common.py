@@ -37,18 +37,29 @@ def string_lists(column: pd.Series) -> pa.ListArray | pa.ChunkedArray:
     return pa.array(column, pa.list_(pa.string()), from_pandas=True)
 
 
-def distinct_lists(owner: np.ndarray, values: np.ndarray, n: int) -> pa.ListArray:
+def distinct_lists(owner: np.ndarray, values: pa.Array | pa.ChunkedArray | np.ndarray, n: int
+                   ) -> pa.ListArray:
     """Per owner ``0 .. n-1``, the sorted distinct non-null ``values`` paired with it (``owner``
     and ``values`` aligned; an empty list for an owner with none), as an Arrow ``list<string>``
     built from offsets: no Python list per owner. A session's product ids or countries, a
-    user's countries, an address's users."""
-    present = pd.notna(values)
-    codes, names = pd.factorize(values[present], sort=True)
+    user's countries, an address's users. ``values`` are best given as Arrow strings: they are
+    coded by Arrow's hash (a numpy array of Python strings is converted first)."""
+    if isinstance(values, np.ndarray):
+        values = pa.array(values, pa.string(), from_pandas=True)
+    coded = pc.dictionary_encode(values)
+    if isinstance(coded, pa.ChunkedArray):
+        coded = coded.unify_dictionaries().combine_chunks()
+    present = coded.indices.is_valid().to_numpy(zero_copy_only=False)
+    names = coded.dictionary
+    by_name = pc.sort_indices(names).to_numpy()  # strings in code point order (UTF-8 bytes)
+    rank = np.empty(len(names), np.int64)
+    rank[by_name] = np.arange(len(names))
+    codes = rank[coded.indices.filter(present).to_numpy()] if len(names) else np.zeros(0, np.int64)
     width = max(len(names), 1)
     pairs = _sorted_distinct(owner[present].astype(np.int64) * width + codes)
     at, code = np.divmod(pairs, width)
     offsets = np.searchsorted(at, np.arange(n + 1)).astype(np.int32)
-    return pa.ListArray.from_arrays(offsets, pa.array(names, pa.string()).take(code))
+    return pa.ListArray.from_arrays(offsets, names.take(by_name).cast(pa.string()).take(code))
 
 
 def _sorted_distinct(values: np.ndarray) -> np.ndarray:

@@ -99,7 +99,7 @@ def _lists(keys: pa.ChunkedArray, paired: pa.Array, values: pa.Array) -> pa.List
     (``distinct_lists``; an empty list when none)."""
     known = pc.is_valid(paired)
     owner = pc.index_in(paired.filter(known), value_set=keys.combine_chunks()).to_numpy()
-    return distinct_lists(owner, values.filter(known).to_numpy(zero_copy_only=False), len(keys))
+    return distinct_lists(owner, values.filter(known), len(keys))
 
 
 def user_profiles(flags: DataFrame) -> Transform:

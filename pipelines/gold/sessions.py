@@ -47,18 +47,45 @@ SESSION_COLUMNS = ["tracking_id", "session_start", "session_end", "user_id", "ca
                    "revenue", "added_products", "purchased_products", "countries", "ip_hashes", *TO_STEP]
 
 
-def order(events: pd.DataFrame) -> np.ndarray:
+Events = pd.DataFrame | pa.Table  # what ``sessionize`` and ``order`` take
+
+
+def order(events: Events) -> tuple[np.ndarray, np.ndarray]:
     """The row order that groups events by journey, each journey in time order (equal times
-    in step order, then by ``tie``, so the order never depends on how events were batched)."""
-    journey = pd.factorize(events["journey"].to_numpy(np.int64))[0]
-    tid = events["tracking_id"].to_numpy()
-    t = events["t"].to_numpy(np.int64)
-    rows = _order(journey, t, events["step"].to_numpy(np.int64), events["tie"].to_numpy(np.int64))
+    in step order, then by ``tie``, so the order never depends on how events were batched);
+    and each event's journey code (one integer per ``tracking_id``)."""
+    journey = pd.factorize(_numbers(events, "journey", np.int64))[0]
+    t, step, tie = (_numbers(events, c, np.int64) for c in ("t", "step", "tie"))
+    rows = _order(journey, t, step, tie)
     same_hash = journey[rows][1:] == journey[rows][:-1]
-    if (same_hash & (tid[rows][1:] != tid[rows][:-1])).any():  # two journeys share a hash
-        exact = pd.factorize(tid)[0]
-        rows = _order(exact, t, events["step"].to_numpy(np.int64), events["tie"].to_numpy(np.int64))
-    return rows
+    if same_hash.any() and (same_hash & _differs(_strings(events, "tracking_id").take(rows))).any():
+        # two journeys share a hash: code them by their text
+        journey = pc.dictionary_encode(_strings(events, "tracking_id")).indices.to_numpy().astype(np.int64)
+        rows = _order(journey, t, step, tie)
+    return rows, journey
+
+
+def _numbers(events: Events, column: str, dtype: type) -> np.ndarray:
+    """A numeric column as numpy (a missing float as NaN)."""
+    values = events[column]
+    if isinstance(values, pa.ChunkedArray):
+        return values.to_numpy().astype(dtype, copy=False)
+    return values.to_numpy(dtype)
+
+
+def _strings(events: Events, column: str) -> pa.Array:
+    """A string column as one Arrow array: no Python string per value."""
+    values = events[column]
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks()
+    return pa.array(values.to_numpy(object), pa.string(), from_pandas=True)
+
+
+def _differs(ordered: pa.Array) -> np.ndarray:
+    """Whether each value differs from the one before it (from the second on)."""
+    if len(ordered) < 2:
+        return np.zeros(0, bool)
+    return pc.not_equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1)).to_numpy(zero_copy_only=False)
 
 
 _TIME_BITS = 41  # 2**41 ms is 69 years: a batch's time span fits below the journey code
@@ -77,17 +104,18 @@ def _order(journey: np.ndarray, t: np.ndarray, step: np.ndarray, tie: np.ndarray
     return rows
 
 
-def session_bounds(tid: np.ndarray, t: np.ndarray, gap: timedelta) -> tuple[np.ndarray, np.ndarray]:
-    """First and last position of each session in ordered journey ids and times."""
+def session_bounds(journey: np.ndarray, t: np.ndarray, gap: timedelta) -> tuple[np.ndarray, np.ndarray]:
+    """First and last position of each session in ordered journey codes and times."""
     new = np.ones(len(t), bool)
-    new[1:] = (tid[1:] != tid[:-1]) | (t[1:] - t[:-1] > int(gap.total_seconds() * 1000))
+    new[1:] = (journey[1:] != journey[:-1]) | (t[1:] - t[:-1] > int(gap.total_seconds() * 1000))
     starts = np.flatnonzero(new)
     return starts, np.append(starts[1:], len(t)) - 1
 
 
-def sessionize(events: pd.DataFrame, gap: timedelta, attribution: str = "first_touch",
+def sessionize(events: Events, gap: timedelta, attribution: str = "first_touch",
                mark: str | None = None) -> pd.DataFrame:
-    """Events (``EVENT_COLUMNS``, any order) -> one row per session (``SESSION_COLUMNS``).
+    """Events (``EVENT_COLUMNS``, any order; a pandas frame or an Arrow table) -> one row per
+    session (``SESSION_COLUMNS``).
 
     ``session_start``/``session_end`` are epoch ms; ``campaign_id`` is that of the first
     (``first_touch``) or last (``last_touch``) ad event naming one, else None (organic);
@@ -98,25 +126,28 @@ def sessionize(events: pd.DataFrame, gap: timedelta, attribution: str = "first_t
     price x quantity (a missing quantity counts 1).
     With ``mark`` (a boolean event column), ``marked`` says whether any event of the session
     has it set.
+
+    Text columns stay Arrow until the session rows: only one Python string per session and
+    column is made, none per event.
     """
-    if events.empty:
+    if len(events) == 0:
         return empty_sessions(mark)
-    rows = order(events)
-    tid = events["tracking_id"].to_numpy()[rows]
-    t = events["t"].to_numpy(np.int64)[rows]
-    step = events["step"].to_numpy(np.int64)[rows]
-    starts, ends = session_bounds(tid, t, gap)
+    rows, journey = order(events)
+    t = _numbers(events, "t", np.int64)[rows]
+    step = _numbers(events, "step", np.int64)[rows]
+    starts, ends = session_bounds(journey[rows], t, gap)
     sid = np.repeat(np.arange(len(starts)), ends - starts + 1)
     is_buy = step == PURCHASE
-    quantity = events["quantity"].to_numpy(np.float64)[rows]
-    price = events["price"].to_numpy(np.float64)[rows]
+    quantity = _numbers(events, "quantity", np.float64)[rows]
+    price = _numbers(events, "price", np.float64)[rows]
     line = np.nan_to_num(price) * np.where(np.isnan(quantity), 1.0, quantity)
+    first = rows[starts]
     out = pd.DataFrame({
-        "tracking_id": tid[starts],
+        "tracking_id": _text(_strings(events, "tracking_id").take(first)),
         "session_start": t[starts],
         "session_end": t[ends],
-        "user_id": events["user_id"].to_numpy()[rows[starts]],
-        "campaign_id": _touch(events["campaign_id"].to_numpy(), rows, step, starts, ends, attribution),
+        "user_id": _text(_strings(events, "user_id").take(first)),
+        "campaign_id": _touch(_strings(events, "campaign_id"), rows, step, starts, ends, attribution),
         "event_count": (ends - starts + 1).astype(np.int64),
         "clicks": np.add.reduceat(step == CLICK, starts).astype(np.int64),
         "adds": np.add.reduceat(step == CART, starts).astype(np.int64),
@@ -128,16 +159,21 @@ def sessionize(events: pd.DataFrame, gap: timedelta, attribution: str = "first_t
     out["funnel_level"] = level
     for k, col in enumerate(TO_STEP, start=1):
         out[col] = np.where(level > k, (reached[k] - reached[0]) / 1000.0, np.nan)
-    product = events["product_id"].to_numpy()
+    product = _strings(events, "product_id")
     out["added_products"] = _products(product, rows, sid, step == CART, len(starts))
     out["purchased_products"] = _products(product, rows, sid, is_buy, len(starts))
     every = np.ones(len(rows), bool)
-    out["countries"] = _products(events["ip_country"].to_numpy(), rows, sid, every, len(starts))
-    out["ip_hashes"] = _products(events["ip_hash"].to_numpy(), rows, sid, every, len(starts))
+    out["countries"] = _products(_strings(events, "ip_country"), rows, sid, every, len(starts))
+    out["ip_hashes"] = _products(_strings(events, "ip_hash"), rows, sid, every, len(starts))
     if mark is None:
         return out[SESSION_COLUMNS]
-    out["marked"] = np.logical_or.reduceat(events[mark].to_numpy(bool)[rows], starts)
+    out["marked"] = np.logical_or.reduceat(_numbers(events, mark, bool)[rows], starts)
     return out[[*SESSION_COLUMNS, "marked"]]
+
+
+def _text(values: pa.Array) -> np.ndarray:
+    """Arrow strings as a numpy array of Python strings (None for a missing one)."""
+    return values.to_numpy(zero_copy_only=False).astype(object, copy=False)
 
 
 def empty_sessions(mark: str | None = None) -> pd.DataFrame:
@@ -145,11 +181,10 @@ def empty_sessions(mark: str | None = None) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
 
 
-def _touch(campaign: np.ndarray, rows: np.ndarray, step: np.ndarray, starts: np.ndarray,
+def _touch(campaign: pa.Array, rows: np.ndarray, step: np.ndarray, starts: np.ndarray,
            ends: np.ndarray, attribution: str) -> np.ndarray:
     """The campaign of each session's first (or last) ad event that names one."""
-    campaign = campaign[rows]
-    named = (step <= CLICK) & pd.notna(campaign)
+    named = (step <= CLICK) & campaign.is_valid().to_numpy(zero_copy_only=False)[rows]
     pos = np.arange(len(rows))
     if attribution == "first_touch":
         pick = np.minimum.reduceat(np.where(named, pos, len(rows)), starts)
@@ -158,7 +193,7 @@ def _touch(campaign: np.ndarray, rows: np.ndarray, step: np.ndarray, starts: np.
         pick = np.maximum.reduceat(np.where(named, pos, -1), starts)
         found = pick >= starts
     out = np.full(len(starts), None, dtype=object)
-    out[found] = campaign[pick[found]]
+    out[found] = _text(campaign.take(rows[pick[found]]))
     return out
 
 
@@ -183,12 +218,12 @@ def _walk(t: np.ndarray, step: np.ndarray, starts: np.ndarray, ends: np.ndarray
     return level, reached
 
 
-def _products(product: np.ndarray, rows: np.ndarray, sid: np.ndarray, mask: np.ndarray,
+def _products(values: pa.Array, rows: np.ndarray, sid: np.ndarray, mask: np.ndarray,
               n: int) -> pd.arrays.ArrowExtensionArray:
     """Per session, the sorted distinct non-null values (product ids, countries) of the
     ordered rows in ``mask`` (``distinct_lists``)."""
     keep = np.flatnonzero(mask)
-    return pd.arrays.ArrowExtensionArray(distinct_lists(sid[keep], product[rows[keep]], n))
+    return pd.arrays.ArrowExtensionArray(distinct_lists(sid[keep], values.take(rows[keep]), n))
 
 
 # --- Spark: the same function over a DataFrame -------------------------------------------

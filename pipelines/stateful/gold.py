@@ -41,6 +41,7 @@ class Processor:
     state: StructType  # its state fields (binary or string)
     output: StructType  # what it emits, ``kind`` included
     reads: tuple[str, ...]  # the silver columns ``rows`` reads
+    arrow: bool = False  # ``process`` takes its rows as Arrow tables (else as pandas frames)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class KeyState:
         return Held(self._values, self._timeout if self._values is not None else None)
 
 
-def advance(p: Processor, rows: pd.DataFrame | None, held: Held, before_ms: int, after_ms: int
+def advance(p: Processor, rows: pd.DataFrame | pa.Table | None, held: Held, before_ms: int, after_ms: int
             ) -> tuple[list[pd.DataFrame], Held]:
     """One micro-batch of processor ``p``: its ``rows`` at the watermark ``before_ms``, then
     its timer at ``after_ms`` (0 = no watermark yet). Returns its output frames and its state."""

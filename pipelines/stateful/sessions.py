@@ -41,6 +41,7 @@ from pipelines.gold.sessions import (
     SESSION_COLUMNS,
     SESSION_DDL,
     SESSION_READS,
+    Events,
     order,
     session_bounds,
     session_events,
@@ -58,6 +59,7 @@ HELD = pa.schema([
     ("product_id", pa.string()), ("price", pa.float64()), ("quantity", pa.float64()),
     ("ip_country", pa.string()), ("ip_hash", pa.string()), ("closes", pa.int64()),
 ])
+EVENTS = pa.schema([f for f in HELD if f.name != "closes"])  # EVENT_COLUMNS, typed
 # a cold held event is thawed once the watermark is within AHEAD_MS of its session's close,
 # and frozen when it is more than twice that away (and not among the newest events)
 AHEAD_MS = 120_000
@@ -85,14 +87,23 @@ def open_journeys(held: pa.Table) -> pa.Array:
     return pc.unique(held["tracking_id"])
 
 
-def closes_at(events: pd.DataFrame, gap: timedelta) -> np.ndarray:
+def closes_at(events: Events, gap: timedelta) -> np.ndarray:
     """Per event (in ``events``' order), ``closes``: its session's ``session_end + gap`` (ms)."""
-    rows = order(events)
-    t = events["t"].to_numpy(np.int64)[rows]
-    starts, ends = session_bounds(events["tracking_id"].to_numpy()[rows], t, gap)
+    rows, journey = order(events)
+    t = events["t"].to_numpy().astype(np.int64, copy=False)[rows]
+    starts, ends = session_bounds(journey[rows], t, gap)
     closes = np.empty(len(rows), np.int64)
     closes[rows] = np.repeat(t[ends], ends - starts + 1) + int(gap.total_seconds() * 1000)
     return closes
+
+
+def event_rows(batches: Iterator[pd.DataFrame | pa.Table]) -> pa.Table:
+    """A micro-batch's events (Arrow tables, as the stream gives them, or pandas frames) as
+    one table of ``EVENTS``."""
+    parts = [b if isinstance(b, pa.Table) else pa.Table.from_pandas(b[EVENT_COLUMNS], preserve_index=False)
+             for b in batches if len(b)]
+    return pa.concat_tables([t.select(EVENT_COLUMNS).cast(EVENTS) for t in parts]) if parts \
+        else EVENTS.empty_table()
 
 
 def _changes(sessions: pd.DataFrame, kind: str, sign: int, is_open: bool) -> pd.DataFrame:
@@ -107,7 +118,8 @@ def session_processor(s: Settings):
     gap, attribution, min_adds = s.sessions.gap, s.sessions.attribution, s.reminders.min_adds
     ahead = AHEAD_MS
 
-    def process(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
+    def process(key: tuple, batches: Iterator[pa.Table | pd.DataFrame], state: GroupState
+                ) -> Iterator[pd.DataFrame]:
         prior = state.get[0] if state.exists else None
         # the state file may store only the journeys whose events changed; each record batch
         # is kept sorted by journey, so a journey's events are found by binary search, and the
@@ -125,17 +137,16 @@ def session_processor(s: Settings):
             kept_as = Kept(held, encode, "journey", prior.changed if isinstance(prior, Kept) else None,
                            by_key=True)
             del table
-        new = pd.concat([b[EVENT_COLUMNS] for b in batches if len(b)], ignore_index=True) \
-            if not state.hasTimedOut else pd.DataFrame(columns=EVENT_COLUMNS)
+        new = event_rows(batches) if not state.hasTimedOut else EVENTS.empty_table()
         out: list[pd.DataFrame] = []
-        if len(new):
+        if new.num_rows:
             held, changed = _touch(held, new, gap, attribution)
-            kept_as = kept_as.changing(held, pa.array(new["journey"].unique(), pa.int64()))
+            kept_as = kept_as.changing(held, pc.unique(new["journey"]))
             out += changed
         if watermark > 0 and held.num_rows:
             done, held = held.due(watermark)
             if done.num_rows:
-                closed = sessionize(done.to_pandas(), gap, attribution)
+                closed = sessionize(done, gap, attribution)
                 out.append(_changes(closed, "closed", 1, False))
                 due = closed[(closed["adds"] >= min_adds) & (closed["purchases"] == 0)]
                 if len(due):
@@ -153,22 +164,21 @@ def session_processor(s: Settings):
     return process
 
 
-def _touch(held: Tiered, new: pd.DataFrame, gap: timedelta, attribution: str
+def _touch(held: Tiered, new: pa.Table, gap: timedelta, attribution: str
            ) -> tuple[Tiered, list[pd.DataFrame]]:
-    """Add ``new`` events to their journeys; return the new held events and the changes."""
-    touched, rest = held.key_rows(new["journey"].unique())
-    before = touched.to_pandas()
-    before["is_new"] = False
-    fresh = new.assign(is_new=True)
-    events = pd.concat([before.drop(columns="closes"), fresh], ignore_index=True)
-    old = sessionize(before, gap, attribution)
-    now = sessionize(events, gap, attribution, mark="is_new")
+    """Add ``new`` events (``EVENTS``) to their journeys; return the new held events and the
+    changes. The events stay Arrow: only the session rows become pandas."""
+    touched, rest = held.key_rows(pc.unique(new["journey"]))
+    events = pa.concat_tables([touched.select(EVENT_COLUMNS), new])
+    is_new = np.zeros(events.num_rows, bool)
+    is_new[touched.num_rows:] = True
+    old = sessionize(touched, gap, attribution)
+    now = sessionize(events.append_column("is_new", pa.array(is_new)), gap, attribution, mark="is_new")
     unchanged = now.loc[~now["marked"].astype(bool), ["tracking_id", "session_start"]]
     kept = old.merge(unchanged, on=["tracking_id", "session_start"], how="left", indicator=True)
     retracted = old[(kept["_merge"] == "left_only").to_numpy()]
     added = now[now["marked"].astype(bool)]
-    events["closes"] = closes_at(events, gap)
-    again = by_key(pa.Table.from_pandas(events[HELD.names], schema=HELD, preserve_index=False), "journey")
+    again = by_key(events.append_column("closes", pa.array(closes_at(events, gap))), "journey")
     return rest.with_hot(again), [_changes(retracted, "session", -1, True),
                                   _changes(added, "session", 1, True)]
 
@@ -177,4 +187,4 @@ def processor(s: Settings) -> Processor:
     """On-time silver events -> the retract stream of sessions (``CHANGE_DDL``;
     times in epoch ms)."""
     return Processor("sessions", session_input(s.gold.buckets), session_events, session_processor(s),
-                     STATE_SCHEMA, _parse_ddl(CHANGE_DDL), SESSION_READS)
+                     STATE_SCHEMA, _parse_ddl(CHANGE_DDL), SESSION_READS, arrow=True)

@@ -55,7 +55,7 @@ def gold_processors(s: Settings) -> list[Processor]:
 
 
 def processor_rows(events: pa.Table, processors: list[Processor]
-                   ) -> tuple[dict[str, pd.DataFrame], int | None]:
+                   ) -> tuple[dict[str, pd.DataFrame | pa.Table], int | None]:
     """A micro-batch of silver events, as the silver step kept them (with
     ``sessions.hash_keys``) -> each processor's rows (``Processor.rows``), and the batch's
     newest on-time event time (epoch ms; None when it holds none).
@@ -65,7 +65,7 @@ def processor_rows(events: pa.Table, processors: list[Processor]
     reads = list(dict.fromkeys(c for p in processors for c in p.reads))
     on_time = events.select(reads).filter(pc.invert(events["late"]))  # only what they read
     newest = pc.max(on_time["event_time"]).as_py() if on_time.num_rows else None
-    rows = {p.name: p.rows(on_time).to_pandas() for p in processors}
+    rows = {p.name: p.rows(on_time) if p.arrow else p.rows(on_time).to_pandas() for p in processors}
     return rows, None if newest is None else _ms(newest.replace(tzinfo=None))
 
 
