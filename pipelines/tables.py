@@ -48,6 +48,9 @@ class Table:
     partition_by: tuple[str, ...] = ()
     key: tuple[str, ...] = ()  # the columns that identify a row (MERGE keys), if any
     stats: tuple[str, ...] = ()  # columns Delta keeps file statistics for (default: the first 32)
+    # A time the key fixes (rows with equal keys have equal values of it, to the millisecond),
+    # so an insert of new keys need only match the table's rows from the batch's earliest on.
+    key_time: str | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -116,17 +119,17 @@ ALERTS = Table("gold/alerts", _schema(
     ("alert_id", STR), ("kind", STR), ("rule", STR), ("campaign_id", STR), ("window_start", TS),
     ("window_end", TS), ("metric", STR), ("value", DBL), ("threshold", DBL), ("volume", LONG),
     ("message", STR), ("created_at", TS),
-), key=("alert_id",))
+), key=("alert_id",), key_time="window_start")
 
 CART_REMINDERS = Table("gold/cart_reminders", _schema(
     ("reminder_id", STR), ("user_id", STR), ("tracking_id", STR), ("session_start", TS),
     ("session_end", TS), ("adds", LONG), ("products", STRS), ("created_at", TS),
-), key=("reminder_id",))
+), key=("reminder_id",), key_time="session_start")
 
 RETARGET_OFFERS = Table("gold/retarget_offers", _schema(
     ("offer_id", STR), ("user_id", STR), ("campaign_id", STR), ("tracking_id", STR),
     ("click_time", TS), ("due_time", TS), ("created_at", TS),
-), key=("offer_id",))
+), key=("offer_id",), key_time="click_time")
 
 FLAG_SCHEMA = _schema(
     ("flag_id", STR), ("rule", STR), ("entity_type", STR), ("entity_id", STR),
@@ -134,7 +137,7 @@ FLAG_SCHEMA = _schema(
     ("measure_value", LONG), ("peak_value", LONG), ("threshold", LONG), ("window_seconds", DBL),
     ("evidence_event_ids", STRS),
 )
-FRAUD_FLAGS = Table("gold/fraud_flags", FLAG_SCHEMA, key=("flag_id",))
+FRAUD_FLAGS = Table("gold/fraud_flags", FLAG_SCHEMA, key=("flag_id",), key_time="first_event_time")
 
 # Per user: closed sessions and fraud flags so far (``gold/profiles.py``), merged per batch.
 USER_PROFILE = Table("gold/user_profile", _schema(

@@ -182,6 +182,19 @@ def mark_closed(commit: Commit, closed: pa.Table, path: str) -> None:
 
 
 def insert_new(commit: Commit, rows: pa.Table, path: str, table: T.Table) -> None:
-    """Insert the rows whose key the table lacks (a backfill may have written some)."""
+    """Insert the rows whose key the table lacks (a backfill may have written some). When the
+    key fixes a time (``Table.key_time``), only the table's rows from a second before the
+    batch's earliest such time can hold one of its keys: the match says so, and the files'
+    statistics skip every older file, so an insert costs the same on a table holding months
+    of offers as on an empty one (a match on the key alone reads every file's keys)."""
+    commit.merge(rows, path, table, new_key_match(rows, table), lambda m: m.when_not_matched_insert_all())
+
+
+def new_key_match(rows: pa.Table, table: T.Table) -> str:
+    """``insert_new``'s match: the key, and the key's time from a second before the rows'
+    earliest (on the key alone when a row lacks the time)."""
     key = " AND ".join(f"t.{k} = s.{k}" for k in table.key)
-    commit.merge(rows, path, table, key, lambda m: m.when_not_matched_insert_all())
+    if table.key_time and rows.num_rows and rows[table.key_time].null_count == 0:
+        since = pc.min(rows[table.key_time]).as_py() - timedelta(seconds=1)
+        key += f" AND t.{table.key_time} >= '{since.isoformat()}'"
+    return key
