@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
@@ -68,3 +71,22 @@ def _spark_int(text: str) -> int | None:
     """Spark's cast of a string of digits (and surrounding whitespace) to int."""
     digits = text.strip()
     return int(digits) if digits.isascii() and digits.isdigit() else None
+
+
+# A plain dotted quad (ASCII digits, nothing around them): RE2's ``$`` is the end of the text,
+# so the values a line terminator follows are left to ``py_ipv4_octets``.
+_QUAD = r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$"
+
+
+def dotted_quads(ips: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Which of ``ips`` are plain dotted quads of octets up to 255, and their octets (one row
+    of four per such address), in Arrow: the values ``py_ipv4_octets`` gives them, with no
+    Python per address. Every other value (IPv6, a line terminator after the quad, an octet
+    above 255, null) is left out, for ``py_ipv4_octets``."""
+    quad = pc.fill_null(pc.match_substring_regex(ips, _QUAD), False).to_numpy(zero_copy_only=False)
+    parts = pc.split_pattern(ips.filter(pa.array(quad)), ".")
+    octets = pc.cast(pc.list_flatten(parts), pa.int64()).to_numpy().reshape(-1, 4)
+    small = (octets <= 255).all(axis=1)
+    where = np.flatnonzero(quad)
+    quad[where[~small]] = False
+    return quad, octets[small]

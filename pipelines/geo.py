@@ -17,6 +17,8 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -25,6 +27,7 @@ from pipelines.common import Transform
 
 SCHEMA = "ip_first long, ip_last long, ip_country string, ip_region string"
 COLUMNS = ("ip_country", "ip_region")
+_PLACES = pa.schema([("country", pa.string()), ("region", pa.string())])
 BLOCK_BITS = 16  # ``locate`` joins on the address's /16 block
 
 
@@ -91,6 +94,20 @@ class Locator:
     def __init__(self, networks: list[Network]):
         self.networks = networks
         self.firsts = [n.first for n in networks]
+        self._firsts = np.array(self.firsts, np.int64)
+        self._lasts = np.array([n.last for n in networks], np.int64)
+        self._places = pa.table({"country": [n.country for n in networks],
+                                 "region": [n.region for n in networks]}, schema=_PLACES)
+
+    def many(self, numbers: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """``ip_country`` and ``ip_region`` of many IPv4 numbers at once (numpy's binary
+        search; null where no network holds one)."""
+        if not self.networks:
+            return pa.nulls(len(numbers), pa.string()), pa.nulls(len(numbers), pa.string())
+        i = np.searchsorted(self._firsts, numbers, side="right") - 1
+        held = (i >= 0) & (numbers <= self._lasts[np.maximum(i, 0)])
+        places = self._places.take(pa.array(np.where(held, i, 0), pa.int64(), mask=~held))
+        return places["country"].combine_chunks(), places["region"].combine_chunks()
 
     def __call__(self, ip: str | None) -> tuple[str | None, str | None]:
         number = py_ipv4_number(py_ipv4_octets(ip))

@@ -27,6 +27,9 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
@@ -67,6 +70,23 @@ def hash_ip(ip: str | None, key: bytes) -> str | None:
     if ip is None:
         return None
     return hmac.new(key, ip.encode(), hashlib.sha256).hexdigest()[:HEX_CHARS]
+
+
+def hash_ips(ips: list[str], key: bytes) -> list[str]:
+    """``hash_ip`` of many addresses (none null): the keyed state is set up once."""
+    keyed = hmac.new(key, digestmod=hashlib.sha256)
+    out = []
+    for ip in ips:
+        h = keyed.copy()
+        h.update(ip.encode())
+        out.append(h.hexdigest()[:HEX_CHARS])
+    return out
+
+
+def ipv4_prefixes(octets: np.ndarray) -> pa.Array:
+    """``py_ip_prefix`` of dotted quads, from their octets (rows of four): ``a.b.c.0/24``."""
+    parts = [pa.array(octets[:, k]).cast(pa.string()) for k in range(3)]
+    return pc.binary_join_element_wise(*parts, pa.scalar("0/24"), ".")
 
 
 def ip_hash(ip: Column, key: bytes) -> Column:

@@ -3,11 +3,14 @@ against the generator's address plan."""
 
 import ipaddress
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
 
+from pipelines.addresses import dotted_quads
 from pipelines.config import load_settings
-from pipelines.geo import ip_locations, locate, read_networks
+from pipelines.geo import Locator, ip_locations, locate, read_networks
 from pipelines.inject import home_ip
 
 
@@ -61,3 +64,24 @@ def test_the_shipped_file_locates_every_region_of_the_generators_address_plan():
     for region, place in enumerate(expected):
         assert {where(home_ip(u, region)) for u in (0, 1, 65_535, 65_536, 2**20 - 1)} == {place}
     assert where("172.16.3.1") == ("US", "Virginia")  # the bots' hosting network
+
+
+def test_the_drivers_locator_of_many_addresses_gives_each_networks_location_or_none(tmp_path):
+    """``Locator.many`` (numpy's binary search over the batch's dotted quads) on the addresses
+    of the Spark test above: the same places, the networks' edges included."""
+    locator = Locator(read_networks(_file(tmp_path, "10.0.0.0/12,US,California\n10.16.0.0/12,JP,\n")))
+    ips = ["10.0.0.1", "10.15.255.255", "10.16.0.0", "10.32.0.0", "9.255.255.255", "0.0.0.0"]
+    numbers = np.array([int(ipaddress.IPv4Address(ip)) for ip in ips], np.int64)
+    country, region = locator.many(numbers)
+    assert country.to_pylist() == ["US", "US", "JP", None, None, None]
+    assert region.to_pylist() == ["California", "California", None, None, None, None]  # no region: None
+    nowhere = Locator([]).many(numbers)
+    assert nowhere[0].to_pylist() == [None] * 6 and nowhere[1].to_pylist() == [None] * 6
+
+
+def test_plain_dotted_quads_are_parsed_in_arrow_and_every_other_value_is_left_out():
+    ips = pa.array(["10.0.0.1", "010.002.3.4", "1.2.3.256", "1.2.3.4\n", " 1.2.3.4", "::1", None, "1.2.3",
+                    "\u0661.2.3.4", "255.255.255.255"])
+    quad, octets = dotted_quads(ips)
+    assert quad.tolist() == [True, True, False, False, False, False, False, False, False, True]
+    assert octets.tolist() == [[10, 0, 0, 1], [10, 2, 3, 4], [255, 255, 255, 255]]
