@@ -286,12 +286,17 @@ def typed_session_rows(rows: pd.DataFrame) -> pd.DataFrame:
     round trip through Spark for four columns."""
     start, end = rows["session_start"].astype("int64"), rows["session_end"].astype("int64")
     out = rows.copy(deep=False)  # new columns on a shallow copy: ``assign`` copies every block
-    out["session_id"] = rows["tracking_id"] + "@" + start.astype(str)
+    # ``session_id`` and ``session_date`` are made in Arrow and stay Arrow-backed (no Python
+    # string or date per row); the tables take them as they are
+    millis = pa.array(start.to_numpy())
+    tracking = pa.array(rows["tracking_id"].to_numpy(object), pa.string(), from_pandas=True)
+    out["session_id"] = pd.arrays.ArrowExtensionArray(
+        pc.binary_join_element_wise(tracking, pc.cast(millis, pa.string()), "@"))
     out["session_start"] = pd.to_datetime(start, unit="ms")
     out["session_end"] = pd.to_datetime(end, unit="ms")
     out["open_slot"] = (end // (OPEN_SLOT_SECONDS * 1000) * OPEN_SLOT_SECONDS).astype("Int64").where(
         rows["is_open"].astype(bool))
-    out["session_date"] = out["session_start"].dt.date
+    out["session_date"] = pd.arrays.ArrowExtensionArray(pc.cast(millis.cast(pa.timestamp("ms")), pa.date32()))
     return out
 
 
