@@ -56,15 +56,16 @@ def distinct_lists(owner: np.ndarray, values: pa.Array | pa.ChunkedArray | np.nd
     rank[by_name] = np.arange(len(names))
     codes = rank[coded.indices.filter(present).to_numpy()] if len(names) else np.zeros(0, np.int64)
     width = max(len(names), 1)
-    pairs = _sorted_distinct(owner[present].astype(np.int64) * width + codes)
+    pairs = sorted_distinct(owner[present].astype(np.int64) * width + codes)
     at, code = np.divmod(pairs, width)
     offsets = np.searchsorted(at, np.arange(n + 1)).astype(np.int32)
     return pa.ListArray.from_arrays(offsets, names.take(by_name).cast(pa.string()).take(code))
 
 
-def _sorted_distinct(values: np.ndarray) -> np.ndarray:
+def sorted_distinct(values: np.ndarray) -> np.ndarray:
     """``np.unique`` of an int64 array, by a sort and a neighbour test: numpy 2's
-    ``np.unique`` hashes first, about 40x slower on a micro-batch's (owner, value) pairs."""
+    ``np.unique`` hashes first, about 40x slower on a micro-batch's (owner, value) pairs and
+    5x on its 200k journey keys."""
     ordered = np.sort(values)
     return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if len(ordered) else ordered
 

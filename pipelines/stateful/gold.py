@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql.types import StructType
 
-from pipelines.common import Transform
+from pipelines.common import Transform, sorted_distinct
 
 Process = Callable[[tuple, Iterator[pd.DataFrame], "KeyState"], Iterator[pd.DataFrame]]
 
@@ -185,7 +185,7 @@ def key_masks(table: pa.Table, key: str, keys: pa.Array | np.ndarray
                ) -> Iterator[tuple[pa.RecordBatch, pa.Array | None, int]]:
     """Per record batch (sorted by ``key``): the batch, a mask of its rows whose key is in
     ``keys`` (None: no such row), and how many rows that is."""
-    wanted = np.unique(np.asarray(keys, np.int64))
+    wanted = sorted_distinct(np.asarray(keys, np.int64))
     for batch in table.to_batches():
         held = batch.column(key).to_numpy()
         lo, hit = key_hits(held, wanted)

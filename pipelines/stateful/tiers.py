@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.common import sorted_distinct
 from pipelines.stateful.gold import (
     Replayed,
     bounded,
@@ -154,7 +155,7 @@ class Tiered:
     def key_rows(self, keys: pa.Array | np.ndarray) -> tuple[pa.Table, Tiered]:
         """``(the rows whose key is in keys, the other rows)``: ``stateful/gold.key_rows`` on
         both tiers. A cold batch holding one of the keys is thawed; its other rows turn hot."""
-        keys = np.unique(np.asarray(keys, np.int64))
+        keys = sorted_distinct(np.asarray(keys, np.int64))
         found, hot = key_rows(self.hot, self.key, keys)
         parts, cold, thawed = [found], [], []
         for c in self.cold:
@@ -170,7 +171,7 @@ class Tiered:
 
     def rows_of(self, keys: pa.Array | np.ndarray) -> pa.Table:
         """The rows whose key is in ``keys`` alone (the tiers stay as they are)."""
-        keys = np.unique(np.asarray(keys, np.int64))
+        keys = sorted_distinct(np.asarray(keys, np.int64))
         parts = [rows_of(self.hot, self.key, keys)]
         for c in self.cold:
             if c.holds(keys):
