@@ -38,8 +38,9 @@ QUARANTINE_COLLECTED = [c for c in T.SILVER_QUARANTINE.columns if c not in BY_BA
 class SilverStep(Handler):
     """The silver part of the stream's micro-batch (``streams/pipeline.py``): its collected
     rows -> ``silver/events`` (redeliveries dropped, ``stateful/dedupe.py``; then each distinct
-    address of the kept events located and pseudonymized once, ``silver.enrich_arrow``, and
-    recent addresses remembered across batches, ``silver.address_values``) and
+    address of the kept events located and pseudonymized once, ``silver.enrich_arrow``: the
+    plain dotted quads all at once, any other value one at a time and remembered across
+    batches, ``silver.address_values``) and
     ``silver/quarantine``, with the quality suite; returns the events it kept, for gold.
 
     Events at or before the watermark (``event_watermark`` of the newest on-time event time
