@@ -3,11 +3,14 @@ micro-batches still reads what other writers committed, and a table made again a
 path is read afresh."""
 
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from pipelines.io.delta_rs import opened, read
+from pipelines import tables as T
+from pipelines.io.delta_rs import Commit, arrow_schema, hooks, opened, read
+from pipelines.io.ledger import Ledger
 
 
 def _ids(path: str) -> list[int]:
@@ -44,3 +47,58 @@ def test_a_table_written_through_its_kept_object_is_kept_and_reads_the_write(tmp
     write_deltalake(path, pa.table({"id": [3]}), mode="append")  # and another writer's commit
     assert _ids(path) == [1, 2, 3]
     assert opened(path) is kept
+
+
+def test_a_kept_table_lists_its_log_only_when_another_writer_committed(tmp_path, monkeypatch):
+    """Bringing a kept object up to date lists the whole ``_delta_log`` folder (its cost grows
+    with every commit the table keeps), so it is done only when a newer commit exists."""
+    path = str(tmp_path / "t")
+    write_deltalake(path, pa.table({"id": [1]}))
+    kept = opened(path)
+    calls = []
+    real = type(kept).update_incremental
+    monkeypatch.setattr(type(kept), "update_incremental", lambda self: calls.append(1) or real(self))
+    write_deltalake(kept, pa.table({"id": [2]}), mode="append")  # through the kept object
+    assert opened(path) is kept and _ids(path) == [1, 2]
+    assert calls == []
+    write_deltalake(path, pa.table({"id": [3]}), mode="append")  # another writer
+    assert _ids(path) == [1, 2, 3]
+    assert calls == [1]
+    assert _ids(path) == [1, 2, 3] and calls == [1]
+
+
+def _logged(path: str) -> list[int]:
+    """The versions whose commit file the table's ``_delta_log`` folder holds."""
+    return sorted(int(p.name.split(".")[0]) for p in (Path(path) / "_delta_log").glob("*.json"))
+
+
+def test_streaming_commits_delete_expired_log_entries_only_when_they_checkpoint(tmp_path):
+    """A commit checkpoints every ``delta.checkpointInterval`` versions and deletes the log
+    entries older than the retention only then, as Spark's Delta does; delta-rs alone would
+    list the whole log folder after every commit to look for them."""
+    path = str(tmp_path / "quality_results")
+    write_deltalake(path, arrow_schema(T.QUALITY_RESULTS).empty_table(), configuration={
+        "delta.checkpointInterval": "4", "delta.logRetentionDuration": "interval 0 seconds"})
+    ledger = Ledger()
+    row = arrow_schema(T.QUALITY_RESULTS).empty_table()
+    row = pa.table({c: pa.nulls(1, row.schema.field(c).type) for c in row.column_names}, row.schema)
+    firsts = []
+    for batch in range(1, 12):  # versions 1..11; delta-rs checkpoints 3, 7 and 11
+        Commit("test", batch, ledger).append(row, path, T.QUALITY_RESULTS)
+        firsts.append(_logged(path)[0])
+    assert firsts == [0, 0, 3, 3, 3, 3, 7, 7, 7, 7, 11]
+    assert read(path).num_rows == 11
+
+
+def test_a_commit_looks_for_expired_log_entries_only_when_it_checkpoints(tmp_path):
+    path = str(tmp_path / "t")
+    write_deltalake(path, pa.table({"id": [0]}), configuration={"delta.checkpointInterval": "3"})
+    cleanups = []
+    for i in range(1, 8):  # versions 1..7: checkpoints at 2 and 5
+        dt = opened(path)
+        cleanups.append(hooks(dt).cleanup_expired_logs)
+        write_deltalake(dt, pa.table({"id": [i]}), mode="append", post_commithook_properties=hooks(dt))
+    # None: the table's ``delta.enableExpiredLogCleanup`` decides (true unless set)
+    assert cleanups == [False, None, False, False, None, False, False]
+    assert sorted(p.name for p in (Path(path) / "_delta_log").glob("*.checkpoint.parquet")) == [
+        "00000000000000000002.checkpoint.parquet", "00000000000000000005.checkpoint.parquet"]

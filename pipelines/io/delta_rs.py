@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError
 from deltalake.table import TableMerger
 from pyspark.sql import DataFrame
@@ -34,6 +34,7 @@ from pipelines.tables import Table
 
 log = logging.getLogger(__name__)
 RETRIES = 5
+CHECKPOINT_EVERY = 100  # delta-rs's checkpoint interval when the table sets none
 
 
 def arrow_schema(table: Table) -> pa.Schema:
@@ -62,9 +63,13 @@ def opened(path: str) -> DeltaTable:
     last checkpoint: 10-15 ms alone, several times that on a driver whose two cores are busy
     (16% of a micro-batch after five minutes at 10k ev/s; docs/performance.md). So each thread
     keeps a local table's object and brings it up to date with the commits after the one it
-    holds (about 1 ms; other writers' commits included). The object is dropped when the
-    commit file it was read at is gone or another one (the table was removed and made again).
-    An object-store table is loaded afresh each time."""
+    holds, other writers' included. Only when there are any: delta-rs finds them by listing
+    the whole ``_delta_log`` folder, whose every commit a streaming table keeps for
+    ``delta.logRetentionDuration``, so the update costs more with every micro-batch the table
+    has had (1 ms at 120 commits, 7-9 ms at 3,000), while the next commit's file tells the
+    same in one ``stat``. The object is dropped when the commit file it was read at is gone
+    or another one (the table was removed and made again). An object-store table is loaded
+    afresh each time."""
     uri = rs_uri(path)
     if "://" in uri or uri.startswith("file:"):
         return DeltaTable(uri)
@@ -73,8 +78,9 @@ def opened(path: str) -> DeltaTable:
     # The commit the object was checked at, not its version now: a write through the object
     # moves its version on (a check of that commit's file would always miss, and load anew).
     if held is not None and _commit_stat(uri, held[1]) == held[2]:
-        held[0].update_incremental()
         dt = held[0]
+        if os.path.exists(_commit_file(uri, dt.version() + 1)):  # another writer's commit
+            dt.update_incremental()
     else:
         dt = DeltaTable(uri)
     version = dt.version()
@@ -82,9 +88,13 @@ def opened(path: str) -> DeltaTable:
     return dt
 
 
+def _commit_file(uri: str, version: int) -> str:
+    return os.path.join(uri, "_delta_log", f"{version:020d}.json")
+
+
 def _commit_stat(uri: str, version: int) -> tuple[int, int, int] | None:
     try:
-        st = os.stat(os.path.join(uri, "_delta_log", f"{version:020d}.json"))
+        st = os.stat(_commit_file(uri, version))
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
@@ -114,6 +124,21 @@ def max_stat(path: str, column: str):
     return value.replace(tzinfo=None) if hasattr(value, "tzinfo") and value is not None else value
 
 
+def hooks(table: DeltaTable) -> PostCommitHookProperties:
+    """What a commit through ``table`` does after it lands: a checkpoint every
+    ``delta.checkpointInterval`` commits, as always, and only with that checkpoint the
+    cleanup of log entries older than ``delta.logRetentionDuration`` (when the table enables
+    it). delta-rs would look for expired entries after every commit, by listing the whole
+    ``_delta_log`` folder: a cost that grows with every micro-batch the table keeps (30 ms a
+    commit at 3,000 commits, about a dozen commits a micro-batch). Spark's Delta, too, cleans
+    up only when it checkpoints."""
+    every = int(table.metadata().configuration.get("delta.checkpointInterval", CHECKPOINT_EVERY))
+    checkpoint = (table.version() + 2) % every == 0  # the next version is one delta-rs checkpoints
+    # None: the table's own ``delta.enableExpiredLogCleanup`` decides
+    return PostCommitHookProperties(create_checkpoint=True,
+                                    cleanup_expired_logs=None if checkpoint else False)
+
+
 class Commit:
     """The micro-batch a set of writes belongs to: skips what the tables already hold."""
 
@@ -137,8 +162,10 @@ class Commit:
         """Append ``data``; nothing (and no commit) when it is empty."""
         if data.num_rows == 0 or self._done(path):
             return False
-        write_deltalake(opened(path), data.cast(arrow_schema(table)), mode="append",
-                        partition_by=list(table.partition_by) or None, commit_properties=self._props())
+        dt = opened(path)
+        write_deltalake(dt, data.cast(arrow_schema(table)), mode="append",
+                        partition_by=list(table.partition_by) or None, commit_properties=self._props(),
+                        post_commithook_properties=hooks(dt))
         self._committed(path)
         return True
 
@@ -146,9 +173,10 @@ class Commit:
         """Replace the rows matching ``predicate`` (all rows when None) with ``data``."""
         if self._done(path):
             return False
-        write_deltalake(opened(path), data.cast(arrow_schema(table)), mode="overwrite",
+        dt = opened(path)
+        write_deltalake(dt, data.cast(arrow_schema(table)), mode="overwrite",
                         predicate=predicate, partition_by=list(table.partition_by) or None,
-                        commit_properties=self._props())
+                        commit_properties=self._props(), post_commithook_properties=hooks(dt))
         self._committed(path)
         return True
 
@@ -169,8 +197,9 @@ def merge(source: pa.Table, path: str, predicate: str, clauses: Callable[[TableM
     commit that conflicted with another writer on a fresh snapshot."""
     for attempt in range(1, RETRIES + 1):
         try:
-            merger = opened(path).merge(source, predicate, source_alias="s", target_alias="t",
-                                                    commit_properties=props)
+            dt = opened(path)
+            merger = dt.merge(source, predicate, source_alias="s", target_alias="t",
+                              commit_properties=props, post_commithook_properties=hooks(dt))
             clauses(merger).execute()
             return
         except CommitFailedError:

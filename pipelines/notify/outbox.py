@@ -35,7 +35,7 @@ from deltalake import write_deltalake
 
 from pipelines import tables as T
 from pipelines.config import NotifySettings
-from pipelines.io.delta_rs import arrow_schema, merge, opened, read
+from pipelines.io.delta_rs import arrow_schema, hooks, merge, opened, read
 from pipelines.io.lease import leased
 from pipelines.io.ledger import rs_uri
 from pipelines.notify.channels import Sender, SendError
@@ -112,7 +112,9 @@ class Outbox:
             "sent_at": pa.nulls(len(new)), "created_date": pa.array(new["day"], pa.date32())})
         table = table.select(self.schema.names).cast(self.schema)
         if self.append:
-            write_deltalake(opened(self.path), table, mode="append", partition_by=["created_date"])
+            dt = opened(self.path)
+            write_deltalake(dt, table, mode="append", partition_by=["created_date"],
+                            post_commithook_properties=hooks(dt))
         else:
             self._merge(table, lambda m: m.when_not_matched_insert_all())
         return len(new)
