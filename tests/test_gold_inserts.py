@@ -46,8 +46,11 @@ def test_rows_already_stored_are_not_inserted_again_at_the_edge_of_the_time_boun
         # u1 again, with a time older than every file but the first one
         _offers(("u1", 0.0), ("u5", 500.0)),
     ]
-    for batch, rows in enumerate(batches):
-        apply.insert_new(Commit("test", batch, ledger), rows, path, T.RETARGET_OFFERS)
+    fresh = [apply.insert_new(Commit("test", batch, ledger), rows, path, T.RETARGET_OFFERS)
+             for batch, rows in enumerate(batches)]
+    # whether every row was new (then the outbox reads no ids for their notices)
+    assert fresh == [True, True, False, False]
+    assert not apply.insert_new(Commit("test", 1, ledger), batches[1], path, T.RETARGET_OFFERS)  # a replay
     assert _ids(path) == sorted(
         f"{u}|c1|{_ms(T0 + timedelta(seconds=s))}"
         for u, s in [("u1", 0), ("u2", 300), ("u3", 360), ("u4", 400), ("u5", 500)])

@@ -93,10 +93,10 @@ def test_a_crash_before_an_alerts_notice_is_recorded_loses_no_notice(spark, lake
     copy_sample(s.input)
     record = gold_stream.record_rows
 
-    def killed_at_dropoff(box, kind, rows):
+    def killed_at_dropoff(box, kind, rows, fresh=False):
         if kind == "dropoff":
             raise RuntimeError("killed while recording drop-off notices")
-        return record(box, kind, rows)
+        return record(box, kind, rows, fresh)
 
     monkeypatch.setattr(gold_stream, "record_rows", killed_at_dropoff)
     with pytest.raises(Exception, match="killed while recording"):

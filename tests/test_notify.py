@@ -25,7 +25,14 @@ from pipelines.config import NotifySettings
 from pipelines.io.delta_rs import arrow_schema
 from pipelines.jobs.notify import run_notify
 from pipelines.jobs.run import run_available_now
-from pipelines.notify.messages import email_message, notices, notification_id, slack_message, webhook_body
+from pipelines.notify.messages import (
+    email_message,
+    notice_frame,
+    notices,
+    notification_id,
+    slack_message,
+    webhook_body,
+)
 
 TRUTH = json.loads((SAMPLE / "ground_truth.json").read_text())
 SECRET = "T000/B000/not-a-real-secret-9f8e7d"
@@ -366,3 +373,47 @@ def test_a_limit_counts_the_recipients_earlier_notices_and_those_in_the_same_cal
                       ("u1@example.com", 3, "pending"): 1, ("u2@example.com", 2, "pending"): 1}
     assert {r["last_error"] for r in rows if r["status"] == "suppressed"} == {
         "limit: at most 2 offer per recipient per day"}
+
+
+def _offer(i: str, user: str = "u1") -> dict:
+    return {"offer_id": i, "user_id": user, "campaign_id": "c1", "tracking_id": "t",
+            "click_time": datetime(2026, 11, 2, 10), "due_time": datetime(2026, 11, 2, 10, 10)}
+
+
+def _statuses(lake) -> Counter:
+    rows = DeltaTable(str(lake / "ops/notifications")).to_pyarrow_table().to_pylist()
+    return Counter((r["source_id"], r["status"]) for r in rows)
+
+
+def test_a_limit_counts_what_another_writer_recorded_between_two_records(tmp_path):
+    """The stream's outbox keeps the limits' counts between micro-batches; notices another
+    writer (``funnelhouse notify``) recorded in between still count."""
+    from pipelines.notify.outbox import open_outbox
+
+    s = NotifySettings(limits={"offer": 2}, routes={"offer": ["email"]})
+    stream, job = open_outbox(str(tmp_path / "lake"), s), open_outbox(str(tmp_path / "lake"), s)
+    assert stream.record(notices("offer", [_offer("a")], s)) == 1
+    assert job.record(notices("offer", [_offer("b")], s)) == 1  # the second of the day
+    assert stream.record(notices("offer", [_offer("c"), _offer("d", user="u2")], s)) == 2
+    assert _statuses(tmp_path / "lake") == {("a", "pending"): 1, ("b", "pending"): 1,
+                                            ("c", "suppressed"): 1, ("d", "pending"): 1}
+
+
+def test_the_stream_reads_no_outbox_rows_for_notices_of_new_gold_rows(tmp_path, monkeypatch):
+    """Once the limits' counts are read, a record of notices whose gold rows were new
+    (``fresh``) reads nothing back: its cost does not grow with the day's notices. The counts
+    move on with its own inserts, and a later replay (not fresh) still records nothing twice."""
+    from pipelines.notify.outbox import open_outbox
+
+    s = NotifySettings(limits={"offer": 2}, routes={"offer": ["email"]})
+    box = open_outbox(str(tmp_path / "lake"), s)
+    assert box.record(notices("offer", [_offer("a")], s)) == 1
+    reads = []
+    real = box.read
+    monkeypatch.setattr(box, "read", lambda *a, **k: reads.append(a) or real(*a, **k))
+    frame = notice_frame("offer", _table("gold/retarget_offers", [_offer("b"), _offer("c")]), s)
+    assert box.record_frame(frame, fresh=True).column("status").to_pylist() == ["pending", "suppressed"]
+    assert reads == []
+    assert box.record_frame(frame).num_rows == 0  # a replay reads the ids, and adds nothing
+    assert len(reads) == 1
+    assert _statuses(tmp_path / "lake") == {("a", "pending"): 1, ("b", "pending"): 1, ("c", "suppressed"): 1}

@@ -181,13 +181,17 @@ def mark_closed(commit: Commit, closed: pa.Table, path: str) -> None:
                  lambda m: m.when_matched_update(updates={"closed": "true"}))
 
 
-def insert_new(commit: Commit, rows: pa.Table, path: str, table: T.Table) -> None:
-    """Insert the rows whose key the table lacks (a backfill may have written some). When the
-    key fixes a time (``Table.key_time``), only the table's rows from a second before the
-    batch's earliest such time can hold one of its keys: the match says so, and the files'
-    statistics skip every older file, so an insert costs the same on a table holding months
-    of offers as on an empty one (a match on the key alone reads every file's keys)."""
-    commit.merge(rows, path, table, new_key_match(rows, table), lambda m: m.when_not_matched_insert_all())
+def insert_new(commit: Commit, rows: pa.Table, path: str, table: T.Table) -> bool:
+    """Insert the rows whose key the table lacks (a backfill may have written some); returns
+    whether every row was inserted now (False too when the table held this batch already: a
+    replay). When the key fixes a time (``Table.key_time``), only the table's rows from a
+    second before the batch's earliest such time can hold one of its keys: the match says so,
+    and the files' statistics skip every older file, so an insert costs the same on a table
+    holding months of offers as on an empty one (a match on the key alone reads every file's
+    keys)."""
+    done = commit.merge(rows, path, table, new_key_match(rows, table),
+                        lambda m: m.when_not_matched_insert_all())
+    return done is not None and done.get("num_target_rows_inserted") == rows.num_rows
 
 
 def new_key_match(rows: pa.Table, table: T.Table) -> str:

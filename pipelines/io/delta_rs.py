@@ -181,27 +181,28 @@ class Commit:
         return True
 
     def merge(self, source: pa.Table, path: str, table: Table, predicate: str,
-              clauses: Callable[[TableMerger], TableMerger]) -> bool:
+              clauses: Callable[[TableMerger], TableMerger]) -> dict | None:
         """MERGE ``source`` (alias ``s``) into the table (alias ``t``) on ``predicate``; the
-        ``clauses`` add the when-matched / when-not-matched actions. Nothing when empty."""
+        ``clauses`` add the when-matched / when-not-matched actions. Returns delta-rs's
+        metrics (``num_target_rows_inserted`` and friends); None when nothing was merged
+        (no rows, or the table holds this batch already)."""
         if source.num_rows == 0 or self._done(path):
-            return False
-        merge(source, path, predicate, clauses, self._props())
+            return None
+        metrics = merge(source, path, predicate, clauses, self._props())
         self._committed(path)
-        return True
+        return metrics
 
 
 def merge(source: pa.Table, path: str, predicate: str, clauses: Callable[[TableMerger], TableMerger],
-          props: CommitProperties | None = None) -> None:
+          props: CommitProperties | None = None) -> dict:
     """MERGE ``source`` (alias ``s``) into the table at ``path`` (alias ``t``), retrying a
-    commit that conflicted with another writer on a fresh snapshot."""
+    commit that conflicted with another writer on a fresh snapshot; returns its metrics."""
     for attempt in range(1, RETRIES + 1):
         try:
             dt = opened(path)
             merger = dt.merge(source, predicate, source_alias="s", target_alias="t",
                               commit_properties=props, post_commithook_properties=hooks(dt))
-            clauses(merger).execute()
-            return
+            return clauses(merger).execute()
         except CommitFailedError:
             if attempt == RETRIES:
                 raise

@@ -16,6 +16,14 @@ Guarantees (docs/alerts.md):
   the notice is ``failed`` (kept, with the error) until ``funnelhouse notify retry``;
 - offers and reminders over ``notify.limits`` (per recipient per day) are recorded as
   ``suppressed`` with the reason; drop-off alerts and fraud flags never are.
+
+What a record reads does not grow with the day's notices (at 10k events/s the stream
+records thousands a second). The limits' counts per (kind, recipient, day) are kept by the
+``Outbox`` with the table version they hold for (``Tally``): read from the days' partitions
+once, then moved on by its own inserts; a commit it did not make (another writer) makes it
+read them again. A micro-batch whose gold rows were all new to their tables (``fresh``)
+reads no ids: notices are recorded only from rows gold holds, so a row a batch has just
+inserted has none yet. Any other call (a replay, ``funnelhouse notify``) reads the days' ids.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,6 +52,7 @@ from pipelines.notify.messages import NOTICE_COLUMNS, ON_CALL, Notice, notice_fr
 
 log = logging.getLogger(__name__)
 COUNTED = ("pending", "sent", "failed")  # what a limit counts: everything not suppressed
+KEPT_DAYS = 3  # the days whose limit counts an outbox keeps (the stream's notices are of today)
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,34 @@ class Delivery:
         return ", ".join(f"{c} {s}: {n}" for (c, s), n in sorted(self.outcomes.items())) or "nothing to send"
 
 
+@dataclass
+class Tally:
+    """The notices a limit counts (``COUNTED``) per (kind, recipient, day), for the ``days``
+    read, as of table ``version``."""
+    version: int | None = None
+    days: set = field(default_factory=set)
+    used: dict[tuple[str, str, date], int] = field(default_factory=dict)
+
+    def add(self, counts: pa.Table) -> None:
+        """Counts of ``kind``, ``recipient``, ``day`` and ``n`` added."""
+        columns = (counts[c].to_pylist() for c in ("kind", "recipient", "day", "n"))
+        for k, r, d, n in zip(*columns, strict=True):
+            self.used[(k, r, d)] = self.used.get((k, r, d), 0) + n
+
+    def keep(self, days: int) -> None:
+        """Only the newest ``days`` days."""
+        if len(self.days) > days:
+            self.days = set(sorted(self.days)[-days:])
+            self.used = {key: n for key, n in self.used.items() if key[2] in self.days}
+
+
+def counted(rows: pa.Table, day: str = "created_date") -> pa.Table:
+    """Outbox rows -> how many a limit counts per kind, recipient and day (``n``)."""
+    rows = rows.filter(pc.is_in(rows["status"], value_set=pa.array(COUNTED)))
+    return (rows.group_by(["kind", "recipient", day]).aggregate([([], "count_all")])
+            .rename_columns(["kind", "recipient", "day", "n"]))
+
+
 class Outbox:
     def __init__(self, lake: str, s: NotifySettings):
         self.path = rs_uri(f"{lake}/{T.NOTIFICATIONS.name}")
@@ -62,43 +100,42 @@ class Outbox:
         # ``record`` runs under the gold lease, which serialises recorders here: it may append.
         # (A MERGE reads the days' partitions whole: a cost that grows with the outbox.)
         self.append = leased(lake)
+        self.tally = Tally()
 
     def read(self, filters: list[tuple] | None = None, columns: list[str] | None = None) -> pa.Table:
         return read(self.path, filters, columns)
 
     def record(self, new: list[Notice], now: datetime | None = None) -> int:
-        """``record_frame`` of ``Notice`` objects."""
+        """``record_frame`` of ``Notice`` objects; returns how many rows it inserted."""
         return self.record_frame(pd.DataFrame(
             [(n.notification_id, n.kind, n.channel, n.source_id, n.recipient, n.subject, to_json(n.payload),
-              n.day) for n in new], columns=NOTICE_COLUMNS), now)
+              n.day) for n in new], columns=NOTICE_COLUMNS), now).num_rows
 
-    def record_frame(self, new: pd.DataFrame, now: datetime | None = None) -> int:
+    def record_frame(self, new: pd.DataFrame, now: datetime | None = None, fresh: bool = False) -> pa.Table:
         """Record the notices (``NOTICE_COLUMNS``) the outbox lacks: ``pending``, or
         ``suppressed`` by a limit (taken in the order of day and id, counting what the outbox
-        already holds for the recipient that day). Returns how many rows it inserted. The
-        caller holds the gold lease."""
+        already holds for the recipient that day). Returns the rows it inserted. ``fresh``:
+        the caller knows the outbox holds none of these ids (their gold rows are new), so
+        none are read. The caller holds the gold lease."""
         if not len(new):
-            return 0
+            return self.schema.empty_table()
         now = now or datetime.now(UTC).replace(tzinfo=None)
-        # Of the days' rows, only these notices and the rows of their recipients matter: filter
-        # in Arrow before any Python object is made. The days' partitions are still read, but
-        # only these columns (not the subjects and payloads: 15x less on a 1M-event lake).
-        have = self.read([("created_date", "in", sorted(set(new["day"])))],
-                         ["notification_id", "kind", "recipient", "status", "created_date"])
-        ids, recipients = pa.array(new["notification_id"], pa.string()), pa.array(new["recipient"].unique())
-        ours = pc.or_(pc.is_in(have["notification_id"], value_set=ids),
-                      pc.is_in(have["recipient"], value_set=recipients.cast(pa.string())))
-        have = have.filter(ours).to_pandas()
-        new = (new[~new["notification_id"].isin(have["notification_id"])]
-               .drop_duplicates("notification_id").sort_values(["day", "notification_id"], ignore_index=True))
+        days = sorted(set(new["day"]))
+        if not fresh:  # only the id column of the days' partitions
+            have = self.read([("created_date", "in", days)], ["notification_id"])["notification_id"]
+            have = have.filter(pc.is_in(have, value_set=pa.array(new["notification_id"], pa.string())))
+            new = new[~new["notification_id"].isin(have.to_pylist())]
+        new = (new.drop_duplicates("notification_id")
+               .sort_values(["day", "notification_id"], ignore_index=True))
         if not len(new):
-            return 0
+            return self.schema.empty_table()
         key = ["kind", "recipient", "day"]
-        used = (have[have["status"].isin(COUNTED)].rename(columns={"created_date": "day"})
-                .groupby(key).size().rename("used").reset_index())
+        tally = self._tally(days)
+        used = np.array([tally.used.get(k, 0)
+                         for k in zip(new["kind"], new["recipient"], new["day"], strict=True)])
         # Within a (kind, recipient, day), the k-th new notice is the (used + k + 1)-th: pending
         # while that is within the limit, suppressed after (the loop this replaces counted so).
-        rank = new.merge(used, on=key, how="left")["used"].fillna(0).to_numpy() + new.groupby(key).cumcount()
+        rank = used + new.groupby(key).cumcount().to_numpy()
         limit = new["kind"].map(lambda k: None if k in ON_CALL else self.s.limits.get(k)).astype(float)
         over = (limit.notna() & (rank >= limit)).to_numpy()
         reason = [f"limit: at most {int(n)} {k} per recipient per day" if o else None
@@ -117,7 +154,33 @@ class Outbox:
                             post_commithook_properties=hooks(dt))
         else:
             self._merge(table, lambda m: m.when_not_matched_insert_all())
-        return len(new)
+        self._moved(tally.version, counted(table))
+        return table
+
+    def _tally(self, days: list) -> Tally:
+        """The limits' counts for ``days``: as kept, unless another writer committed since
+        (then read again), and with any day not kept yet read from its partition."""
+        version = opened(self.path).version()
+        if self.tally.version != version:
+            self.tally = Tally(version)
+        missing = sorted(set(days) - self.tally.days)
+        if missing:
+            self.tally.add(counted(self.read([("created_date", "in", missing)],
+                                             ["kind", "recipient", "status", "created_date"])))
+            self.tally.days |= set(missing)
+            self.tally.keep(KEPT_DAYS)
+        return self.tally
+
+    def _moved(self, before: int | None, counts: pa.Table | None = None) -> None:
+        """After a commit of this outbox's own that started from version ``before``: the
+        tally moves on with it (adding ``counts``), unless another commit came between."""
+        after = opened(self.path).version()
+        if self.tally.version is not None and self.tally.version == before and after == before + 1:
+            if counts is not None:
+                self.tally.add(counts)
+            self.tally.version = after
+        else:
+            self.tally = Tally()
 
     def due(self, statuses: Iterable[str] = ("pending",), ids: set[str] | None = None,
             days: Iterable | None = None) -> list[dict]:
@@ -175,17 +238,25 @@ class Outbox:
                 "last_error": error}
 
     def _update(self, rows: list[dict]) -> None:
+        """The outcomes of sending ``rows`` (outbox rows): a MERGE on their ids, reading only
+        the files written since the earliest of them was recorded. Statuses change between
+        counted ones only, so the limits' tally moves on unchanged."""
         if not rows:
             return
         source = pa.Table.from_pylist(rows, schema=self.schema)
+        before = self.tally.version
         self._merge(source, lambda m: m.when_matched_update(
-            {c: f"s.{c}" for c in ("status", "attempts", "last_error", "sent_at")}))
+            {c: f"s.{c}" for c in ("status", "attempts", "last_error", "sent_at")}),
+                    since=pc.min(source["created_at"]).as_py())
+        self._moved(before)
 
-    def _merge(self, source: pa.Table, clauses) -> None:
-        """A MERGE on the id, pruned to the source's days (the partition column)."""
+    def _merge(self, source: pa.Table, clauses, since: datetime | None = None) -> None:
+        """A MERGE on the id, pruned to the source's days (the partition column), and to the
+        rows recorded ``since`` (files whose statistics end before it are not read)."""
         days = ", ".join(f"'{d}'" for d in sorted(set(source.column("created_date").to_pylist())))
-        merge(source, self.path, f"t.notification_id = s.notification_id AND t.created_date IN ({days})",
-              clauses)
+        bound = f" AND t.created_at >= '{since.isoformat()}'" if since is not None else ""
+        merge(source, self.path,
+              f"t.notification_id = s.notification_id AND t.created_date IN ({days}){bound}", clauses)
 
 
 def open_outbox(lake: str, s: NotifySettings, spark=None) -> Outbox:
@@ -195,9 +266,7 @@ def open_outbox(lake: str, s: NotifySettings, spark=None) -> Outbox:
     return Outbox(lake, s)
 
 
-def record_rows(box: Outbox, kind: str, rows: pa.Table) -> pd.DataFrame:
-    """Record the notices of gold ``rows`` of ``kind`` (their table's columns); returns them
-    (``NOTICE_COLUMNS``)."""
-    found = notice_frame(kind, rows, box.s)
-    box.record_frame(found)
-    return found
+def record_rows(box: Outbox, kind: str, rows: pa.Table, fresh: bool = False) -> pa.Table:
+    """Record the notices of gold ``rows`` of ``kind`` (their table's columns); returns the
+    outbox rows inserted. ``fresh``: the rows are new to their gold table (``record_frame``)."""
+    return box.record_frame(notice_frame(kind, rows, box.s), fresh=fresh)

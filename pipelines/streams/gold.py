@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -47,6 +48,14 @@ from pipelines.steps import STEPS
 from pipelines.streams.base import Handler, counts
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inserted:
+    """A micro-batch's rows for one gold table, and whether each was new to it (``fresh``): a
+    row gold has just inserted has no notice recorded yet, so the outbox reads no ids for them."""
+    rows: pa.Table
+    fresh: bool = False
 
 
 def gold_processors(s: Settings) -> list[Processor]:
@@ -156,11 +165,11 @@ class GoldStep(Handler):
         self._measure(inserted, watermark, changes is not None, held, state.size)
 
     def _tables(self, batch_id: int, commit: Commit, out: dict[str, pd.DataFrame],
-                changes: pd.DataFrame | None, watermark: datetime | None) -> dict[str, pa.Table]:
+                changes: pd.DataFrame | None, watermark: datetime | None) -> dict[str, Inserted]:
         """The processors' output -> every gold table but ``gold/session_funnel``, the notices
         of what was inserted recorded and sent; returns the inserted rows per table."""
         outputs = {p.name: p.output for p in self.processors}
-        inserted: dict[str, pa.Table] = {}
+        inserted: dict[str, Inserted] = {}
         closed, closing = None, None
         if changes is not None:
             closed = changes[changes["kind"] == "closed"]
@@ -177,10 +186,10 @@ class GoldStep(Handler):
             inserted[T.RETARGET_OFFERS.name] = self._insert(
                 commit, as_offers(to_arrow_table(out["offers"], outputs["offers"])), T.RETARGET_OFFERS)
         self._profiles(commit, closed, out.get("fraud"))
-        found = self._record(inserted)
+        recorded = self._record(inserted)
         if closing is not None:  # only now: a replay of this batch judges these windows again
             apply.mark_closed(close, closing, self.paths[T.CAMPAIGN_FUNNEL.name])
-        self._deliver(batch_id, found)
+        self._deliver(batch_id, recorded)
         return inserted
 
     def _snapshot(self, batch_id: int, held: dict[str, Held]) -> None:
@@ -193,47 +202,49 @@ class GoldStep(Handler):
         if self.states.snapshot_due(batch_id) and (running is None or running.done()):
             self.snapshotting = self.snapshotter.submit(self.states.snapshot, batch_id, dict(held))
 
-    def _measure(self, inserted: dict[str, pa.Table], watermark: datetime | None, sessions: bool,
+    def _measure(self, inserted: dict[str, Inserted], watermark: datetime | None, sessions: bool,
                  held: dict[str, Held], state_bytes: int) -> None:
         """The batch's business metrics (``metrics.py``): what it inserted, the watermark, and
         when sessions changed, the newest funnel window and the campaign totals as they are now."""
         metrics.set_watermark("gold", watermark)
         metrics.set_state("gold", held_events(held), state_bytes)
-        for name, rows in inserted.items():
-            metrics.ROWS.labels(name).inc(rows.num_rows)
+        for name, new in inserted.items():
+            metrics.ROWS.labels(name).inc(new.rows.num_rows)
         if T.ALERTS.name in inserted:
-            for a in inserted[T.ALERTS.name].select(["rule", "campaign_id"]).to_pylist():
+            for a in inserted[T.ALERTS.name].rows.select(["rule", "campaign_id"]).to_pylist():
                 metrics.ALERTS.labels(a["rule"], a["campaign_id"]).inc()
         if T.FRAUD_FLAGS.name in inserted:
-            for rule, n in counts(inserted[T.FRAUD_FLAGS.name], "rule").items():
+            for rule, n in counts(inserted[T.FRAUD_FLAGS.name].rows, "rule").items():
                 metrics.FRAUD_FLAGS.labels(rule).inc(n)
         for table, counter in ((T.RETARGET_OFFERS, metrics.OFFERS), (T.CART_REMINDERS, metrics.REMINDERS)):
             if table.name in inserted:
-                counter.inc(inserted[table.name].num_rows)
+                counter.inc(inserted[table.name].rows.num_rows)
         if sessions:
             funnel_metrics(self.paths[T.CAMPAIGN_FUNNEL.name], self.paths[T.CAMPAIGN_PERFORMANCE.name])
 
-    def _record(self, inserted: dict[str, pa.Table]) -> pd.DataFrame | None:
+    def _record(self, inserted: dict[str, Inserted]) -> pa.Table | None:
         """Record the notices of this batch's alerts, flags, offers and reminders in the
-        outbox (keyed on ids: a replayed batch records nothing twice); returns them."""
+        outbox (keyed on ids: a replayed batch records nothing twice); returns the outbox
+        rows it inserted."""
         if self.outbox is None:
             return None
-        found = [record_rows(self.outbox, kind, inserted[table]) for kind, table in SOURCE_TABLE.items()
-                 if table in inserted]
-        found = [f for f in found if len(f)]
-        return pd.concat(found, ignore_index=True) if found else None
+        recorded = [record_rows(self.outbox, kind, inserted[table].rows, inserted[table].fresh)
+                    for kind, table in SOURCE_TABLE.items() if table in inserted]
+        recorded = [r for r in recorded if r.num_rows]
+        return pa.concat_tables(recorded) if recorded else None
 
-    def _deliver(self, batch_id: int, found: pd.DataFrame | None) -> None:
-        """Send the notices this batch recorded (before the state moves on: a crash replays
-        the batch, and the outbox sends nothing it recorded as sent)."""
-        if found is not None and self.channels:
-            ids = set(found["notification_id"])
-            done = self.outbox.deliver(self.outbox.due(ids=ids, days=set(found["day"])), self.channels)
+    def _deliver(self, batch_id: int, recorded: pa.Table | None) -> None:
+        """Send the notices this batch recorded as ``pending`` (before the state moves on: a
+        crash replays the batch, which records nothing again; what the crash left
+        ``pending`` goes at the next start)."""
+        if recorded is not None and self.channels:
+            pending = recorded.filter(pc.equal(recorded["status"], "pending")).to_pylist()
+            done = self.outbox.deliver(pending, self.channels)
             for (channel, status), n in done.outcomes.items():
                 metrics.NOTICES.labels(channel, status).inc(n)
             log.info("gold batch %d notices: %s", batch_id, done)
 
-    def _sessions(self, commit: Commit, changes: pd.DataFrame) -> dict[str, pa.Table]:
+    def _sessions(self, commit: Commit, changes: pd.DataFrame) -> dict[str, Inserted]:
         """The session processor's typed changes: the signed rows' counts, summed on the driver
         (``*_deltas``, the pandas twins of the batch build's aggregates) ->
         ``gold/campaign_funnel``, ``gold/campaign_performance`` and
@@ -270,7 +281,7 @@ class GoldStep(Handler):
         if by_ip.num_rows:
             apply.ip_profiles(commit, by_ip, self.paths[T.IP_PROFILE.name])
 
-    def _score(self, commit: Commit, closed: pd.DataFrame) -> dict[str, pa.Table]:
+    def _score(self, commit: Commit, closed: pd.DataFrame) -> dict[str, Inserted]:
         """The sessions this batch closed, with their history (the stored profiles of their
         users and addresses, read before this batch's MERGE), scored by the champion anomaly
         model (none while no version holds the alias) -> ``gold/anomaly_scores``."""
@@ -287,10 +298,10 @@ class GoldStep(Handler):
         scored = from_pandas(rows, T.ANOMALY_SCORES)
         commit.append(scored, self.paths[T.ANOMALY_SCORES.name], T.ANOMALY_SCORES)
         metrics.ANOMALIES.labels(str(version)).inc(int(rows["is_anomaly"].sum()))
-        return {T.ANOMALY_SCORES.name: scored}
+        return {T.ANOMALY_SCORES.name: Inserted(scored)}
 
     def _judge_windows(self, commit: Commit, watermark: datetime
-                       ) -> tuple[pa.Table | None, dict[str, pa.Table]]:
+                       ) -> tuple[pa.Table | None, dict[str, Inserted]]:
         """The campaign windows this watermark closes, checked by the funnel suite and judged
         for drop-off alerts (-> ``gold/alerts``); None when it closes none. On the driver: a
         few cells. ``apply`` marks them closed in ``gold/campaign_funnel`` once their
@@ -305,11 +316,10 @@ class GoldStep(Handler):
         alerts = self._insert(commit, fire(cells, self.s.funnel.dropoff_rules), T.ALERTS)
         return closing, {T.ALERTS.name: alerts}
 
-    def _insert(self, commit: Commit, rows: pa.Table, table: T.Table) -> pa.Table:
-        """Insert the rows ``table`` lacks; returns all of ``rows``."""
+    def _insert(self, commit: Commit, rows: pa.Table, table: T.Table) -> Inserted:
+        """Insert the rows ``table`` lacks; returns all of ``rows``, fresh when each was new."""
         rows = rows.cast(arrow_schema(table))
-        apply.insert_new(commit, rows, self.paths[table.name], table)
-        return rows
+        return Inserted(rows, apply.insert_new(commit, rows, self.paths[table.name], table))
 
 
 def session_table(changes: pd.DataFrame) -> pa.Table:
