@@ -97,7 +97,7 @@ def offer_processor(r: RetargetSettings):
             sent = keep_rows(sent, pc.invert(old))
         if pending.num_rows or purchases.num_rows or sent.num_rows:
             tables = (pending, purchases, sent)
-            state.update(tuple(_kept(was, _compact(table), schema, key, keys)
+            state.update(tuple(_kept(was, table, schema, key, keys)
                                for was, table, schema, key, keys
                                in zip(prior, tables, SCHEMAS, KEYS, changed, strict=True)))
             wake = (pc.min(pending["click_time"]).as_py() + wait if pending.num_rows else
@@ -117,11 +117,6 @@ def _kept(was: Kept | bytes | None, table: pa.Table, schema: pa.Schema, key: str
     base = was if isinstance(was, Kept) else Kept(None, partial(ipc_stream, schema=schema), key)
     chunks = [chunk for k in keys for chunk in k.chunks]
     return base.changing(table, pa.chunked_array(chunks, schema.field(key).type).combine_chunks())
-
-
-def _compact(table: pa.Table) -> pa.Table:
-    """A table appended to every micro-batch, in one chunk once it has many."""
-    return table.combine_chunks() if table.column(0).num_chunks > 32 else table
 
 
 def processor(r: RetargetSettings) -> Processor:
