@@ -417,3 +417,24 @@ def test_the_stream_reads_no_outbox_rows_for_notices_of_new_gold_rows(tmp_path, 
     assert box.record_frame(frame).num_rows == 0  # a replay reads the ids, and adds nothing
     assert len(reads) == 1
     assert _statuses(tmp_path / "lake") == {("a", "pending"): 1, ("b", "pending"): 1, ("c", "suppressed"): 1}
+
+
+def test_a_limit_counts_earlier_notices_of_every_day_in_one_call(tmp_path):
+    """A call with notices of more days than the outbox keeps counts for (``funnelhouse
+    notify`` over a backfill) still counts each day's earlier notices; an older kept day
+    makes way."""
+    from pipelines.notify.outbox import KEPT_DAYS, open_outbox
+
+    s = NotifySettings(limits={"offer": 1}, routes={"offer": ["email"]})
+    box = open_outbox(str(tmp_path / "lake"), s)
+
+    def offer(i: str, day: int) -> dict:
+        return _offer(i) | {"click_time": datetime(2026, 11, day, 10),
+                            "due_time": datetime(2026, 11, day, 10, 10)}
+    assert box.record(notices("offer", [offer("a", 1), offer("b", 2)], s)) == 2
+    days = range(2, 3 + KEPT_DAYS)  # day 2 holds one already; more days than are kept
+    assert box.record(notices("offer", [offer(f"x{d}", d) for d in days], s)) == len(days)
+    assert box.record(notices("offer", [offer("y1", 1)], s)) == 1
+    assert _statuses(tmp_path / "lake") == {
+        ("a", "pending"): 1, ("b", "pending"): 1, ("x2", "suppressed"): 1, ("y1", "suppressed"): 1,
+        **{(f"x{d}", "pending"): 1 for d in days if d != 2}}

@@ -78,10 +78,12 @@ class Tally:
         for k, r, d, n in zip(*columns, strict=True):
             self.used[(k, r, d)] = self.used.get((k, r, d), 0) + n
 
-    def keep(self, days: int) -> None:
-        """Only the newest ``days`` days."""
-        if len(self.days) > days:
-            self.days = set(sorted(self.days)[-days:])
+    def keep(self, wanted: list, most: int) -> None:
+        """The ``wanted`` days, and of the others the newest, up to ``most`` days in all."""
+        others = sorted(self.days - set(wanted))
+        drop = set(others[:max(len(self.days) - most, 0)])
+        if drop:
+            self.days -= drop
             self.used = {key: n for key, n in self.used.items() if key[2] in self.days}
 
 
@@ -168,7 +170,7 @@ class Outbox:
             self.tally.add(counted(self.read([("created_date", "in", missing)],
                                              ["kind", "recipient", "status", "created_date"])))
             self.tally.days |= set(missing)
-            self.tally.keep(KEPT_DAYS)
+            self.tally.keep(days, KEPT_DAYS)
         return self.tally
 
     def _moved(self, before: int | None, counts: pa.Table | None = None) -> None:
