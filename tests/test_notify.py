@@ -352,6 +352,12 @@ def test_a_batch_of_notices_built_column_by_column_is_the_same_as_one_by_one(kin
         assert json.loads(row["payload"]) == json.loads(json.dumps(n.payload, default=str))
 
 
+def _offer(i: str, user: str = "u1", day: int = 2) -> dict:
+    """An offer row of user ``user`` due on November ``day``."""
+    return {"offer_id": i, "user_id": user, "campaign_id": "c1", "tracking_id": "t",
+            "click_time": datetime(2026, 11, day, 10), "due_time": datetime(2026, 11, day, 10, 10)}
+
+
 def test_a_limit_counts_the_recipients_earlier_notices_and_those_in_the_same_call(tmp_path):
     """Limit 2 offers per recipient per day: one already recorded, then three more in one call
     for the same day (one pending, two suppressed), one for the next day, and one for
@@ -361,11 +367,8 @@ def test_a_limit_counts_the_recipients_earlier_notices_and_those_in_the_same_cal
     s = NotifySettings(limits={"offer": 2}, routes={"offer": ["email"]})
     box = open_outbox(str(tmp_path / "lake"), s)
 
-    def offer(i: str, user: str = "u1", day: int = 2) -> dict:
-        return {"offer_id": i, "user_id": user, "campaign_id": "c1", "tracking_id": "t",
-                "click_time": datetime(2026, 11, day, 10), "due_time": datetime(2026, 11, day, 10, 10)}
-    assert box.record(notices("offer", [offer("a")], s)) == 1
-    batch = [offer("b"), offer("c"), offer("d"), offer("e", day=3), offer("f", user="u2")]
+    assert box.record(notices("offer", [_offer("a")], s)) == 1
+    batch = [_offer("b"), _offer("c"), _offer("d"), _offer("e", day=3), _offer("f", user="u2")]
     assert box.record(notices("offer", batch, s)) == 5
     rows = DeltaTable(str(tmp_path / "lake" / "ops/notifications")).to_pyarrow_table().to_pylist()
     status = Counter((r["recipient"], r["created_date"].day, r["status"]) for r in rows)
@@ -373,11 +376,6 @@ def test_a_limit_counts_the_recipients_earlier_notices_and_those_in_the_same_cal
                       ("u1@example.com", 3, "pending"): 1, ("u2@example.com", 2, "pending"): 1}
     assert {r["last_error"] for r in rows if r["status"] == "suppressed"} == {
         "limit: at most 2 offer per recipient per day"}
-
-
-def _offer(i: str, user: str = "u1") -> dict:
-    return {"offer_id": i, "user_id": user, "campaign_id": "c1", "tracking_id": "t",
-            "click_time": datetime(2026, 11, 2, 10), "due_time": datetime(2026, 11, 2, 10, 10)}
 
 
 def _statuses(lake) -> Counter:
@@ -428,13 +426,10 @@ def test_a_limit_counts_earlier_notices_of_every_day_in_one_call(tmp_path):
     s = NotifySettings(limits={"offer": 1}, routes={"offer": ["email"]})
     box = open_outbox(str(tmp_path / "lake"), s)
 
-    def offer(i: str, day: int) -> dict:
-        return _offer(i) | {"click_time": datetime(2026, 11, day, 10),
-                            "due_time": datetime(2026, 11, day, 10, 10)}
-    assert box.record(notices("offer", [offer("a", 1), offer("b", 2)], s)) == 2
+    assert box.record(notices("offer", [_offer("a", day=1), _offer("b", day=2)], s)) == 2
     days = range(2, 3 + KEPT_DAYS)  # day 2 holds one already; more days than are kept
-    assert box.record(notices("offer", [offer(f"x{d}", d) for d in days], s)) == len(days)
-    assert box.record(notices("offer", [offer("y1", 1)], s)) == 1
+    assert box.record(notices("offer", [_offer(f"x{d}", day=d) for d in days], s)) == len(days)
+    assert box.record(notices("offer", [_offer("y1", day=1)], s)) == 1
     assert _statuses(tmp_path / "lake") == {
         ("a", "pending"): 1, ("b", "pending"): 1, ("x2", "suppressed"): 1, ("y1", "suppressed"): 1,
         **{(f"x{d}", "pending"): 1 for d in days if d != 2}}
