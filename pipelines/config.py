@@ -59,6 +59,22 @@ def _parse_duration(value: Any) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+
+
+def _location(value: Any) -> str:
+    """A local path made absolute (Delta and Spark's file source need that); a URI as it is."""
+    text = str(value)
+    return text.rstrip("/") if "://" in text else str(Path(text).resolve())
+
+
+Location = Annotated[str, BeforeValidator(_location)]
+
+
+def _off(value: Any) -> Any:
+    """YAML reads a bare ``off`` as false."""
+    return "off" if value is False else value
+
+
 Step = Literal[STEPS]  # type: ignore[valid-type]
 
 
@@ -87,6 +103,10 @@ class StreamSettings(Strict):
     max_files_per_trigger: int | None = Field(None, ge=1)
     max_bytes_per_trigger: ByteSize | None = ByteSize(128 * 2**20)  # unused when max_files_per_trigger is set
     watermark_delay: Duration = timedelta(minutes=10)
+    # landing files whose micro-batch has committed: left (off), moved (archive) or deleted
+    # (Spark's ``cleanSource``); the file source lists the whole folder every micro-batch
+    clean_source: Annotated[Literal["off", "archive", "delete"], BeforeValidator(_off)] = "off"
+    source_archive_dir: Location | None = None  # where ``archive`` moves them; None: ``input`` + "-archive"
 
 
 class KafkaSettings(Strict):
@@ -258,8 +278,8 @@ class MetricsSettings(Strict):
 
 
 class Settings(Strict):
-    lake: str = "data/lake"  # a local folder or a URI (s3a://, abfss://)
-    input: str = "data/landing"
+    lake: Location = "data/lake"  # a local folder or a URI (s3a://, abfss://)
+    input: Location = "data/landing"
     source: Literal["files", "kafka"] = "files"
     spark: SparkSettings = SparkSettings()
     stream: StreamSettings = StreamSettings()
@@ -278,12 +298,11 @@ class Settings(Strict):
     mlflow: MlflowSettings = MlflowSettings()
     anomaly: AnomalySettings = AnomalySettings()
 
-    @field_validator("lake", "input", mode="before")
-    @classmethod
-    def _absolute(cls, value: object) -> str:
-        """Local paths become absolute (Delta needs that); URIs stay as they are."""
-        text = str(value)
-        return text.rstrip("/") if "://" in text else str(Path(text).resolve())
+    @property
+    def source_archive(self) -> str:
+        """Where ``stream.clean_source: archive`` moves the landing files (Spark keeps each
+        file's own path below it: ``<archive>/<input>/part-0.jsonl``)."""
+        return self.stream.source_archive_dir or f"{self.input}-archive"
 
     def table(self, name: str) -> str:
         """The path of a lake table, e.g. ``table('silver/events')``."""

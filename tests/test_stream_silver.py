@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -58,6 +59,42 @@ def test_restart_adds_new_files_without_duplicates(spark, lake_settings):
     assert silver.select("event_id").distinct().count() == TRUTH["valid_unique_events"]
     assert read(spark, s, "silver/quarantine").count() == TRUTH["malformed_lines"]
     assert read(spark, s, "bronze/events").count() == TRUTH["lines"]
+
+
+def _archived(s, names: set[str], timeout: float = 20) -> set[str]:
+    """The landing files below ``stream.clean_source``'s archive (Spark keeps each file's own
+    path below it), once ``names`` are all there (Spark moves them on a thread of its own)."""
+    folder = Path(s.source_archive) / Path(s.input).relative_to("/")
+    deadline = time.monotonic() + timeout
+    while {p.name for p in folder.glob("*.jsonl")} < names and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return {p.name for p in folder.glob("*.jsonl")}
+
+
+@pytest.mark.slow
+def test_archived_landing_files_leave_the_folder_and_every_event_lands_once(spark, tmp_path):
+    """``stream.clean_source: archive``: a file leaves the landing folder once its micro-batch
+    has committed (Spark moves it when it plans the next one), so the stream lists only the
+    files it has not read; a restart reads on, and nothing is lost or read twice."""
+    (tmp_path / "landing").mkdir()
+    s = load_settings(overrides={"lake": tmp_path / "lake", "input": tmp_path / "landing",
+                                 "spark": {"shuffle_partitions": 2},
+                                 "stream": {"max_files_per_trigger": 1, "clean_source": "archive"}},
+                      environ={}, local=False)
+    first = [p.name for p in copy_sample(s.input, slice(0, 3))]
+    run_available_now(spark, s)
+    assert _archived(s, set(first[:2])) == set(first[:2])  # one batch a file; the last one's stays
+    assert {p.name for p in Path(s.input).glob("*.jsonl")} == {first[2]}
+
+    later = [p.name for p in copy_sample(s.input, slice(3, None))]
+    run_available_now(spark, s)
+    assert _archived(s, {*first, *later[:-1]}) == {*first, *later[:-1]}
+    assert {p.name for p in Path(s.input).glob("*.jsonl")} == {later[-1]}
+    assert read(spark, s, "bronze/events").count() == TRUTH["lines"]
+    silver = read(spark, s, "silver/events")
+    assert silver.count() == TRUTH["valid_unique_events"]
+    assert silver.select("event_id").distinct().count() == TRUTH["valid_unique_events"]
+    assert read(spark, s, "silver/quarantine").count() == TRUTH["malformed_lines"]
 
 
 @pytest.mark.slow

@@ -9,14 +9,18 @@ from pipelines.config import KafkaSettings
 
 
 def read_landing(spark: SparkSession, path: str, streaming: bool,
-                 max_files_per_trigger: int | None = None, max_bytes_per_trigger: int | None = None
-                 ) -> DataFrame:
+                 max_files_per_trigger: int | None = None, max_bytes_per_trigger: int | None = None,
+                 clean_source: str = "off", archive_dir: str | None = None) -> DataFrame:
     """JSON-lines files in the landing folder as ``raw`` text plus ``source_file`` and
     ``ingest_time``: when the file landed (its modification time), so every query that reads
     the file, and a replay, stamps a line alike.
 
     Lines are read as text, not JSON, so a malformed line is still a row (bronze keeps it).
     Files whose names start with ``.`` or ``_`` are skipped (they are being written).
+
+    A stream lists the whole folder every micro-batch; ``clean_source`` (``archive`` to
+    ``archive_dir``, or ``delete``) has Spark move each file out once its micro-batch has
+    committed, so the listing holds only the files not yet read.
     """
     if streaming:
         reader = spark.readStream.format("text")
@@ -24,6 +28,10 @@ def read_landing(spark: SparkSession, path: str, streaming: bool,
             reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
         elif max_bytes_per_trigger:  # at least one file a batch, however large
             reader = reader.option("maxBytesPerTrigger", int(max_bytes_per_trigger))
+        if clean_source != "off":
+            reader = reader.option("cleanSource", clean_source)
+            if clean_source == "archive":
+                reader = reader.option("sourceArchiveDir", archive_dir)
         df = reader.load(path)
     else:
         df = spark.read.format("text").load(path)

@@ -36,7 +36,8 @@ def source(spark: SparkSession, s: Settings) -> DataFrame:
         return sources.read_kafka(spark, s.kafka, streaming=True)
     return sources.read_landing(spark, s.input, streaming=True,
                                 max_files_per_trigger=s.stream.max_files_per_trigger,
-                                max_bytes_per_trigger=s.stream.max_bytes_per_trigger)
+                                max_bytes_per_trigger=s.stream.max_bytes_per_trigger,
+                                clean_source=s.stream.clean_source, archive_dir=s.source_archive)
 
 
 def writer(df: DataFrame, name: str, s: Settings, available_now: bool) -> DataStreamWriter:
