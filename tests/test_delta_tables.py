@@ -3,6 +3,7 @@ micro-batches still reads what other writers committed, and a table made again a
 path is read afresh."""
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -67,20 +68,27 @@ def test_a_kept_table_lists_its_log_only_when_another_writer_committed(tmp_path,
     assert _ids(path) == [1, 2, 3] and calls == [1]
 
 
+def _eleven_commits(path: str, configuration: dict[str, str], seen: Callable[[], object]) -> list:
+    """A results table checkpointed every 4 versions, then eleven one-row appends through
+    ``Commit`` (versions 1..11; delta-rs checkpoints 3, 7 and 11): ``seen()`` after each."""
+    write_deltalake(path, arrow_schema(T.QUALITY_RESULTS).empty_table(),
+                    configuration={"delta.checkpointInterval": "4", **configuration})
+    ledger = Ledger()
+    row = arrow_schema(T.QUALITY_RESULTS).empty_table()
+    row = pa.table({c: pa.nulls(1, row.schema.field(c).type) for c in row.column_names}, row.schema)
+    after = []
+    for batch in range(1, 12):
+        Commit("test", batch, ledger).append(row, path, T.QUALITY_RESULTS)
+        after.append(seen())
+    return after
+
+
 def test_a_kept_table_is_loaded_afresh_once_a_checkpoint_follows_its_load(tmp_path):
     """A table object walks every commit made through it on each later commit (an append
     after 1,600 of them: 150 ms against 11), so it is loaded again once delta-rs has
     checkpointed past the version it was loaded at: then the load reads that checkpoint."""
     path = str(tmp_path / "quality_results")
-    write_deltalake(path, arrow_schema(T.QUALITY_RESULTS).empty_table(),
-                    configuration={"delta.checkpointInterval": "4"})
-    ledger = Ledger()
-    row = arrow_schema(T.QUALITY_RESULTS).empty_table()
-    row = pa.table({c: pa.nulls(1, row.schema.field(c).type) for c in row.column_names}, row.schema)
-    objects = []
-    for batch in range(1, 12):  # versions 1..11; delta-rs checkpoints 3, 7 and 11
-        Commit("test", batch, ledger).append(row, path, T.QUALITY_RESULTS)
-        objects.append(id(opened(path)))
+    objects = _eleven_commits(path, {}, lambda: id(opened(path)))
     # the object loaded at version 0 serves through version 2; version 3 is a checkpoint: a new
     # object from there, kept through 6; then one from 7 through 10; then one from 11
     changes = [v for v in range(2, 12) if objects[v - 1] != objects[v - 2]]
@@ -98,15 +106,8 @@ def test_streaming_commits_delete_expired_log_entries_only_when_they_checkpoint(
     entries older than the retention only then, as Spark's Delta does; delta-rs alone would
     list the whole log folder after every commit to look for them."""
     path = str(tmp_path / "quality_results")
-    write_deltalake(path, arrow_schema(T.QUALITY_RESULTS).empty_table(), configuration={
-        "delta.checkpointInterval": "4", "delta.logRetentionDuration": "interval 0 seconds"})
-    ledger = Ledger()
-    row = arrow_schema(T.QUALITY_RESULTS).empty_table()
-    row = pa.table({c: pa.nulls(1, row.schema.field(c).type) for c in row.column_names}, row.schema)
-    firsts = []
-    for batch in range(1, 12):  # versions 1..11; delta-rs checkpoints 3, 7 and 11
-        Commit("test", batch, ledger).append(row, path, T.QUALITY_RESULTS)
-        firsts.append(_logged(path)[0])
+    firsts = _eleven_commits(path, {"delta.logRetentionDuration": "interval 0 seconds"},
+                             lambda: _logged(path)[0])
     assert firsts == [0, 0, 3, 3, 3, 3, 7, 7, 7, 7, 11]
     assert read(path).num_rows == 11
 
