@@ -5,7 +5,9 @@ The parts, each printed as a table and all written to ``bench/results/<time>.jso
 - ``throughput``: ``funnelhouse run --available-now`` (bronze, then silver with gold) on 1M
   generated events, beside plain Spark on the same files in the same JVM (``read.text`` + ``from_json``
   -> Parquet). Both are warmed the same way, by one untimed run over the same lines (the
-  pipeline's after one on the sample); the pipeline's first run is reported too.
+  pipeline's after one on the sample); the pipeline's first run is reported too. The
+  core-seconds each side used, by process and kind of thread, and the least wall time that
+  CPU allows on this machine's cores.
 - ``growth``: the same 20k-event increment (later event times, ids of its own) on a lake
   primed empty and on the lake the throughput run left (1M events; ``--big``: 10M), each as
   primed and after a one-event tick closed what it held open (history alone).
