@@ -94,8 +94,9 @@ def _start(name: str, spark: SparkSession, s: Settings, available_now: bool) -> 
                            f"{cause.strip()}") from err
 
 
-def run_available_now(spark: SparkSession, s: Settings, names: Iterable[str] = QUERIES) -> None:
-    """Process everything pending, then return."""
+def run_available_now(spark: SparkSession, s: Settings, names: Iterable[str] = QUERIES
+                      ) -> dict[str, StreamingQuery]:
+    """Process everything pending, then return the queries (ended; their progress kept)."""
     queries = {name: _start(name, spark, s, True) for name in names}
     for name, query in queries.items():
         try:
@@ -106,6 +107,7 @@ def run_available_now(spark: SparkSession, s: Settings, names: Iterable[str] = Q
             raise StreamFailed(f"query {name} failed: {_cause(err)}") from err
         _check(query)
         log.info("%s caught up", name)
+    return queries
 
 
 def run_continuously(spark: SparkSession, s: Settings, names: Iterable[str] = QUERIES,
