@@ -23,7 +23,7 @@ def increment(root: Path, after: Profile) -> tuple[Path, Path]:
     """20k events an hour after ``after``'s last, with ids of their own: one landing file,
     and its ground truth. One per primed input: an increment timed against the 1M input's
     hours would be late on the 10M lake (which runs ten times longer), and gold would drop it.
-    (Until ``<late-fix>`` there was one, made after the 1M input, so ``--big`` timed that.)"""
+    (Until ``44f8e76`` there was one, made after the 1M input, so ``--big`` timed that.)"""
     out = root / f"increment-after-{after.events}"
     truth = out.with_name(out.name + ".truth.json")
     if not truth.exists():
