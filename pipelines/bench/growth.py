@@ -90,19 +90,17 @@ def growth(spark: SparkSession, root: Path, full: tuple[Path, Path] | None, land
         for label, lake in ((name, primed[0]), (f"{name}, closed first", closed)):
             out[label] = _increment_runs(spark, root, f"{n}", lake, primed[1], inc, expected,
                                          made_as["late_events"])
-    def ratio(label: str) -> float:  # against the empty lake primed the same way
+    def ratio(label: str, of: str = "total") -> float:  # against the empty lake primed the same way
         closed = ", closed first" if label.endswith(", closed first") else ""
-        return out[label]["total"] / out[f"empty{closed}"]["total"]
-    def batch_ratio(label: str) -> float:
-        closed = ", closed first" if label.endswith(", closed first") else ""
-        return out[label]["micro-batches"] / out[f"empty{closed}"]["micro-batches"]
+        return out[label][of] / out[f"empty{closed}"][of]
     console.print(rich_table(f"growth: the same {expected:,}-event increment, --available-now (median of 2)",
                          ["lake before", *QUERIES, "total s", "ratio", "its micro-batches s", "ratio"],
                          [[k, *(v[q] for q in QUERIES), v["total"], f"{ratio(k):.2f}x",
-                           v["micro-batches"], f"{batch_ratio(k):.2f}x"] for k, v in out.items()]))
-    big = f"{lines:,} events"
-    return {"seconds": out, "ratio": ratio(big), "ratio_closed_first": ratio(f"{big}, closed first"),
-            "batch_ratio": batch_ratio(big), "batch_ratio_closed_first": batch_ratio(f"{big}, closed first"),
+                           v["micro-batches"], f"{ratio(k, 'micro-batches'):.2f}x"] for k, v in out.items()]))
+    big, closed = f"{lines:,} events", f"{lines:,} events, closed first"
+    return {"seconds": out, "ratio": ratio(big), "ratio_closed_first": ratio(closed),
+            "batch_ratio": ratio(big, "micro-batches"),
+            "batch_ratio_closed_first": ratio(closed, "micro-batches"),
             "increment_events": expected}
 
 
