@@ -10,7 +10,9 @@ The parts, each printed as a table and all written to ``bench/results/<time>.jso
   CPU allows on this machine's cores.
 - ``growth``: the same 20k-event increment (later event times, ids of its own) on a lake
   primed empty and on the lake the throughput run left (1M events; ``--big``: 10M), each as
-  primed and after a one-event tick closed what it held open (history alone).
+  primed and after a one-event tick closed what it held open (history alone); each run's
+  wall and its micro-batches' own time, and the increment as the micro-batch after the
+  tick's in one run (a job already running).
 - ``freshness``: the job runs continuously while a feeder writes ``--rate`` events/s for
   ``--seconds`` (landing files every 200 ms, or Kafka records), each with ``event_time`` =
   its arrival. The delay from arrival to the commit that made it visible, read from each
