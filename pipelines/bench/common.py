@@ -34,6 +34,11 @@ def peak_gib(pid: int | str = "self") -> float:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 2**20
 
 
+def jvm_pid(spark) -> int:
+    """The driver JVM's process id."""
+    return spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+
+
 # Threads by what they do, from their names (``/proc/<pid>/task/*/comm``): the Python
 # driver's interpreter threads and delta-rs's Rust runtime; the JVM's Spark tasks, JIT
 # compilers and garbage collector. Anything else is "other".

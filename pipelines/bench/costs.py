@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from pipelines.bench.common import bench_settings, console, peak_gib, rich_table, timed
+from pipelines.bench.common import bench_settings, console, jvm_pid, peak_gib, rich_table, timed
 from pipelines.io.delta_rs import row_count
 from pipelines.jobs.run import run_available_now
 from pipelines.streams import QUERIES, QUERY
@@ -71,7 +71,7 @@ def scoring(spark: SparkSession, root: Path, landing: Path, warm: bool) -> dict:
 # -- memory, main -----------------------------------------------------------------------------
 
 def memory(spark: SparkSession) -> dict:
-    jvm = peak_gib(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+    jvm = peak_gib(jvm_pid(spark))
     py = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     console.print(f"peak memory: driver JVM {jvm:.2f} GiB, Python driver {py:.2f} GiB")
     return {"jvm_peak_gib": jvm, "python_peak_gib": py}

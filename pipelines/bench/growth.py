@@ -8,12 +8,11 @@ import statistics
 from datetime import timedelta
 from pathlib import Path
 
-import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
 from pipelines.bench.common import bench_settings, console, rich_table, timed
 from pipelines.generate import Profile, generate, land
-from pipelines.io.delta_rs import opened
+from pipelines.io.delta_rs import read, row_count
 from pipelines.jobs.run import run_available_now
 from pipelines.streams import QUERIES
 
@@ -36,8 +35,8 @@ def increment(root: Path, after: Profile) -> tuple[Path, Path]:
 
 def _silver_rows(lake: Path) -> tuple[int, int]:
     """Silver's rows, and how many of them are marked late."""
-    events = opened(str(lake / "silver" / "events")).to_pyarrow_dataset()
-    return events.count_rows(), events.count_rows(filter=pc.field("late"))
+    path = str(lake / "silver" / "events")
+    return row_count(path), read(path, [("late", "=", True)], ["late"]).num_rows
 
 
 def tick(root: Path, after: Profile) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.bench.common import bench_settings, console, cpu_during, rich_table, timed
+from pipelines.bench.common import bench_settings, console, cpu_during, jvm_pid, rich_table, timed
 from pipelines.config import REPO_ROOT
 from pipelines.contract import RAW_EVENT_SCHEMA
 from pipelines.jobs.run import run_available_now
@@ -29,7 +29,7 @@ def throughput(spark: SparkSession, root: Path, landing: Path, lines: int) -> di
     still compiles code the other has had compiled. The pipeline's first run over the lines,
     after a warm-up on the sample only (how this bench timed it before), is reported beside:
     it is what a job that has just started pays."""
-    pids = {"JVM": spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid(), "Python": os.getpid()}
+    pids = {"JVM": jvm_pid(spark), "Python": os.getpid()}
     baseline(spark, landing, root / "base")  # warm-up: JIT, file listing
     base, base_cpu = cpu_during(pids, lambda: baseline(spark, landing, root / "base"))
     warm = root / "warm"  # every code path once, on the sample
@@ -45,7 +45,10 @@ def throughput(spark: SparkSession, root: Path, landing: Path, lines: int) -> di
     for name in QUERIES:
         layers[name], cpu[name] = cpu_during(pids, lambda name=name: run_available_now(spark, s, [name]))
     total = sum(layers.values())
-    run_cpu = {k: sum(c.get(k, 0.0) for c in cpu.values()) for c in cpu.values() for k in c}
+    run_cpu: dict[str, float] = {}  # every query's run, summed per process and thread kind
+    for used in cpu.values():
+        for kind, seconds in used.items():
+            run_cpu[kind] = run_cpu.get(kind, 0.0) + seconds
     rows = [["baseline: read.text + from_json -> parquet", base, lines / base, "100%"]]
     rows += [["pipeline: first run over these lines (after the sample)", first, lines / first,
               f"{base / first:.0%}"]]
