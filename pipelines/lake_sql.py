@@ -21,6 +21,9 @@ from pathlib import Path
 import duckdb
 from deltalake import DeltaTable
 
+from pipelines import tables as T
+from pipelines.io.folds import fold_sql
+
 
 class UnknownLake(ValueError):
     pass
@@ -35,6 +38,9 @@ def table_paths(lake: str | Path) -> dict[str, Path]:
             for log in sorted(root.glob("*/*/_delta_log")) if not log.parent.parent.name.startswith("_")}
 
 
+# View name -> table, of the tables whose rows add up.
+FOLDED = {t.name.replace("/", "_"): t for t in T.ALL if t.fold}
+
 # Delta primitive types of partition columns -> DuckDB types (the paths hold their text).
 DUCK_TYPES = {"string": "VARCHAR", "date": "DATE", "boolean": "BOOLEAN", "integer": "INTEGER",
               "long": "BIGINT", "short": "SMALLINT", "byte": "TINYINT", "double": "DOUBLE",
@@ -42,7 +48,17 @@ DUCK_TYPES = {"string": "VARCHAR", "date": "DATE", "boolean": "BOOLEAN", "intege
 
 
 def register(con: duckdb.DuckDBPyConnection, name: str, path: str | Path) -> None:
-    """A view ``name`` over the current version of the Delta table at ``path``."""
+    """A view ``name`` over the current version of the Delta table at ``path``; a table whose
+    rows add up (``Table.fold``: the profiles) is seen folded, one row per key."""
+    folded = FOLDED.get(name)
+    if folded is not None:
+        _register(con, f"{name}__rows", path)
+        con.execute(f"CREATE VIEW {name} AS {fold_sql(folded, f'{name}__rows')}")
+        return
+    _register(con, name, path)
+
+
+def _register(con: duckdb.DuckDBPyConnection, name: str, path: str | Path) -> None:
     table = DeltaTable(str(path))
     features = set(table.protocol().reader_features or [])
     files = table.file_uris()

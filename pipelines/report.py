@@ -268,13 +268,14 @@ def print_backfill(console: Console, totals: dict, start: date, end: date) -> No
 
 
 def print_maintenance(console: Console, done: list, dry_run: bool) -> None:
-    """Files per table before and after compaction, and files vacuumed."""
+    """Per table: rows expired and folded, files before and after compaction, files vacuumed."""
     table = RichTable(title="Maintenance" + (" (dry run)" if dry_run else ""))
-    for col in ("table", "rows expired", "files before", "files after",
+    for col in ("table", "rows expired", "rows folded", "files before", "files after",
                 "would vacuum" if dry_run else "vacuumed"):
         table.add_column(col, justify="left" if col == "table" else "right")
     for m in done:
-        table.add_row(m.table, *[f"{n:,}" for n in (m.expired, m.files_before, m.files_after, m.vacuumed)])
+        table.add_row(m.table, *[f"{n:,}" for n in (m.expired, m.folded, m.files_before, m.files_after,
+                                                    m.vacuumed)])
     console.print(table)
 
 

@@ -51,6 +51,10 @@ class Table:
     # A time the key fixes (rows with equal keys have equal values of it, to the millisecond),
     # so an insert of new keys need only match the table's rows from the batch's earliest on.
     key_time: str | None = None
+    # How rows with one key add up, per other column: "sum", "min", "max" (nulls ignored) or
+    # "union" (of string lists, sorted). A table with a fold is appended to, not merged into:
+    # a key may have several rows, and its value is their fold (``io/folds.py``).
+    fold: tuple[tuple[str, str], ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -139,16 +143,20 @@ FLAG_SCHEMA = _schema(
 )
 FRAUD_FLAGS = Table("gold/fraud_flags", FLAG_SCHEMA, key=("flag_id",), key_time="first_event_time")
 
-# Per user: closed sessions and fraud flags so far (``gold/profiles.py``), merged per batch.
+# Per user: closed sessions and fraud flags so far (``gold/profiles.py``). Each gold batch
+# appends a row per user it touched; ``funnelhouse maintain`` folds them into one per user.
 USER_PROFILE = Table("gold/user_profile", _schema(
     ("user_id", STR), ("first_seen", TS), ("last_seen", TS), ("sessions", LONG), ("purchases", LONG),
     ("revenue", DBL), ("fraud_flags", LONG), ("countries", STRS), ("first_session_end", TS),
-), key=("user_id",))
+), key=("user_id",), fold=(("first_seen", "min"), ("last_seen", "max"), ("sessions", "sum"),
+                           ("purchases", "sum"), ("revenue", "sum"), ("fraud_flags", "sum"),
+                           ("countries", "union"), ("first_session_end", "min")))
 
-# Per keyed IP hash: closed sessions and the users seen on it so far, merged per batch.
+# Per keyed IP hash: closed sessions and the users seen on it so far, appended and folded alike.
 IP_PROFILE = Table("gold/ip_profile", _schema(
     ("ip_hash", STR), ("first_seen", TS), ("last_seen", TS), ("sessions", LONG), ("users", STRS),
-), key=("ip_hash",))
+), key=("ip_hash",), fold=(("first_seen", "min"), ("last_seen", "max"), ("sessions", "sum"),
+                           ("users", "union")))
 
 # The champion anomaly model's score of each closed session (``pipelines/anomaly/``).
 ANOMALY_SCORES = Table("gold/anomaly_scores", _schema(

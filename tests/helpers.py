@@ -17,8 +17,10 @@ from pathlib import Path
 from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 
+from pipelines import tables
 from pipelines.config import REPO_ROOT, Settings
 from pipelines.generate import land
+from pipelines.io.folds import fold_spark
 
 SAMPLE = REPO_ROOT / "data" / "sample"
 
@@ -47,7 +49,11 @@ def lake_copy(s: Settings, dest: Path) -> Settings:
 
 
 def read(spark: SparkSession, s: Settings, table: str) -> DataFrame:
-    return spark.read.format("delta").load(s.table(table))
+    """A table as its readers see it: a table whose rows add up (the profiles) folded, one
+    row per key (``io/folds.py``)."""
+    rows = spark.read.format("delta").load(s.table(table))
+    declared = next((t for t in tables.ALL if t.name == table), None)
+    return rows.transform(fold_spark(declared)) if declared is not None and declared.fold else rows
 
 
 def assert_same_rows(actual: DataFrame, expected: DataFrame, precision: float | None = 1e-9) -> None:

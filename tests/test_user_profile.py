@@ -1,19 +1,25 @@
 """gold/user_profile and gold/ip_profile on hand-built sessions and flags: the stream's pandas
-deltas, merged in two batches into real Delta tables, equal the batch build's rows, and both
-equal the hand-written profiles."""
+deltas, appended in two batches to real Delta tables and folded by each reader (Arrow, Spark,
+DuckDB) or by ``funnelhouse maintain``, equal the batch build's rows, and both equal the
+hand-written profiles."""
 
 from datetime import UTC, datetime
 
 import pandas as pd
+import pyarrow as pa
 from chispa import assert_df_equality
-from deltalake import write_deltalake
+from deltalake import DeltaTable, write_deltalake
+from pyspark.sql import DataFrame
 
 from pipelines import tables as T
 from pipelines.gold import apply
 from pipelines.gold.build import ip_profile_rows, profile_rows
 from pipelines.gold.profiles import ip_deltas, profile_deltas
 from pipelines.io.delta_rs import Commit, arrow_schema, read
+from pipelines.io.folds import fold_arrow, fold_spark
 from pipelines.io.ledger import Ledger
+from pipelines.jobs.maintain import fold_table
+from pipelines.lake_sql import connect
 
 
 def _t(minute: int) -> datetime:
@@ -89,19 +95,47 @@ def test_one_batchs_deltas_are_the_hand_written_rows_sorted_with_sorted_lists():
         {"ip_hash": "h3", "sessions": 1, "users": []}]  # a session without a user names none
 
 
-def test_stream_deltas_merged_batch_by_batch_give_the_same_profiles(spark, tmp_path):
-    path, ip_path = str(tmp_path / "user_profile"), str(tmp_path / "ip_profile")
+def _streamed(lake) -> tuple[str, str]:
+    """The profile tables of ``lake`` after two gold batches' appends. Batch 0 closes u1's
+    first session and u2's; batch 1 closes u1's second and raises the flags."""
+    path, ip_path = str(lake / "gold" / "user_profile"), str(lake / "gold" / "ip_profile")
     write_deltalake(path, arrow_schema(T.USER_PROFILE).empty_table())
     write_deltalake(ip_path, arrow_schema(T.IP_PROFILE).empty_table())
     closed = _sessions()[~_sessions()["is_open"]]
     ledger = Ledger()
-    # Batch 0 closes u1's first session and u2's; batch 1 closes u1's second and raises the flags.
     for batch, (rows, flags) in enumerate([(closed.iloc[[0, 2]], None), (closed.iloc[[1]], _flags())]):
         apply.user_profiles(Commit("test", batch, ledger), profile_deltas(rows, flags), path)
         apply.ip_profiles(Commit("test", batch, ledger), ip_deltas(rows), ip_path)
-    got = spark.createDataFrame(read(path).to_pandas(), T.USER_PROFILE.schema)
-    expected = spark.createDataFrame(EXPECTED, T.USER_PROFILE.schema)
-    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
-    got = spark.createDataFrame(read(ip_path).to_pandas(), T.IP_PROFILE.schema)
-    assert_df_equality(got, spark.createDataFrame(EXPECTED_IPS, T.IP_PROFILE.schema),
+    return path, ip_path
+
+
+def _assert_profiles(spark, users, ips) -> None:
+    """``users`` and ``ips`` (Spark DataFrames, Arrow or pandas) are the hand-written profiles."""
+    def frame(rows, table):
+        return rows if isinstance(rows, DataFrame) else spark.createDataFrame(
+            rows.to_pandas() if isinstance(rows, pa.Table) else rows, table.schema)
+    assert_df_equality(frame(users, T.USER_PROFILE), spark.createDataFrame(EXPECTED, T.USER_PROFILE.schema),
                        ignore_row_order=True, ignore_nullable=True)
+    assert_df_equality(frame(ips, T.IP_PROFILE), spark.createDataFrame(EXPECTED_IPS, T.IP_PROFILE.schema),
+                       ignore_row_order=True, ignore_nullable=True)
+
+
+def test_stream_appends_a_row_per_batch_and_every_reader_folds_them_to_the_profiles(spark, tmp_path):
+    path, ip_path = _streamed(tmp_path)
+    # u1 and h1 have a row from each batch; nothing was rewritten
+    assert sorted(read(path)["user_id"].to_pylist()) == ["u1", "u1", "u2", "u3"]
+    assert sorted(read(ip_path)["ip_hash"].to_pylist()) == ["h1", "h1", "h2"]
+    _assert_profiles(spark, fold_arrow(read(path), T.USER_PROFILE), fold_arrow(read(ip_path), T.IP_PROFILE))
+    _assert_profiles(spark, spark.read.format("delta").load(path).transform(fold_spark(T.USER_PROFILE)),
+                     spark.read.format("delta").load(ip_path).transform(fold_spark(T.IP_PROFILE)))
+    con = connect(tmp_path)  # funnelhouse sql and the dashboard
+    _assert_profiles(spark, con.sql("SELECT * FROM gold_user_profile").df(),
+                     con.sql("SELECT * FROM gold_ip_profile").df())
+
+
+def test_maintain_folds_each_key_into_one_row_and_a_second_run_folds_nothing(spark, tmp_path):
+    path, ip_path = _streamed(tmp_path)
+    assert fold_table(path, T.USER_PROFILE) == 1 and fold_table(ip_path, T.IP_PROFILE) == 1
+    _assert_profiles(spark, read(path), read(ip_path))  # one stored row per key, as a batch build writes
+    version = DeltaTable(path).version()
+    assert fold_table(path, T.USER_PROFILE) == 0 and DeltaTable(path).version() == version

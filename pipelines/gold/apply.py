@@ -14,9 +14,9 @@ the rows the changes name:
   product left with nothing is deleted. The funnel MERGE is pruned to the cells' dates.
 - ``gold/campaign_performance``: one row per campaign; totals added, then the budget shares
   recomputed over all campaigns (they depend on each other).
-- ``gold/user_profile`` and ``gold/ip_profile``: per user or IP hash, counts and revenue
-  added, ``first_seen``/``last_seen``/``first_session_end`` the earlier/later, ``countries``
-  and ``users`` the sorted union.
+- ``gold/user_profile`` and ``gold/ip_profile``: appended, one row per user or IP hash the
+  batch touched, holding what the batch adds; a key's profile is the fold of its rows
+  (``io/folds.py``), so no batch rewrites the rows of users it did not touch.
 - alerts, reminders, flags, offers: inserted when their id is new.
 """
 
@@ -137,29 +137,14 @@ def campaign_performance(commit: Commit, delta: pa.Table, path: str) -> None:
 
 
 def user_profiles(commit: Commit, deltas: pa.Table, path: str) -> None:
-    """Per-user deltas (``gold/profiles.profile_deltas``) -> ``gold/user_profile``."""
-    updates = {c: f"t.{c} + s.{c}" for c in ("sessions", "purchases", "revenue", "fraud_flags")}
-    updates |= {"first_seen": _earlier("first_seen"), "last_seen": _later("last_seen"),
-                "first_session_end": _earlier("first_session_end"),
-                "countries": "array_sort(array_union(t.countries, s.countries))"}
-    commit.merge(deltas, path, T.USER_PROFILE, "t.user_id = s.user_id",
-                 lambda m: m.when_matched_update(updates=updates).when_not_matched_insert_all())
+    """Per-user deltas (``gold/profiles.profile_deltas``) -> rows appended to
+    ``gold/user_profile``, folded with the stored ones on read (``Table.fold``)."""
+    commit.append(deltas, path, T.USER_PROFILE)
 
 
 def ip_profiles(commit: Commit, deltas: pa.Table, path: str) -> None:
-    """Per-IP deltas (``gold/profiles.ip_deltas``) -> ``gold/ip_profile``."""
-    updates = {"sessions": "t.sessions + s.sessions", "first_seen": _earlier("first_seen"),
-               "last_seen": _later("last_seen"), "users": "array_sort(array_union(t.users, s.users))"}
-    commit.merge(deltas, path, T.IP_PROFILE, "t.ip_hash = s.ip_hash",
-                 lambda m: m.when_matched_update(updates=updates).when_not_matched_insert_all())
-
-
-def _earlier(c: str) -> str:
-    return f"CASE WHEN t.{c} IS NULL OR s.{c} < t.{c} THEN s.{c} ELSE t.{c} END"
-
-
-def _later(c: str) -> str:
-    return f"CASE WHEN t.{c} IS NULL OR s.{c} > t.{c} THEN s.{c} ELSE t.{c} END"
+    """Per-IP deltas (``gold/profiles.ip_deltas``) -> rows appended to ``gold/ip_profile``."""
+    commit.append(deltas, path, T.IP_PROFILE)
 
 
 def closing_cells(path: str, watermark: datetime, gap: timedelta) -> pa.Table:

@@ -8,6 +8,11 @@ partition, and commits the result with ``dataChange = false``, so a running stre
 (gold reading silver) skip it. Gold tables are compacted under the gold lease
 (``io/lease.py``), so a gold micro-batch's MERGE never races a compaction of its table.
 
+A table whose rows add up (``Table.fold``: ``gold/user_profile``, ``gold/ip_profile``) gets one
+row appended per key each micro-batch touched; maintenance first folds them into one row per
+key (``io/folds.py``), in one overwrite under the gold lease, so the stream's next append lands
+beside the folded rows and loses nothing.
+
 VACUUM then deletes the files that left the table more than ``maintenance.vacuum_retention``
 ago. Keep that longer than the longest a stream may lag or stay stopped: a stream restarted
 from an older checkpoint needs the files of the versions it has not read yet.
@@ -25,10 +30,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 
 from pipelines import tables as T
 from pipelines.config import Settings
+from pipelines.io.delta_rs import arrow_schema
+from pipelines.io.folds import fold_arrow
 from pipelines.io.lease import lease
 from pipelines.io.ledger import rs_uri
 
@@ -42,10 +49,24 @@ class Maintained:
     files_after: int
     vacuumed: int
     expired: int = 0  # rows deleted for being older than their retention (bronze)
+    folded: int = 0  # rows folded away: a key's several rows made one (the profiles)
 
 
 def _exists(path: str) -> bool:
     return "://" in path or (Path(path) / "_delta_log").is_dir()
+
+
+def fold_table(path: str, t: T.Table, dry_run: bool = False) -> int:
+    """Fold a table's rows into one per key (``Table.fold``); returns the rows folded away
+    (or that would be). Nothing is written when each key has one row already."""
+    table = DeltaTable(rs_uri(path))
+    rows = table.to_pyarrow_table()
+    folded = fold_arrow(rows, t)
+    gone = rows.num_rows - folded.num_rows
+    if gone and not dry_run:
+        write_deltalake(table, folded.cast(arrow_schema(t)), mode="overwrite")
+        log.info("%s: %d rows folded into %d", t.name, rows.num_rows, folded.num_rows)
+    return gone
 
 
 def maintain_table(path: str, name: str, s: Settings, dry_run: bool = False) -> Maintained:
@@ -90,8 +111,9 @@ def maintain(s: Settings, dry_run: bool = False, today: date | None = None) -> l
         expired = expire_bronze(path, s, today, dry_run) if t is T.BRONZE_EVENTS else 0
         if t in T.GOLD_STREAM:
             with lease(s.lake, who="maintain"):
+                folded = fold_table(path, t, dry_run) if t.fold else 0
                 m = maintain_table(path, t.name, s, dry_run)
         else:
-            m = maintain_table(path, t.name, s, dry_run)
-        done.append(Maintained(m.table, m.files_before, m.files_after, m.vacuumed, expired))
+            folded, m = 0, maintain_table(path, t.name, s, dry_run)
+        done.append(Maintained(m.table, m.files_before, m.files_after, m.vacuumed, expired, folded))
     return done

@@ -36,6 +36,7 @@ from pipelines.gold.retarget import as_offers
 from pipelines.gold.sessions import typed_session_rows
 from pipelines.io.delta_rs import Commit, arrow_schema, from_pandas, max_stat
 from pipelines.io.delta_rs import read as delta_read
+from pipelines.io.folds import fold_arrow
 from pipelines.notify.channels import channels
 from pipelines.notify.messages import SOURCE_TABLE
 from pipelines.notify.outbox import open_outbox, record_rows
@@ -272,7 +273,7 @@ class GoldStep(Handler):
 
     def _profiles(self, commit: Commit, closed: pd.DataFrame | None, flags: pd.DataFrame | None) -> None:
         """The sessions this batch closed and the flags it raised -> ``gold/user_profile`` and
-        ``gold/ip_profile`` (MERGEs of the users and addresses they name)."""
+        ``gold/ip_profile`` (a row appended per user and address they name)."""
         closed = closed if closed is not None else pd.DataFrame(columns=T.SESSION_FUNNEL.columns)
         deltas = profile_deltas(closed, flags)
         if deltas.num_rows:
@@ -289,9 +290,9 @@ class GoldStep(Handler):
         if champion is None:
             return {}
         version, model, cut = champion
-        users = _stored(self.paths[T.USER_PROFILE.name], "user_id", closed["user_id"],
+        users = _stored(T.USER_PROFILE, self.paths[T.USER_PROFILE.name], closed["user_id"],
                         ["user_id", "first_session_end"])
-        ips = _stored(self.paths[T.IP_PROFILE.name], "ip_hash", closed["ip_hashes"].explode().dropna(),
+        ips = _stored(T.IP_PROFILE, self.paths[T.IP_PROFILE.name], closed["ip_hashes"].explode().dropna(),
                       ["ip_hash", "users"])
         rows = score_rows(with_history(closed, users, ips), model, cut, version,
                           pd.Timestamp.now(tz="UTC").tz_localize(None))
@@ -359,11 +360,12 @@ def funnel_metrics(funnel_path: str, performance_path: str) -> None:
         metrics.CAMPAIGN_REVENUE.labels(campaign).set(row["revenue"])
 
 
-def _stored(path: str, key: str, keys: pd.Series, columns: list[str]) -> pd.DataFrame:
-    """The rows of a profile table whose ``key`` is among ``keys``."""
-    table = delta_read(path, columns=columns)
+def _stored(table: T.Table, path: str, keys: pd.Series, columns: list[str]) -> pd.DataFrame:
+    """The stored profiles (``table``: its rows folded, one per key) of ``keys``."""
+    (key,) = table.key
+    rows = delta_read(path, columns=columns)
     wanted = pa.array(pd.unique(keys.to_numpy(object)), pa.string())
-    return table.filter(pc.is_in(table[key], value_set=wanted)).to_pandas()
+    return fold_arrow(rows.filter(pc.is_in(rows[key], value_set=wanted)), table).to_pandas()
 
 
 def to_arrow_table(frame: pd.DataFrame, schema: StructType) -> pa.Table:
