@@ -32,6 +32,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from pipelines.io.delta_log import column_names
 from pipelines.steps import STEPS
 
 CHECKPOINT_INTERVAL = 100
@@ -233,7 +234,8 @@ def ensure(spark: SparkSession, lake: str, table: Table) -> str:
                 if not any(log.glob("*.json")):
                     raise
         else:
-            check_columns(table, RsTable(local).schema().to_arrow().names, path)
+            stored = column_names(local) or RsTable(local).schema().to_arrow().names
+            check_columns(table, stored, path)
         return path
     builder = (DeltaTable.createIfNotExists(spark).location(path).addColumns(table.schema)
                .partitionedBy(*table.partition_by))

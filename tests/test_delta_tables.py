@@ -1,17 +1,19 @@
 """The driver's Delta tables (``io/delta_rs.opened``): a table object kept between
 micro-batches still reads what other writers committed, and a table made again at the same
-path is read afresh."""
+path is read afresh; the ledger of committed batches; columns read from the log."""
 
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
-from deltalake import write_deltalake
+import pytest
+from deltalake import CommitProperties, DeltaTable, Field, write_deltalake
 
 from pipelines import tables as T
+from pipelines.io.delta_log import column_names
 from pipelines.io.delta_rs import Commit, arrow_schema, hooks, opened, read
-from pipelines.io.ledger import Ledger
+from pipelines.io.ledger import Ledger, last_committed, marker
 
 
 def _ids(path: str) -> list[int]:
@@ -124,3 +126,43 @@ def test_a_commit_looks_for_expired_log_entries_only_when_it_checkpoints(tmp_pat
     assert cleanups == [False, None, False, False, None, False, False]
     assert sorted(p.name for p in (Path(path) / "_delta_log").glob("*.checkpoint.parquet")) == [
         "00000000000000000002.checkpoint.parquet", "00000000000000000005.checkpoint.parquet"]
+
+
+def test_the_ledger_answers_from_the_tables_transaction_ids_without_reading_its_history(
+        tmp_path, monkeypatch):
+    """Each commit carries its batch as a Delta transaction id, which the loaded table holds:
+    a restarted writer learns its last batch without reading the table's history, skips a
+    replay of it and writes the next."""
+    path = str(tmp_path / "quality_results")
+    _eleven_commits(path, {}, lambda: None)
+    assert DeltaTable(path).transaction_version("test") == 11
+    monkeypatch.setattr(DeltaTable, "history", lambda *a, **k: pytest.fail("history was read"))
+    assert last_committed(path, "test") == 11
+    row = read(path).slice(0, 1)
+    ledger = Ledger()  # a restarted writer
+    assert not Commit("test", 11, ledger).append(row, path, T.QUALITY_RESULTS)
+    assert Commit("test", 12, ledger).append(row, path, T.QUALITY_RESULTS)
+    assert read(path).num_rows == 12 and DeltaTable(path).transaction_version("test") == 12
+
+
+def test_a_table_committed_to_before_transaction_ids_is_answered_from_its_history(tmp_path):
+    path = str(tmp_path / "t")
+    write_deltalake(path, pa.table({"id": [1]}),
+                    commit_properties=CommitProperties(custom_metadata={"userMetadata": marker("old", 4)}))
+    write_deltalake(path, pa.table({"id": [2]}), mode="append")  # another writer after it
+    assert DeltaTable(path).transaction_version("old") is None
+    assert last_committed(path, "old") == 4 and last_committed(path, "other") == -1
+
+
+def test_a_tables_columns_are_read_from_the_log_after_its_checkpoint(tmp_path):
+    """``tables.ensure`` checks a stored table's columns from its log: the commits after the
+    newest checkpoint, else that checkpoint; a column added later is seen."""
+    path = str(tmp_path / "quality_results")
+    fresh = str(tmp_path / "fresh")
+    write_deltalake(fresh, pa.table({"a": [1], "b": ["x"]}))
+    assert column_names(fresh) == ["a", "b"]  # no checkpoint: the first commit's
+    _eleven_commits(path, {}, lambda: None)  # checkpointed at version 11, the newest
+    assert (Path(path) / "_delta_log" / "_last_checkpoint").exists()
+    assert column_names(path) == T.QUALITY_RESULTS.columns
+    DeltaTable(path).alter.add_columns(Field("note", "string"))
+    assert column_names(path) == [*T.QUALITY_RESULTS.columns, "note"]

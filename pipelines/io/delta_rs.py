@@ -26,6 +26,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError
 from deltalake.table import TableMerger
+from deltalake.transaction import Transaction
 from pyspark.sql import DataFrame
 from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -163,13 +164,14 @@ class Commit:
         self.app_id, self.batch_id, self.ledger = app_id, batch_id, ledger
 
     def _done(self, path: str) -> bool:
-        if self.ledger.has(path, self.app_id, self.batch_id):
+        if self.ledger.has(path, self.app_id, self.batch_id, opened(path)):
             log.info("batch %d is already in %s; not written again", self.batch_id, path)
             return True
         return False
 
     def _props(self) -> CommitProperties:
         return CommitProperties(custom_metadata={"userMetadata": marker(self.app_id, self.batch_id)},
+                                app_transactions=[Transaction(self.app_id, self.batch_id)],
                                 max_commit_retries=RETRIES)
 
     def _committed(self, path: str) -> None:

@@ -8,10 +8,13 @@ already holds that batch, and skips the write if so. That is the guarantee of De
 read the transaction ids on every such commit, 1.3-1.8 s a micro-batch on this machine
 (docs/performance.md).
 
-The first question about a (table, app) reads the table's history, newest first, with
-delta-rs (no Spark job) until it meets that app's newest commit; later answers come from what
-this process committed since. So nothing the ledger knows is lost by a restart: the table
-holds it.
+Each commit also carries the batch as a Delta transaction id (``txn``: the app id and the
+batch id), which delta-rs keeps in the table's state. So the first question about a (table,
+app) is answered from the table the write loads anyway (``DeltaTable.transaction_version``);
+only a table last written before the ids were (or never by that app) has its history read,
+newest first, until it meets that app's newest commit. Later answers come from what this
+process committed since. So nothing the ledger knows is lost by a restart: the table holds
+it.
 """
 
 from __future__ import annotations
@@ -41,23 +44,28 @@ class Ledger:
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], int] = {}
 
-    def last(self, path: str, app_id: str) -> int:
+    def last(self, path: str, app_id: str, table: DeltaTable | None = None) -> int:
+        """``table``: the table at ``path`` as of its newest commit, if loaded already."""
         key = (path, app_id)
         if key not in self._last:
-            self._last[key] = last_committed(path, app_id)
+            self._last[key] = last_committed(path, app_id, table)
         return self._last[key]
 
-    def has(self, path: str, app_id: str, batch_id: int) -> bool:
-        return batch_id <= self.last(path, app_id)
+    def has(self, path: str, app_id: str, batch_id: int, table: DeltaTable | None = None) -> bool:
+        return batch_id <= self.last(path, app_id, table)
 
     def record(self, path: str, app_id: str, batch_id: int) -> None:
         self._last[(path, app_id)] = max(batch_id, self._last.get((path, app_id), -1))
 
 
-def last_committed(path: str, app_id: str) -> int:
-    """The newest batch id ``app_id`` committed to the table at ``path`` (-1 when none)."""
+def last_committed(path: str, app_id: str, table: DeltaTable | None = None) -> int:
+    """The newest batch id ``app_id`` committed to the table at ``path`` (-1 when none);
+    ``table`` is that table, when loaded already."""
+    table = table if table is not None else DeltaTable(rs_uri(path))
+    version = table.transaction_version(app_id)
+    if version is not None:
+        return version
     prefix = f"{PREFIX}:{app_id}:"
-    table = DeltaTable(rs_uri(path))
     limit = 100
     while True:
         commits = table.history(limit)
