@@ -10,13 +10,14 @@ from datetime import date
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable
 from rich.console import Console
 from rich.table import Table as RichTable
 
 from pipelines import tables
 from pipelines.config import Settings
-from pipelines.io.delta_rs import row_count
+from pipelines.io.delta_rs import read, row_count
 from pipelines.io.ledger import rs_uri
 from pipelines.steps import STEPS
 
@@ -39,6 +40,17 @@ def _rows(sql: str, **relations: pa.Table) -> list[dict]:
     return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
 
 
+def rows_label(t: tables.Table, path: str) -> str:
+    """A table's rows; for a table whose rows add up (the profiles), its keys, and the rows it
+    stores until ``funnelhouse maintain`` folds them."""
+    stored = row_count(path)
+    if not t.fold:
+        return f"{stored:,}"
+    (key,) = t.key
+    keys = pc.count_distinct(read(path, columns=[key])[key]).as_py()
+    return f"{keys:,}" + (f" ({stored:,} stored)" if stored != keys else "")
+
+
 def print_summary(s: Settings, console: Console) -> None:
     """Rows per table, quarantine by reason, late events, then the report and fraud flags."""
     counts = RichTable(title="Rows per table", show_lines=False)
@@ -47,7 +59,7 @@ def print_summary(s: Settings, console: Console) -> None:
     for t in tables.ALL:
         path = rs_uri(s.table(t.name))
         if DeltaTable.is_deltatable(path):
-            counts.add_row(t.name, f"{row_count(path):,}")
+            counts.add_row(t.name, rows_label(t, path))
     console.print(counts)
     print_conservation(s, console)
 

@@ -20,6 +20,7 @@ from pipelines.io.folds import fold_arrow, fold_spark
 from pipelines.io.ledger import Ledger
 from pipelines.jobs.maintain import fold_table
 from pipelines.lake_sql import connect
+from pipelines.report import rows_label
 
 
 def _t(minute: int) -> datetime:
@@ -135,7 +136,9 @@ def test_stream_appends_a_row_per_batch_and_every_reader_folds_them_to_the_profi
 
 def test_maintain_folds_each_key_into_one_row_and_a_second_run_folds_nothing(spark, tmp_path):
     path, ip_path = _streamed(tmp_path)
+    assert rows_label(T.USER_PROFILE, path) == "3 (4 stored)"  # funnelhouse summary: users, rows
     assert fold_table(path, T.USER_PROFILE) == 1 and fold_table(ip_path, T.IP_PROFILE) == 1
+    assert rows_label(T.USER_PROFILE, path) == "3"
     _assert_profiles(spark, read(path), read(ip_path))  # one stored row per key, as a batch build writes
     version = DeltaTable(path).version()
     assert fold_table(path, T.USER_PROFILE) == 0 and DeltaTable(path).version() == version

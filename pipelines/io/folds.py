@@ -27,6 +27,8 @@ from pyspark.sql import functions as F
 from pipelines.tables import Table
 
 _ARROW = {"sum": "sum", "min": "min", "max": "max"}
+# A sum's DuckDB type by the column's Spark type: a bigint stays one (DuckDB sums it as HUGEINT).
+_DUCK_SUM = {"long": "BIGINT", "integer": "BIGINT", "double": "DOUBLE"}
 
 
 def fold_arrow(rows: pa.Table, table: Table) -> pa.Table:
@@ -75,7 +77,3 @@ def fold_spark(table: Table):
         folded = df.groupBy(key).agg(*[spark[how[c]](c).alias(c) for c in table.columns if c != key])
         return folded.select(*[F.col(f.name).cast(f.dataType) for f in table.schema.fields])
     return _
-
-
-# A sum's DuckDB type by the column's Spark type: a bigint stays one (DuckDB sums it as HUGEINT).
-_DUCK_SUM = {"long": "BIGINT", "integer": "BIGINT", "double": "DOUBLE"}
