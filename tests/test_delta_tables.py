@@ -166,3 +166,24 @@ def test_a_tables_columns_are_read_from_the_log_after_its_checkpoint(tmp_path):
     assert column_names(path) == T.QUALITY_RESULTS.columns
     DeltaTable(path).alter.add_columns(Field("note", "string"))
     assert column_names(path) == [*T.QUALITY_RESULTS.columns, "note"]
+
+
+def test_a_write_the_ledger_knows_is_skipped_without_loading_the_table(tmp_path, monkeypatch):
+    """A replayed write the ledger already answers loads nothing: on an object store each
+    load of a table reads its log afresh."""
+    from pipelines.io import delta_rs
+
+    path = str(tmp_path / "quality_results")
+    _eleven_commits(path, {}, lambda: None)
+    ledger = Ledger()
+    ledger.record(path, "test", 11)
+    row = read(path).slice(0, 1)
+    monkeypatch.setattr(delta_rs, "opened", lambda p: pytest.fail("the table was loaded"))
+    assert not Commit("test", 11, ledger).append(row, path, T.QUALITY_RESULTS)
+
+
+def test_columns_are_left_to_a_load_when_the_checkpoint_named_is_not_there(tmp_path):
+    path = str(tmp_path / "quality_results")
+    _eleven_commits(path, {}, lambda: None)
+    (Path(path) / "_delta_log" / f"{11:020d}.checkpoint.parquet").unlink()
+    assert column_names(path) is None

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 
 def column_names(path: str | Path) -> list[str] | None:
     """The column names of the newest ``metaData`` in the log of the local table at ``path``;
-    None when its log from the newest checkpoint on does not hold one (the caller loads the
-    table then)."""
+    None when its log from the newest checkpoint on does not hold one, or that checkpoint is
+    not a classic one (a v2 checkpoint names other files): the caller loads the table then."""
     log = Path(path) / "_delta_log"
     start, checkpoint = _checkpoint(log)
     newest = None
@@ -28,6 +28,8 @@ def column_names(path: str | Path) -> list[str] | None:
         newest = _metadata(commit) or newest
         version += 1
     if newest is None and checkpoint:
+        if not all(part.exists() for part in checkpoint):  # a layout this does not read
+            return None
         for part in checkpoint:
             rows = pq.read_table(part, columns=["metaData"]).column("metaData").drop_null()
             if len(rows):

@@ -164,7 +164,7 @@ class Commit:
         self.app_id, self.batch_id, self.ledger = app_id, batch_id, ledger
 
     def _done(self, path: str) -> bool:
-        if self.ledger.has(path, self.app_id, self.batch_id, opened(path)):
+        if self.ledger.has(path, self.app_id, self.batch_id, lambda: opened(path)):
             log.info("batch %d is already in %s; not written again", self.batch_id, path)
             return True
         return False

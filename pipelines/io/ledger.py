@@ -20,6 +20,7 @@ it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from deltalake import DeltaTable
 
@@ -44,15 +45,17 @@ class Ledger:
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], int] = {}
 
-    def last(self, path: str, app_id: str, table: DeltaTable | None = None) -> int:
-        """``table``: the table at ``path`` as of its newest commit, if loaded already."""
+    def last(self, path: str, app_id: str, load: Callable[[], DeltaTable] | None = None) -> int:
+        """``load``: how to get the table at ``path`` as of its newest commit (a writer's kept
+        object), called only when the ledger does not know the answer yet."""
         key = (path, app_id)
         if key not in self._last:
-            self._last[key] = last_committed(path, app_id, table)
+            self._last[key] = last_committed(path, app_id, load() if load is not None else None)
         return self._last[key]
 
-    def has(self, path: str, app_id: str, batch_id: int, table: DeltaTable | None = None) -> bool:
-        return batch_id <= self.last(path, app_id, table)
+    def has(self, path: str, app_id: str, batch_id: int,
+            load: Callable[[], DeltaTable] | None = None) -> bool:
+        return batch_id <= self.last(path, app_id, load)
 
     def record(self, path: str, app_id: str, batch_id: int) -> None:
         self._last[(path, app_id)] = max(batch_id, self._last.get((path, app_id), -1))
