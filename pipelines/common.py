@@ -62,6 +62,18 @@ def distinct_lists(owner: np.ndarray, values: pa.Array | pa.ChunkedArray | np.nd
     return pa.ListArray.from_arrays(offsets, names.take(by_name).cast(pa.string()).take(code))
 
 
+def keyed_lists(keys: pa.Array | pa.ChunkedArray, paired: pa.Array | pa.ChunkedArray,
+                values: pa.Array | pa.ChunkedArray) -> pa.ListArray:
+    """Per key of ``keys`` (distinct), the sorted distinct non-null ``values`` paired with it
+    (``paired`` and ``values`` aligned; ``distinct_lists``; an empty list when none): a user's
+    countries, an address's users."""
+    known = pc.is_valid(paired)
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    owner = pc.index_in(paired.filter(known), value_set=keys).to_numpy()
+    return distinct_lists(owner, values.filter(known), len(keys))
+
+
 def sorted_distinct(values: np.ndarray) -> np.ndarray:
     """``np.unique`` of an int64 array, by a sort and a neighbour test: numpy 2's
     ``np.unique`` hashes first, about 40x slower on a micro-batch's (owner, value) pairs and

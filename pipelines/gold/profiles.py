@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.common import Transform, distinct_lists, require_columns, string_lists
+from pipelines.common import Transform, keyed_lists, require_columns, string_lists
 from pipelines.io.delta_rs import arrow_schema
 from pipelines.tables import IP_PROFILE, USER_PROFILE
 
@@ -51,7 +51,8 @@ def profile_deltas(sessions: pd.DataFrame, flags: pd.DataFrame | None) -> pa.Tab
                                      ("last_seen", "min")])
     countries = string_lists(sessions["countries"])
     at = pc.list_parent_indices(countries)
-    out = out.append_column("countries", _lists(out["user_id"], users.take(at), pc.list_flatten(countries)))
+    out = out.append_column("countries",
+                            keyed_lists(out["user_id"], users.take(at), pc.list_flatten(countries)))
     out = out.rename_columns(["user_id", "first_seen", "last_seen", "sessions", "purchases", "revenue",
                               "fraud_flags", "first_session_end", "countries"])
     return out.select(USER_PROFILE.columns).cast(arrow_schema(USER_PROFILE))
@@ -68,7 +69,7 @@ def ip_deltas(sessions: pd.DataFrame) -> pa.Table:
                      "first_seen": _utc(sessions["session_start"]).take(at),
                      "last_seen": _utc(sessions["session_end"]).take(at)})
     out = _grouped(rows, "ip_hash", [("first_seen", "min"), ("last_seen", "max"), ("ip_hash", "count")])
-    out = out.append_column("users", _lists(out["ip_hash"], rows["ip_hash"], rows["user_id"]))
+    out = out.append_column("users", keyed_lists(out["ip_hash"], rows["ip_hash"], rows["user_id"]))
     out = out.rename_columns(["ip_hash", "first_seen", "last_seen", "sessions", "users"])
     return out.cast(arrow_schema(IP_PROFILE))
 
@@ -92,14 +93,6 @@ def _grouped(rows: pa.Table, key: str, aggregations: list[tuple[str, str]]) -> p
     out = rows.group_by(key, use_threads=False).aggregate(aggregations)
     out = out.select([key, *[f"{c}_{f}" for c, f in aggregations]])
     return out.sort_by(key)
-
-
-def _lists(keys: pa.ChunkedArray, paired: pa.Array, values: pa.Array) -> pa.ListArray:
-    """Per key of ``keys`` (distinct), the sorted distinct non-null ``values`` paired with it
-    (``distinct_lists``; an empty list when none)."""
-    known = pc.is_valid(paired)
-    owner = pc.index_in(paired.filter(known), value_set=keys.combine_chunks()).to_numpy()
-    return distinct_lists(owner, values.filter(known), len(keys))
 
 
 def user_profiles(flags: DataFrame) -> Transform:

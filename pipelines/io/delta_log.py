@@ -16,6 +16,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 
+def commit_file(path: str | Path, version: int) -> Path:
+    """The file of a local table's commit ``version``."""
+    return Path(path) / "_delta_log" / f"{version:020d}.json"
+
+
 def column_names(path: str | Path) -> list[str] | None:
     """The column names of the newest ``metaData`` in the log of the local table at ``path``;
     None when its log from the newest checkpoint on does not hold one, or that checkpoint is
@@ -24,7 +29,7 @@ def column_names(path: str | Path) -> list[str] | None:
     start, checkpoint = _checkpoint(log)
     newest = None
     version = start + 1
-    while (commit := log / f"{version:020d}.json").exists():
+    while (commit := commit_file(path, version)).exists():
         newest = _metadata(commit) or newest
         version += 1
     if newest is None and checkpoint:

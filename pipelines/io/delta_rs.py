@@ -30,6 +30,7 @@ from deltalake.transaction import Transaction
 from pyspark.sql import DataFrame
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from pipelines.io.delta_log import commit_file
 from pipelines.io.ledger import Ledger, marker, rs_uri
 from pipelines.tables import Table
 
@@ -82,7 +83,7 @@ def opened(path: str) -> DeltaTable:
     # moves its version on (a check of that commit's file would always miss, and load anew).
     if held is not None and _commit_stat(uri, held[1]) == held[2] and not _worn(held[0], held[3]):
         dt, loaded = held[0], held[3]
-        if os.path.exists(_commit_file(uri, dt.version() + 1)):  # another writer's commit
+        if os.path.exists(commit_file(uri, dt.version() + 1)):  # another writer's commit
             dt.update_incremental()
     else:
         dt = DeltaTable(uri)
@@ -106,13 +107,9 @@ def checkpoint_interval(dt: DeltaTable) -> int:
     return int(dt.metadata().configuration.get("delta.checkpointInterval", CHECKPOINT_EVERY))
 
 
-def _commit_file(uri: str, version: int) -> str:
-    return os.path.join(uri, "_delta_log", f"{version:020d}.json")
-
-
 def _commit_stat(uri: str, version: int) -> tuple[int, int, int] | None:
     try:
-        st = os.stat(_commit_file(uri, version))
+        st = os.stat(commit_file(uri, version))
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size

@@ -18,7 +18,6 @@ that touched it, and afterwards once.
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
@@ -34,7 +33,7 @@ _DUCK_SUM = {"long": "BIGINT", "integer": "BIGINT", "double": "DOUBLE"}
 def fold_arrow(rows: pa.Table, table: Table) -> pa.Table:
     """Rows of ``table`` (its key and any of its folded columns) -> one row per key, sorted by
     the key, with the columns ``rows`` has, in the table's order."""
-    from pipelines.common import distinct_lists  # with pandas: not for ``funnelhouse sql``'s start
+    from pipelines.common import keyed_lists  # with pandas: not for ``funnelhouse sql``'s start
 
     (key,) = table.key
     folds = [(c, how) for c, how in table.fold if c in rows.column_names]
@@ -42,14 +41,11 @@ def fold_arrow(rows: pa.Table, table: Table) -> pa.Table:
     out = rows.group_by(key, use_threads=False).aggregate(plain)
     out = out.select([key, *[f"{c}_{f}" for c, f in plain]])
     out = out.rename_columns([key, *[c for c, _ in plain]]).sort_by(key)
-    keys = out[key].combine_chunks()
     for c, how in folds:
         if how == "union":
             lists = rows[c].combine_chunks()
-            owner = pc.index_in(rows[key], value_set=keys).to_numpy()
-            at = pc.list_parent_indices(lists).to_numpy()
-            out = out.append_column(c, distinct_lists(owner[at] if len(at) else np.zeros(0, np.int64),
-                                                      pc.list_flatten(lists), len(keys)))
+            paired = rows[key].combine_chunks().take(pc.list_parent_indices(lists))
+            out = out.append_column(c, keyed_lists(out[key], paired, pc.list_flatten(lists)))
     return out.select([c for c in table.columns if c in rows.column_names])
 
 
